@@ -1,0 +1,59 @@
+"""The statistics core and functional metrics of fair-lightning.
+
+Everything that measures or penalises unfairness (losses, constraints, metrics, calibration)
+calls :func:`group_sums` or :func:`grouped_sum`: one vectorized implementation of per-group
+statistics.
+"""
+
+from fair_lightning.functional._calibration import (
+    bin_index,
+    calibration_sums,
+    group_calibration_error,
+)
+from fair_lightning.functional._checks import check_group_inputs, check_num_groups
+from fair_lightning.functional._core import (
+    GroupSums,
+    Rate,
+    ema_update,
+    group_sums,
+    grouped_sum,
+    hard_predictions,
+    masked_divide,
+    soft_predictions,
+)
+from fair_lightning.functional._fairness import (
+    demographic_parity_difference,
+    demographic_parity_ratio,
+    equal_opportunity_difference,
+    equalized_odds_difference,
+    format_predictions,
+    group_rates,
+    hard_group_sums,
+    rate_difference,
+    rate_ratio,
+)
+
+__all__ = [
+    "GroupSums",
+    "Rate",
+    "bin_index",
+    "calibration_sums",
+    "check_group_inputs",
+    "check_num_groups",
+    "demographic_parity_difference",
+    "demographic_parity_ratio",
+    "ema_update",
+    "equal_opportunity_difference",
+    "equalized_odds_difference",
+    "format_predictions",
+    "group_calibration_error",
+    "group_rates",
+    "group_sums",
+    "grouped_sum",
+    "hard_group_sums",
+    "hard_predictions",
+    "masked_divide",
+    "rate_difference",
+    "rate_ratio",
+    "soft_predictions",
+]

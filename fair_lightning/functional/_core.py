@@ -1,0 +1,177 @@
+"""The statistics core: per-group sums in one vectorized pass.
+
+Every fairness quantity in fair-lightning is a ratio of per-group sums. For binary
+classification four sums per group are enough:
+
+=============  ========================  ===============================
+field          sum over group g          used for
+=============  ========================  ===============================
+``count``      ``1`` (or sample weight)  group size, selection rate
+``label``      ``y``                     base rate, TPR / FPR denominators
+``pred``       ``yhat``                  selection rate
+``pred_label`` ``yhat * y``              TPR, FPR, accuracy
+=============  ========================  ===============================
+
+``yhat`` is hard (``scores > threshold``) for metrics and for the dual update of constraints, or
+soft (``sigmoid(logit / temperature)``) and differentiable for losses. Sums are exact under DDP
+(all-reduce, then divide), accumulate over an epoch and can be smoothed across batches.
+
+A group without samples (or without positives, for TPR) has an undefined rate: every rate comes
+with a ``valid`` mask and is 0 where invalid, never NaN, and its gradient is 0.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from fair_lightning.functional._checks import check_group_inputs
+
+
+def grouped_sum(values: Tensor, groups: Tensor, num_groups: int) -> Tensor:
+    """Sum the rows of ``values`` by group id, in one ``index_add``.
+
+    Args:
+        values: ``(N,)`` or ``(N, K)`` tensor.
+        groups: ``(N,)`` integer group ids in ``[0, num_groups)``.
+        num_groups: number of groups ``G``.
+
+    Returns:
+        ``(G,)`` or ``(G, K)`` tensor of sums; differentiable with respect to ``values``.
+    """
+    out = values.new_zeros((num_groups, *values.shape[1:]))
+    return out.index_add(0, groups, values)
+
+
+class Rate(NamedTuple):
+    """A per-group rate and the mask of groups for which it is defined."""
+
+    value: Tensor
+    valid: Tensor
+
+
+def masked_divide(num: Tensor, den: Tensor) -> Rate:
+    """``num / den`` where ``den > 0``; 0 (with zero gradient) elsewhere."""
+    valid = den > 0
+    safe_den = torch.where(valid, den, torch.ones_like(den))
+    return Rate(torch.where(valid, num / safe_den, torch.zeros_like(num)), valid)
+
+
+class GroupSums(NamedTuple):
+    """Per-group sums of a binary classifier's predictions; each field has shape ``(G,)``."""
+
+    count: Tensor
+    label: Tensor
+    pred: Tensor
+    pred_label: Tensor
+
+    # --- construction / arithmetic -------------------------------------------------------
+    @classmethod
+    def zeros(cls, num_groups: int, *, dtype: torch.dtype = torch.float64, device=None) -> GroupSums:
+        z = torch.zeros(4, num_groups, dtype=dtype, device=device)
+        return cls.from_stacked(z)
+
+    @classmethod
+    def from_stacked(cls, stacked: Tensor) -> GroupSums:
+        """Inverse of :meth:`stack`: a ``(4, G)`` tensor."""
+        return cls(*stacked.unbind(0))
+
+    def stack(self) -> Tensor:
+        """All sums as one ``(4, G)`` tensor (one all-reduce, one buffer)."""
+        return torch.stack(tuple(self), 0)
+
+    def total(self) -> GroupSums:
+        """The sums over all groups (groups partition the data), as a one-group ``GroupSums``."""
+        return GroupSums.from_stacked(self.stack().sum(1, keepdim=True))
+
+    def conditioned_on_label(self, label: int) -> GroupSums:
+        """Sums restricted to samples with ``y == label``: selection rate becomes TPR (1) or FPR (0)."""
+        if label == 1:
+            return GroupSums(self.label, self.label, self.pred_label, self.pred_label)
+        if label == 0:
+            negatives = self.count - self.label
+            return GroupSums(negatives, torch.zeros_like(negatives), self.pred - self.pred_label, torch.zeros_like(negatives))
+        raise ValueError(f"`label` must be 0 or 1, got {label!r}")
+
+    # --- rates ----------------------------------------------------------------------------
+    def selection_rate(self) -> Rate:
+        return masked_divide(self.pred, self.count)
+
+    def base_rate(self) -> Rate:
+        return masked_divide(self.label, self.count)
+
+    def true_positive_rate(self) -> Rate:
+        return masked_divide(self.pred_label, self.label)
+
+    def false_positive_rate(self) -> Rate:
+        return masked_divide(self.pred - self.pred_label, self.count - self.label)
+
+    def false_negative_rate(self) -> Rate:
+        return masked_divide(self.label - self.pred_label, self.label)
+
+    def true_negative_rate(self) -> Rate:
+        negatives = self.count - self.label
+        return masked_divide(negatives - (self.pred - self.pred_label), negatives)
+
+    def accuracy(self) -> Rate:
+        correct = self.count - self.label - self.pred + 2 * self.pred_label
+        return masked_divide(correct, self.count)
+
+
+def hard_predictions(scores: Tensor, threshold: float = 0.5) -> Tensor:
+    """Thresholded predictions ``scores > threshold`` as a float tensor (not differentiable)."""
+    return (scores > threshold).to(scores.dtype if scores.is_floating_point() else torch.float32)
+
+
+def soft_predictions(logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Smooth indicator of ``logits > 0``: ``sigmoid(logits / temperature)``.
+
+    Lower temperatures approach the hard indicator (and its vanishing gradient); ``1.0`` is the
+    model's own probability.
+    """
+    if not temperature > 0:
+        raise ValueError(f"`temperature` must be > 0, got {temperature}")
+    return torch.sigmoid(logits / temperature)
+
+
+def group_sums(
+    preds: Tensor,
+    target: Tensor,
+    groups: Tensor,
+    num_groups: int,
+    *,
+    weight: Tensor | None = None,
+    validate_args: bool = True,
+) -> GroupSums:
+    """Per-group sums of ``preds`` (hard or soft, in ``[0, 1]``) and binary ``target``.
+
+    One ``index_add`` over an ``(N, 4)`` matrix; no Python loop over groups. Differentiable in
+    ``preds``.
+
+    Args:
+        preds: ``(N,)`` predictions in ``[0, 1]``: hard (0/1) or soft probabilities.
+        target: ``(N,)`` binary labels.
+        groups: ``(N,)`` integer group ids in ``[0, num_groups)``.
+        num_groups: number of groups.
+        weight: optional ``(N,)`` non-negative sample weights.
+        validate_args: check shapes, dtypes and values (costs a few reductions).
+    """
+    if validate_args:
+        preds, target, groups = check_group_inputs(preds, target, groups, num_groups)
+    else:
+        preds, target, groups = preds.reshape(-1), target.reshape(-1), groups.reshape(-1).long()
+    y = target.to(preds.dtype)
+    values = torch.stack((torch.ones_like(preds), y, preds, preds * y), 1)
+    if weight is not None:
+        weight = weight.reshape(-1).to(preds.dtype)
+        if validate_args and weight.numel() != preds.numel():
+            raise ValueError(f"`weight` must have the same length as `preds` ({preds.numel()}), got {weight.numel()}")
+        values = values * weight[:, None]
+    return GroupSums.from_stacked(grouped_sum(values, groups, num_groups).T)
+
+
+def ema_update(running: Tensor, new: Tensor, decay: float) -> Tensor:
+    """Exponential moving average ``decay * running + (1 - decay) * new``."""
+    return running.mul(decay).add(new, alpha=1.0 - decay)

@@ -1,0 +1,194 @@
+"""Functional fairness metrics: per-group rates and disparities from hard predictions.
+
+Each ``*_compute`` helper takes :class:`~fair_lightning.functional.GroupSums` (which the
+torchmetrics classes keep as states) and each public function is the one-call twin
+``preds, target, groups -> value``. They agree with fairlearn's ``MetricFrame`` and its
+``demographic_parity_*`` / ``equalized_odds_difference`` helpers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from fair_lightning.functional._checks import as_vector, check_group_inputs
+from fair_lightning.functional._core import GroupSums, Rate, group_sums, hard_predictions
+
+RATE_NAMES = ("selection_rate", "true_positive_rate", "false_positive_rate", "false_negative_rate", "accuracy")
+EO_AGGREGATIONS = ("worst_case", "mean")
+
+
+def format_predictions(preds: Tensor, *, from_logits: bool = False, threshold: float = 0.5) -> Tensor:
+    """Turn scores (probabilities, logits or 0/1 labels) into float hard predictions.
+
+    Integer or boolean ``preds`` are taken as predicted labels and must be 0/1. Floating
+    ``preds`` are probabilities in ``[0, 1]`` unless ``from_logits`` is true; they are
+    thresholded at ``threshold`` (probabilities) or at the matching logit.
+    """
+    preds = as_vector(preds, "preds")
+    if not preds.is_floating_point():
+        bad = (preds != 0) & (preds != 1)
+        if bad.any():
+            raise ValueError(
+                "`preds` of integer dtype are taken as predicted labels and must be 0 or 1, "
+                f"got values such as {torch.unique(preds[bad])[:5].tolist()}"
+            )
+        return preds.float()
+    if torch.isnan(preds).any():
+        raise ValueError(f"`preds` contains NaN ({int(torch.isnan(preds).sum())} of {preds.numel()} values)")
+    if from_logits:
+        preds = torch.sigmoid(preds)
+    elif preds.numel() and (preds.min() < 0 or preds.max() > 1):
+        raise ValueError(
+            "`preds` must be probabilities in [0, 1] (pass `from_logits=True` for logits), "
+            f"got values in [{float(preds.min()):.4g}, {float(preds.max()):.4g}]"
+        )
+    return hard_predictions(preds, threshold)
+
+
+def hard_group_sums(
+    preds: Tensor,
+    target: Tensor,
+    groups: Tensor,
+    num_groups: int,
+    *,
+    threshold: float = 0.5,
+    from_logits: bool = False,
+    validate_args: bool = True,
+) -> GroupSums:
+    """Per-group sums of thresholded predictions, in float64 so that counts stay exact."""
+    hard = format_predictions(preds, from_logits=from_logits, threshold=threshold).double()
+    return group_sums(hard, target, groups, num_groups, validate_args=validate_args)
+
+
+def _as_nan(rate: Rate) -> Tensor:
+    return torch.where(rate.valid, rate.value, torch.full_like(rate.value, float("nan")))
+
+
+def _group_rates_compute(sums: GroupSums) -> dict[str, Tensor]:
+    """Per-group count and rates; a rate undefined for a group (empty denominator) is NaN."""
+    return {
+        "count": sums.count,
+        "selection_rate": _as_nan(sums.selection_rate()),
+        "true_positive_rate": _as_nan(sums.true_positive_rate()),
+        "false_positive_rate": _as_nan(sums.false_positive_rate()),
+        "false_negative_rate": _as_nan(sums.false_negative_rate()),
+        "accuracy": _as_nan(sums.accuracy()),
+    }
+
+
+def rate_difference(rate: Rate) -> Tensor:
+    """``max - min`` of the rate over the groups where it is defined (0 with fewer than two)."""
+    if int(rate.valid.sum()) < 2:
+        return rate.value.new_zeros(())
+    v = rate.value[rate.valid]
+    return v.max() - v.min()
+
+
+def rate_ratio(rate: Rate) -> Tensor:
+    """``min / max`` of the rate over the groups where it is defined (1 when all are equal)."""
+    if int(rate.valid.sum()) < 2:
+        return rate.value.new_ones(())
+    v = rate.value[rate.valid]
+    hi, lo = v.max(), v.min()
+    return torch.where(hi > 0, lo / torch.where(hi > 0, hi, torch.ones_like(hi)), torch.ones_like(hi))
+
+
+def _demographic_parity_difference_compute(sums: GroupSums) -> Tensor:
+    return rate_difference(sums.selection_rate())
+
+
+def _demographic_parity_ratio_compute(sums: GroupSums) -> Tensor:
+    return rate_ratio(sums.selection_rate())
+
+
+def _equal_opportunity_difference_compute(sums: GroupSums) -> Tensor:
+    return rate_difference(sums.true_positive_rate())
+
+
+def _check_agg(agg: str) -> None:
+    if agg not in EO_AGGREGATIONS:
+        raise ValueError(f"`agg` must be one of {list(EO_AGGREGATIONS)}, got {agg!r}")
+
+
+def _equalized_odds_difference_compute(sums: GroupSums, agg: str = "worst_case") -> Tensor:
+    tpr = rate_difference(sums.true_positive_rate())
+    fpr = rate_difference(sums.false_positive_rate())
+    return torch.maximum(tpr, fpr) if agg == "worst_case" else (tpr + fpr) / 2
+
+
+def group_rates(
+    preds: Tensor,
+    target: Tensor,
+    groups: Tensor,
+    num_groups: int,
+    *,
+    threshold: float = 0.5,
+    from_logits: bool = False,
+) -> dict[str, Tensor]:
+    """Per-group ``count``, selection rate, TPR, FPR, FNR and accuracy, each of shape ``(G,)``.
+
+    Rates undefined for a group (no samples, or no positives for TPR/FNR, no negatives for FPR)
+    are NaN in this table; the disparity functions skip them.
+    """
+    return _group_rates_compute(hard_group_sums(preds, target, groups, num_groups, threshold=threshold, from_logits=from_logits))
+
+
+def _selection_sums(preds: Tensor, groups: Tensor, num_groups: int, threshold: float, from_logits: bool) -> GroupSums:
+    # demographic parity needs no labels: use zeros so that the shared checks still apply
+    target = torch.zeros(as_vector(preds, "preds").shape, dtype=torch.long, device=preds.device)
+    return hard_group_sums(preds, target, groups, num_groups, threshold=threshold, from_logits=from_logits)
+
+
+def demographic_parity_difference(
+    preds: Tensor, groups: Tensor, num_groups: int, *, threshold: float = 0.5, from_logits: bool = False
+) -> Tensor:
+    """Largest minus smallest per-group selection rate."""
+    return _demographic_parity_difference_compute(_selection_sums(preds, groups, num_groups, threshold, from_logits))
+
+
+def demographic_parity_ratio(
+    preds: Tensor, groups: Tensor, num_groups: int, *, threshold: float = 0.5, from_logits: bool = False
+) -> Tensor:
+    """Smallest over largest per-group selection rate (disparate impact; 0.8 is the "four-fifths rule")."""
+    return _demographic_parity_ratio_compute(_selection_sums(preds, groups, num_groups, threshold, from_logits))
+
+
+def equal_opportunity_difference(
+    preds: Tensor, target: Tensor, groups: Tensor, num_groups: int, *, threshold: float = 0.5, from_logits: bool = False
+) -> Tensor:
+    """Largest minus smallest per-group true-positive rate."""
+    sums = hard_group_sums(preds, target, groups, num_groups, threshold=threshold, from_logits=from_logits)
+    return _equal_opportunity_difference_compute(sums)
+
+
+def equalized_odds_difference(
+    preds: Tensor,
+    target: Tensor,
+    groups: Tensor,
+    num_groups: int,
+    *,
+    threshold: float = 0.5,
+    from_logits: bool = False,
+    agg: Literal["worst_case", "mean"] = "worst_case",
+) -> Tensor:
+    """The larger (``agg="worst_case"``, fairlearn's default) or the mean of the TPR and FPR differences."""
+    _check_agg(agg)
+    sums = hard_group_sums(preds, target, groups, num_groups, threshold=threshold, from_logits=from_logits)
+    return _equalized_odds_difference_compute(sums, agg)
+
+
+__all__ = [
+    "check_group_inputs",
+    "demographic_parity_difference",
+    "demographic_parity_ratio",
+    "equal_opportunity_difference",
+    "equalized_odds_difference",
+    "format_predictions",
+    "group_rates",
+    "hard_group_sums",
+    "rate_difference",
+    "rate_ratio",
+]
