@@ -1,0 +1,402 @@
+"""Differentiable fairness losses on soft per-group rates.
+
+Every loss here turns ``(logits, target, groups)`` into soft per-group sums with the shared core
+(:func:`fair_lightning.functional.group_sums` on ``sigmoid(logits / temperature)``), takes the gap
+of each group's rate to the overall rate (or between pairs of groups), and aggregates the gaps
+with per-group weights. The same :func:`rate_gaps` serves the Lagrangian constraints in
+:mod:`fair_lightning.constraints`, on soft sums for the primal step and hard sums for the dual step.
+
+Small groups: a group with fewer than ``min_count`` samples *in the batch* (for the rate in
+question: positives for TPR, negatives for FPR) is masked out: its noisy rate cannot dominate the
+gradient. ``weighting`` sets how the remaining groups count (see
+:func:`fair_lightning.groups.group_weights`): ``"uniform"``, ``"proportional"`` to their size, or
+``"sqrt"``. Fixed ``group_weights`` (for example from the training set's sizes) override it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fair_lightning.functional import GroupSums, Rate, group_sums, grouped_sum, soft_predictions
+from fair_lightning.functional._checks import check_binary_target, check_groups, check_num_groups, check_scores
+from fair_lightning.groups import WEIGHT_SCHEMES, group_weights
+
+#: Which rate each fairness definition equalizes: ``None`` = selection rate over everyone,
+#: ``1`` = among positives (TPR), ``0`` = among negatives (FPR).
+CONDITIONS: dict[str, tuple[int | None, ...]] = {
+    "demographic_parity": (None,),
+    "equal_opportunity": (1,),
+    "equalized_odds": (1, 0),
+}
+FAIRNESS_DEFINITIONS = tuple(CONDITIONS)
+PENALTIES = ("abs", "squared")
+REDUCTIONS = ("mean", "max")
+
+
+def check_definition(definition: str, name: str = "fairness") -> str:
+    if definition not in CONDITIONS:
+        raise ValueError(f"`{name}` must be one of {list(CONDITIONS)}, got {definition!r}")
+    return definition
+
+
+class GroupGaps(NamedTuple):
+    """Signed gaps ``rate(group) - rate(reference)``, shape ``(C, G)`` (``C`` conditions).
+
+    ``valid`` masks the gaps that are defined and rest on at least ``min_count`` samples;
+    ``count`` is the number of samples behind each group's rate.
+    """
+
+    gap: Tensor
+    valid: Tensor
+    count: Tensor
+
+
+def _condition(sums: GroupSums, condition: int | None) -> GroupSums:
+    return sums if condition is None else sums.conditioned_on_label(condition)
+
+
+def rate_gaps(sums: GroupSums, conditions: Sequence[int | None], min_count: float = 1) -> GroupGaps:
+    """Gap of each group's (conditional) selection rate to the overall one.
+
+    Args:
+        sums: per-group sums (soft or hard).
+        conditions: ``None`` for the selection rate, ``1`` for TPR, ``0`` for FPR.
+        min_count: groups with fewer samples behind the rate are masked.
+    """
+    gaps, valids, counts = [], [], []
+    for condition in conditions:
+        cond = _condition(sums, condition)
+        rate = cond.selection_rate()
+        overall = cond.total().selection_rate()
+        valid = rate.valid & overall.valid & (cond.count >= min_count)
+        gaps.append(torch.where(valid, rate.value - overall.value, torch.zeros_like(rate.value)))
+        valids.append(valid)
+        counts.append(cond.count)
+    return GroupGaps(torch.stack(gaps), torch.stack(valids), torch.stack(counts))
+
+
+def _penalize(gap: Tensor, penalty: str) -> Tensor:
+    return gap.abs() if penalty == "abs" else gap.square()
+
+
+def aggregate_gaps(gaps: GroupGaps, weights: Tensor, penalty: str = "abs", reduction: str = "mean") -> Tensor:
+    """Weighted mean (or max) of the penalized valid gaps; 0 when no gap is valid."""
+    value = _penalize(gaps.gap, penalty)
+    w = torch.where(gaps.valid, weights.to(value.dtype).expand_as(value), torch.zeros_like(value))
+    if reduction == "max":
+        # penalized gaps are >= 0, so masked entries (0) never win unless nothing is valid
+        return torch.where(w > 0, value, torch.zeros_like(value)).amax()
+    # sync-free: with no valid gap the numerator is 0 as well
+    return (w * value).sum() / w.sum().clamp_min(torch.finfo(value.dtype).tiny)
+
+
+def pairwise_gaps(sums: GroupSums, conditions: Sequence[int | None], min_count: float = 1) -> GroupGaps:
+    """Gaps between every pair of groups ``rate(g) - rate(h)``, ``g < h``: shape ``(C, G*(G-1)/2)``."""
+    G = sums.count.numel()
+    i, j = torch.triu_indices(G, G, offset=1, device=sums.count.device)
+    gaps, valids, counts = [], [], []
+    for condition in conditions:
+        cond = _condition(sums, condition)
+        rate = cond.selection_rate()
+        ok = rate.valid & (cond.count >= min_count)
+        valid = ok[i] & ok[j]
+        gaps.append(torch.where(valid, rate.value[i] - rate.value[j], torch.zeros_like(rate.value[i])))
+        valids.append(valid)
+        counts.append(torch.minimum(cond.count[i], cond.count[j]))
+    return GroupGaps(torch.stack(gaps), torch.stack(valids), torch.stack(counts))
+
+
+def _check_logits(logits: Tensor, name: str = "logits") -> Tensor:
+    if isinstance(logits, Tensor) and logits.ndim == 2 and logits.shape[1] != 1:
+        raise ValueError(
+            f"`{name}` must have shape (N,) or (N, 1) (one logit per sample for binary classification), "
+            f"got shape {tuple(logits.shape)}"
+        )
+    return check_scores(logits, name)
+
+
+class FairnessLoss(nn.Module):
+    """Base class: ``forward(logits, target, groups) -> penalty`` (a differentiable scalar).
+
+    Subclasses choose the rate(s) to equalize through :attr:`conditions`. The penalty is the
+    weighted mean (``reduction="mean"``) or the max (``"max"``) over groups of ``|gap|``
+    (``penalty="abs"``) or ``gap**2`` (``"squared"``), where ``gap`` is the group's soft rate minus
+    the overall soft rate, or, with ``pairwise=True``, the difference between every two groups.
+
+    Args:
+        num_groups: number of (possibly intersectional) groups.
+        temperature: temperature of the smooth indicator ``sigmoid(logit / temperature)``.
+        penalty: ``"abs"`` or ``"squared"``.
+        reduction: ``"mean"`` or ``"max"``.
+        pairwise: compare every pair of groups instead of each group with the overall rate.
+        weighting: ``"uniform"``, ``"proportional"`` or ``"sqrt"`` weights from batch group sizes.
+        group_weights: fixed ``(num_groups,)`` non-negative weights; overrides ``weighting``.
+        min_count: groups with fewer samples than this in the batch are masked.
+        validate_args: check inputs on every call.
+    """
+
+    conditions: tuple[int | None, ...] = (None,)
+    requires_target: bool = False
+
+    def __init__(
+        self,
+        num_groups: int,
+        *,
+        temperature: float = 1.0,
+        penalty: Literal["abs", "squared"] = "abs",
+        reduction: Literal["mean", "max"] = "mean",
+        pairwise: bool = False,
+        weighting: Literal["uniform", "proportional", "sqrt"] = "uniform",
+        group_weights: Tensor | Sequence[float] | None = None,
+        min_count: float = 1,
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_groups = check_num_groups(num_groups)
+        if not temperature > 0:
+            raise ValueError(f"`temperature` must be > 0, got {temperature}")
+        if penalty not in PENALTIES:
+            raise ValueError(f"`penalty` must be one of {list(PENALTIES)}, got {penalty!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"`reduction` must be one of {list(REDUCTIONS)}, got {reduction!r}")
+        if weighting not in WEIGHT_SCHEMES:
+            raise ValueError(f"`weighting` must be one of {list(WEIGHT_SCHEMES)}, got {weighting!r}")
+        if min_count < 0:
+            raise ValueError(f"`min_count` must be >= 0, got {min_count}")
+        self.temperature, self.penalty, self.reduction = temperature, penalty, reduction
+        self.pairwise, self.weighting, self.min_count = pairwise, weighting, min_count
+        self.validate_args = validate_args
+        if group_weights is not None:
+            weights = torch.as_tensor(group_weights, dtype=torch.float32)
+            if weights.shape != (num_groups,) or (weights < 0).any() or not torch.isfinite(weights).all():
+                raise ValueError(
+                    f"`group_weights` must be {num_groups} finite non-negative numbers, got {group_weights!r}"
+                )
+            self.register_buffer("group_weights", weights)
+        else:
+            self.group_weights = None
+
+    def check_inputs(self, logits: Tensor, target: Tensor | None, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logits = _check_logits(logits)
+        n = logits.numel()
+        if target is None:
+            if self.requires_target:
+                raise ValueError(f"`target` is required by {type(self).__name__}, got None")
+            target = torch.zeros(n, dtype=torch.long, device=logits.device)
+        elif self.validate_args or self.requires_target:
+            target = check_binary_target(target, n)
+        groups = check_groups(groups, n, self.num_groups)
+        return logits, target, groups
+
+    def soft_sums(self, logits: Tensor, target: Tensor | None, groups: Tensor) -> GroupSums:
+        """Per-group sums of the soft predictions (differentiable)."""
+        if self.validate_args:
+            logits, target, groups = self.check_inputs(logits, target, groups)
+        else:
+            logits, groups = logits.reshape(-1), groups.reshape(-1)
+            target = torch.zeros_like(logits) if target is None else target.reshape(-1)
+        preds = soft_predictions(logits, self.temperature)
+        return group_sums(preds, target, groups, self.num_groups, validate_args=False)
+
+    def gaps(self, sums: GroupSums) -> GroupGaps:
+        fn = pairwise_gaps if self.pairwise else rate_gaps
+        return fn(sums, self.conditions, self.min_count)
+
+    def weights(self, sums: GroupSums) -> Tensor:
+        """Per-group weights, or per-pair weights (the product) with ``pairwise=True``."""
+        if self.group_weights is not None:
+            w = self.group_weights.to(sums.count)
+        else:
+            w = group_weights(sums.count.detach(), self.weighting, 0)
+        if self.pairwise:
+            i, j = torch.triu_indices(self.num_groups, self.num_groups, offset=1, device=w.device)
+            w = w[i] * w[j]
+        return w
+
+    def forward(self, logits: Tensor, target: Tensor | None, groups: Tensor) -> Tensor:
+        sums = self.soft_sums(logits, target, groups)
+        return aggregate_gaps(self.gaps(sums), self.weights(sums), self.penalty, self.reduction)
+
+
+class DemographicParityLoss(FairnessLoss):
+    """Gap between each group's soft selection rate and the overall one. ``target`` may be ``None``."""
+
+    conditions = CONDITIONS["demographic_parity"]
+
+
+class EqualOpportunityLoss(FairnessLoss):
+    """Gap between each group's soft true-positive rate and the overall one."""
+
+    conditions = CONDITIONS["equal_opportunity"]
+    requires_target = True
+
+
+class EqualizedOddsLoss(FairnessLoss):
+    """Gaps of soft TPR and FPR to the overall ones (both conditions averaged, or the max)."""
+
+    conditions = CONDITIONS["equalized_odds"]
+    requires_target = True
+
+
+class MutualInformationLoss(FairnessLoss):
+    """Mutual information ``I(yhat; s)`` between the soft prediction and the group.
+
+    The prejudice-remover regulariser of Kamishima et al. (2012):
+    ``sum_g P(g) * KL(Bern(r_g) || Bern(r))`` with ``r_g`` the soft selection rate of group ``g``
+    and ``r`` the overall one (``P(g)`` over the groups kept by ``min_count``). It is 0 exactly at
+    demographic parity and, unlike a gap, weighs a group by its size. ``penalty``, ``reduction``,
+    ``pairwise`` and ``weighting`` do not apply.
+    """
+
+    def __init__(self, num_groups: int, *, temperature: float = 1.0, min_count: float = 1, eps: float = 1e-6, **kwargs) -> None:
+        super().__init__(num_groups, temperature=temperature, min_count=min_count, **kwargs)
+        self.eps = eps
+
+    def forward(self, logits: Tensor, target: Tensor | None, groups: Tensor) -> Tensor:
+        sums = self.soft_sums(logits, target, groups)
+        keep = sums.count >= max(self.min_count, 1)
+        count = torch.where(keep, sums.count, torch.zeros_like(sums.count))
+        pred = torch.where(keep, sums.pred, torch.zeros_like(sums.pred))
+        n = count.sum().clamp_min(1)  # no kept group: every term below is 0
+        r_g = (pred / count.clamp_min(1)).clamp(self.eps, 1 - self.eps)
+        r = (pred.sum() / n).clamp(self.eps, 1 - self.eps)
+        kl = r_g * torch.log(r_g / r) + (1 - r_g) * torch.log((1 - r_g) / (1 - r))
+        return (count / n * kl).sum()
+
+
+class BoundedGroupLoss(nn.Module):
+    """Per-group loss above a bound, for regression (or any per-sample loss).
+
+    ``penalty = sum_g w_g * relu(L_g - bound)`` (or the max over groups), where ``L_g`` is the
+    mean of ``loss_fn(preds, target)`` over group ``g`` (Agarwal et al. 2019, "bounded group loss").
+
+    Args:
+        num_groups: number of groups.
+        bound: the largest acceptable group loss.
+        loss_fn: per-sample loss ``(preds, target) -> (N,)``; default squared error.
+        reduction: ``"mean"`` (weighted mean over groups) or ``"max"``.
+        weighting, group_weights, min_count: as in :class:`FairnessLoss`.
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        *,
+        bound: float = 0.0,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        reduction: Literal["mean", "max"] = "mean",
+        weighting: Literal["uniform", "proportional", "sqrt"] = "uniform",
+        group_weights: Tensor | Sequence[float] | None = None,
+        min_count: float = 1,
+    ) -> None:
+        super().__init__()
+        self.num_groups = check_num_groups(num_groups)
+        if bound < 0:
+            raise ValueError(f"`bound` must be >= 0, got {bound}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"`reduction` must be one of {list(REDUCTIONS)}, got {reduction!r}")
+        if weighting not in WEIGHT_SCHEMES:
+            raise ValueError(f"`weighting` must be one of {list(WEIGHT_SCHEMES)}, got {weighting!r}")
+        self.bound, self.reduction, self.weighting, self.min_count = bound, reduction, weighting, min_count
+        self.loss_fn = loss_fn or (lambda p, t: F.mse_loss(p, t, reduction="none"))
+        self.group_weights = None if group_weights is None else torch.as_tensor(group_weights, dtype=torch.float32)
+
+    def group_losses(self, preds: Tensor, target: Tensor, groups: Tensor) -> Rate:
+        """Mean per-sample loss of each group, with the mask of groups that have ``min_count`` samples."""
+        preds = check_scores(preds, "preds")
+        target = check_scores(target.to(preds.dtype) if not target.is_floating_point() else target, "target")
+        if target.numel() != preds.numel():
+            raise ValueError(f"`target` must have the same length as `preds` ({preds.numel()}), got {target.numel()}")
+        groups = check_groups(groups, preds.numel(), self.num_groups)
+        per_sample = self.loss_fn(preds, target).reshape(-1)
+        sums = grouped_sum(torch.stack((torch.ones_like(per_sample), per_sample), 1), groups, self.num_groups)
+        count, total = sums.unbind(1)
+        mean = total / count.clamp_min(1)
+        valid = (count >= max(self.min_count, 1))
+        return Rate(torch.where(valid, mean, torch.zeros_like(mean)), valid)
+
+    def forward(self, preds: Tensor, target: Tensor, groups: Tensor) -> Tensor:
+        losses = self.group_losses(preds, target, groups)
+        excess = torch.relu(losses.value - self.bound)
+        if self.group_weights is not None:
+            w = self.group_weights.to(excess)
+        else:
+            count = grouped_sum(torch.ones_like(preds.reshape(-1)), groups.reshape(-1).long(), self.num_groups)
+            w = group_weights(count, self.weighting, 0)
+        gaps = GroupGaps(excess[None], losses.valid[None], losses.valid[None].to(excess))
+        return aggregate_gaps(gaps, w, "abs", self.reduction)
+
+
+LOSSES: dict[str, type[FairnessLoss]] = {
+    "demographic_parity": DemographicParityLoss,
+    "equal_opportunity": EqualOpportunityLoss,
+    "equalized_odds": EqualizedOddsLoss,
+    "mutual_information": MutualInformationLoss,
+}
+
+
+def make_fairness_loss(name: str, num_groups: int, **kwargs) -> FairnessLoss:
+    """Build a loss by name: one of ``LOSSES``."""
+    if name not in LOSSES:
+        raise ValueError(f"`fairness` must be one of {list(LOSSES)}, got {name!r}")
+    return LOSSES[name](num_groups, **kwargs)
+
+
+class RegularizedLoss(NamedTuple):
+    total: Tensor
+    task: Tensor
+    fairness: Tensor
+
+
+class FairnessRegularizer(nn.Module):
+    """``task_loss(logits, target) + eta * penalty(logits, target, groups)``, returning all three.
+
+    Args:
+        task_loss: ``(logits, target) -> scalar``; default binary cross-entropy on logits.
+        penalty: a :class:`FairnessLoss` (or any ``(logits, target, groups) -> scalar`` module).
+        eta: fairness strength, ``>= 0``.
+    """
+
+    def __init__(self, task_loss: Callable[[Tensor, Tensor], Tensor] | None, penalty: nn.Module, eta: float = 1.0) -> None:
+        super().__init__()
+        if eta < 0:
+            raise ValueError(f"`eta` must be >= 0, got {eta}")
+        self.task_loss = task_loss or binary_cross_entropy_with_logits
+        self.penalty = penalty
+        self.eta = eta
+
+    def forward(self, logits: Tensor, target: Tensor, groups: Tensor) -> RegularizedLoss:
+        task = self.task_loss(logits, target)
+        fairness = self.penalty(logits, target, groups)
+        return RegularizedLoss(task + self.eta * fairness, task, fairness)
+
+
+def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor) -> Tensor:
+    """BCE on logits that accepts ``(N,)`` / ``(N, 1)`` logits and integer or float targets."""
+    return F.binary_cross_entropy_with_logits(logits.reshape(-1), target.reshape(-1).to(logits.dtype))
+
+
+__all__ = [
+    "BoundedGroupLoss",
+    "CONDITIONS",
+    "DemographicParityLoss",
+    "EqualOpportunityLoss",
+    "EqualizedOddsLoss",
+    "FAIRNESS_DEFINITIONS",
+    "FairnessLoss",
+    "FairnessRegularizer",
+    "GroupGaps",
+    "LOSSES",
+    "MutualInformationLoss",
+    "RegularizedLoss",
+    "aggregate_gaps",
+    "binary_cross_entropy_with_logits",
+    "make_fairness_loss",
+    "pairwise_gaps",
+    "rate_gaps",
+]
