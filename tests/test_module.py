@@ -1,0 +1,274 @@
+import os
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fair_lightning.adversarial import GradientReversalLayer, gradient_reversal
+from fair_lightning.constraints import constraint_violations
+from fair_lightning.functional import GroupSums, ema_update
+from fair_lightning.losses import FairnessLoss
+from fair_lightning.module import FairLightningModule
+
+
+
+def _data(n=512, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=gen)
+    g = (torch.rand(n, generator=gen) < 0.35).long()
+    y = ((x[:, 0] + 1.2 * g + 0.5 * torch.randn(n, generator=gen)) > 0.6).float()
+    x[:, 3] += g  # the group leaks through a feature
+    return x, y, g
+
+
+class EpochSeededLoader:
+    """Whole-batch loader whose shuffle depends only on (seed, epoch): resumable."""
+
+    def __init__(self, tensors, batch_size=64, seed=0):
+        self.tensors, self.batch_size, self.seed, self.epoch = tensors, batch_size, seed, 0
+
+    def __len__(self):
+        return -(-len(self.tensors[0]) // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.tensors[0])
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        self.epoch += 1
+        for i in range(0, n, self.batch_size):
+            idx = order[i : i + self.batch_size]
+            yield tuple(t[idx] for t in self.tensors)
+
+
+def _mlp(d=4):
+    return nn.Sequential(nn.Linear(d, 16), nn.ReLU(), nn.Linear(16, 1))
+
+
+def _trainer(**kwargs):
+    defaults = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    defaults.update(kwargs)
+    return pl.Trainer(**defaults)
+
+
+MODE_KWARGS = {
+    "erm": {},
+    "penalty": {"fairness": "demographic_parity", "eta": 2.0},
+    "lagrangian": {"constraints": ["demographic_parity", "equalized_odds"], "tolerance": 0.02},
+    "adversarial": {"fairness": "equalized_odds", "adversary_input": "representation", "eta": 0.5},
+}
+
+
+@pytest.mark.parametrize("mode", list(MODE_KWARGS))
+def test_every_mode_trains_and_validates(mode):
+    pl.seed_everything(0)
+    x, y, g = _data()
+    module = FairLightningModule(_mlp(), num_groups=2, mode=mode, group_names=["A", "B"], **MODE_KWARGS[mode])
+    loader = DataLoader(TensorDataset(x, y, g), batch_size=64)
+    trainer = _trainer(max_epochs=2)
+    trainer.fit(module, loader, loader)
+    metrics = trainer.callback_metrics
+    for key in ("train/task_loss_epoch", "val/accuracy", "val/dp_difference", "val/selection_rate/A", "val/calibration_error_max"):
+        assert key in metrics and torch.isfinite(metrics[key]), key
+    if mode == "lagrangian":
+        assert "fairness/violation_hard_max_epoch" in metrics
+        lam = module.multipliers.multipliers
+        assert (lam >= 0).all() and (lam <= module.multipliers.multiplier_max).all()
+        assert len(module.constraint_names) == lam.numel() == 2 * 2 + 2 * 2 * 2
+    preds = trainer.predict(module, DataLoader(TensorDataset(x[:10]), batch_size=5))
+    assert torch.cat(preds).shape == (10,) and ((torch.cat(preds) >= 0) & (torch.cat(preds) <= 1)).all()
+
+
+def test_penalty_reduces_dp_gap_against_erm():
+    x, y, g = _data(2000)
+    gaps = {}
+    for mode, kw in (("erm", {}), ("penalty", {"eta": 5.0})):
+        pl.seed_everything(0)
+        module = FairLightningModule(_mlp(), num_groups=2, mode=mode, lr=1e-2, **kw)
+        _trainer(max_epochs=8).fit(module, DataLoader(TensorDataset(x, y, g), batch_size=128))
+        with torch.no_grad():
+            p = (module(x).reshape(-1) > 0).float()
+        gaps[mode] = abs(p[g == 1].mean() - p[g == 0].mean()).item()
+    assert gaps["penalty"] < 0.5 * gaps["erm"], gaps
+
+
+def test_logged_names_are_stable():
+    pl.seed_everything(0)
+    x, y, g = _data()
+    module = FairLightningModule(_mlp(), num_groups=2, mode="lagrangian", group_names=["A", "B"], grad_ratio_every_n_steps=1)
+    trainer = _trainer(max_steps=3, log_every_n_steps=1)
+    trainer.fit(module, DataLoader(TensorDataset(x, y, g), batch_size=64))
+    keys = set(trainer.callback_metrics)
+    for k in (
+        "fairness/multiplier/demographic_parity/selection_rate/A/upper",
+        "fairness/violation_hard/demographic_parity/selection_rate/B/lower",
+        "fairness/violation_soft/demographic_parity/selection_rate/A/lower",
+        "train/grad_norm_ratio",
+        "train/lagrangian_step",
+        "train/eta",
+    ):
+        assert k in keys, (k, sorted(keys))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mode": "fair"}, r"`mode` must be one of \['erm', 'penalty', 'lagrangian', 'adversarial'\], got 'fair'"),
+        ({"mode": "penalty", "eta": -1.0}, "`eta` must be >= 0, got -1.0"),
+        ({"mode": "lagrangian", "tolerance": -0.1}, "`tolerance` must be >= 0, got -0.1"),
+        ({"mode": "lagrangian", "constraints": "parity"}, "`constraints` must be one of .*'equalized_odds'.*got 'parity'"),
+        ({"mode": "penalty", "fairness": "parity"}, "`fairness` must be one of .*mutual_information"),
+        ({"mode": "lagrangian", "dual_lr": 0.0}, "`dual_lr` must be > 0"),
+        ({"mode": "lagrangian", "ema_decay": 1.0}, r"`ema_decay` must be in \[0, 1\)"),
+        ({"eta_schedule": "cosine"}, "`eta_schedule` must be one of"),
+        ({"num_groups": 0}, "`num_groups` must be a positive int"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    kwargs = {"num_groups": 2, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        FairLightningModule(_mlp(), **kwargs)
+
+
+def test_non_binary_target_and_bad_logits_shape_raise():
+    x, y, g = _data(64)
+    module = FairLightningModule(_mlp(), num_groups=2, mode="lagrangian")
+    with pytest.raises(ValueError, match="`target` must contain only 0 and 1"):
+        _trainer(max_steps=1).fit(module, DataLoader(TensorDataset(x, y * 3, g), batch_size=64))
+    wide = FairLightningModule(nn.Linear(4, 3), num_groups=2, mode="penalty")
+    with pytest.raises(ValueError, match=r"`logits` must have shape \(N,\) or \(N, 1\).*got shape \(64, 3\)"):
+        _trainer(max_steps=1).fit(wide, DataLoader(TensorDataset(x, y, g), batch_size=64))
+
+
+class _NaNLoss(FairnessLoss):
+    def forward(self, logits, target, groups):
+        return logits.sum() * float("nan")
+
+
+def test_nan_terms_stop_training_with_their_name():
+    x, y, g = _data(64)
+    module = FairLightningModule(_mlp(), num_groups=2, mode="penalty", fairness=_NaNLoss(2))
+    with pytest.raises(FloatingPointError, match="fairness loss is nan at step 0"):
+        _trainer(max_steps=1).fit(module, DataLoader(TensorDataset(x, y, g), batch_size=64))
+
+    class NaNTask(FairLightningModule):
+        def task_loss(self, logits, target):
+            return logits.sum() * float("nan")
+
+    with pytest.raises(FloatingPointError, match="task loss is nan"):
+        _trainer(max_steps=1).fit(NaNTask(_mlp(), num_groups=2), DataLoader(TensorDataset(x, y, g), batch_size=64))
+
+
+def test_single_group_batch_gives_finite_loss_and_no_multiplier_jump():
+    x, y, g = _data(256)
+    only = g == 0
+    module = FairLightningModule(_mlp(), num_groups=2, mode="lagrangian", tolerance=0.0)
+    trainer = _trainer(max_steps=1)
+    trainer.fit(module, DataLoader(TensorDataset(x[only], y[only], g[only]), batch_size=64))
+    # the absent group is masked; the present group equals the overall rate: nothing to push
+    assert torch.isfinite(trainer.callback_metrics["train/loss_step"])
+    assert torch.count_nonzero(module.multipliers.multipliers) == 0
+
+
+def test_gradient_reversal_flips_and_scales_exactly():
+    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 3, dtype=torch.float64)
+    (gradient_reversal(x, 0.7) * w).sum().backward()
+    assert torch.equal(x.grad, -0.7 * w)
+    layer = GradientReversalLayer(2.0)
+    y = layer(x)
+    assert torch.equal(y, x)
+    torch.autograd.gradcheck(lambda z: gradient_reversal(z, -1.0), (x,))  # strength -1 is the identity
+    with pytest.raises(ValueError, match="`strength` must be >= 0"):
+        GradientReversalLayer(-1.0)
+
+
+def test_eta_schedule_warms_up():
+    module = FairLightningModule(_mlp(), num_groups=2, mode="penalty", eta=2.0, eta_schedule="linear", eta_warmup_steps=4)
+    values = []
+    for step in range(6):
+        module.fair_step.fill_(step)
+        values.append(module.eta)
+    assert values == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0]
+
+
+@pytest.mark.parametrize("mode", ["lagrangian", "adversarial", "penalty"])
+def test_resume_reproduces_uninterrupted_run(tmp_path, mode):
+    x, y, g = _data(384)
+
+    def make():
+        pl.seed_everything(7)
+        return FairLightningModule(
+            _mlp(), num_groups=2, mode=mode, eta=1.0, eta_schedule="linear", eta_warmup_steps=10,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
+            dual_optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5),
+        )
+
+    full = make()
+    _trainer(max_epochs=4).fit(full, EpochSeededLoader((x, y, g)))
+
+    first = make()
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    _trainer(max_epochs=2, enable_checkpointing=True, callbacks=[ckpt]).fit(first, EpochSeededLoader((x, y, g)))
+    resumed = make()
+    loader = EpochSeededLoader((x, y, g))
+    loader.epoch = 2  # a real data module derives the order from trainer.current_epoch
+    _trainer(max_epochs=4).fit(resumed, loader, ckpt_path=os.path.join(tmp_path, "last.ckpt"))
+
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        if "metrics" in key or "accuracy" in key or "auroc" in key:
+            continue
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    assert int(resumed.fair_step) == 4 * 6
+
+
+class _LagrangianRecorder(FairLightningModule):
+    """Records, at each step, the local hard sums and the violations the dual step used."""
+
+    def __init__(self, out_dir, **kwargs):
+        super().__init__(_mlp(), **kwargs)
+        self.out_dir, self.records = out_dir, []
+
+    def training_step(self, batch, batch_idx):
+        x, target, groups = batch
+        with torch.no_grad():
+            hard = (self(x).reshape(-1) > 0).double()
+        from fair_lightning.functional import group_sums
+
+        local = group_sums(hard, target, groups, self.num_groups)
+        out = super().training_step(batch, batch_idx)
+        self.records.append({"local": local.stack(), "hard": self.multipliers.hard_violations().clone()})
+        return out
+
+    def on_train_end(self):
+        torch.save(
+            {"records": self.records, "multipliers": self.multipliers.multipliers.detach().clone()},
+            os.path.join(self.out_dir, f"lag{self.global_rank}.pt"),
+        )
+
+
+@pytest.mark.ddp
+def test_lagrangian_under_ddp_syncs_hard_violations_and_multipliers(tmp_path):
+    x, y, g = _data(512)
+    pl.seed_everything(0)
+    module = _LagrangianRecorder(str(tmp_path), num_groups=2, mode="lagrangian", dual_lr=0.5, ema_decay=0.5, tolerance=0.0)
+    trainer = pl.Trainer(
+        strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=6, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(module, DataLoader(TensorDataset(x, y, g), batch_size=32, shuffle=True))
+    r0, r1 = (torch.load(tmp_path / f"lag{r}.pt") for r in range(2))
+    assert torch.equal(r0["multipliers"], r1["multipliers"])
+    assert torch.count_nonzero(r0["multipliers"]) > 0
+    # replay the dual step's running sums on the union of both ranks' batches
+    running = torch.zeros(4, 2, dtype=torch.float64)
+    cons = module.multipliers.constraints
+    for step, (a, b) in enumerate(zip(r0["records"], r1["records"])):
+        union = a["local"] + b["local"]
+        running = union if step == 0 else ema_update(running, union, 0.5)
+        expected, _ = constraint_violations(GroupSums.from_stacked(running), cons)
+        torch.testing.assert_close(a["hard"], expected)
+        torch.testing.assert_close(b["hard"], expected)
+        assert not torch.equal(a["local"], b["local"])  # the ranks really saw different batches
