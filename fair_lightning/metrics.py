@@ -26,7 +26,7 @@ from torchmetrics import Metric, MetricCollection
 from fair_lightning.functional import GroupSums, calibration_sums, check_num_groups, hard_group_sums
 from fair_lightning.functional._calibration import (
     CALIBRATION_NORMS,
-    _group_calibration_error_compute,
+    calibration_error_from_sums,
     calibration_error_summary,
     check_n_bins,
 )
@@ -222,7 +222,7 @@ class GroupCalibrationError(Metric):
         )
 
     def compute(self) -> dict[str, Tensor]:
-        summary = calibration_error_summary(_group_calibration_error_compute(self.sums, self.norm))
+        summary = calibration_error_summary(calibration_error_from_sums(self.sums, self.norm))
         out = {f"calibration_error/{name}": summary["per_group"][g] for g, name in enumerate(self.group_names)}
         out["calibration_error_max"] = summary["max"]
         out["calibration_error_disparity"] = summary["disparity"]

@@ -29,9 +29,13 @@ import torch
 from torch import Tensor
 
 from fair_lightning.calibration._inputs import as_tensor, check_in_unit_interval
-from fair_lightning.functional import calibration_sums, grouped_sum
-from fair_lightning.functional._calibration import _group_calibration_error_compute
-from fair_lightning.functional._checks import check_binary_target, check_scores
+from fair_lightning.functional import (
+    calibration_error_from_sums,
+    calibration_sums,
+    check_binary_target,
+    check_scores,
+    grouped_sum,
+)
 from fair_lightning.groups import GroupSpec
 
 AUDIT_COLUMNS = (
@@ -117,7 +121,7 @@ def multicalibration_audit(
     unit = torch.cat(unit_columns)
     sample = torch.arange(n).repeat(len(unit_columns))
     sums = calibration_sums(p[sample], y[sample], unit, num_units, n_bins=int(n_bins), validate_args=False)
-    ece = _group_calibration_error_compute(sums, "l1")
+    ece = calibration_error_from_sums(sums, "l1")
     count, score_sum, label_sum = sums.sum(1).unbind(-1)
     residual = y - p
     moments = grouped_sum(torch.stack((residual, residual * residual), 1)[sample], unit, num_units)

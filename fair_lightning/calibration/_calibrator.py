@@ -43,8 +43,14 @@ from fair_lightning.calibration._maps import (
     interpolate_rows,
     pad_breakpoints,
 )
-from fair_lightning.functional import group_calibration_error, grouped_sum
-from fair_lightning.functional._checks import check_binary_target, check_groups, check_num_groups, check_scores
+from fair_lightning.functional import (
+    check_binary_target,
+    check_groups,
+    check_num_groups,
+    check_scores,
+    group_calibration_error,
+    grouped_sum,
+)
 from fair_lightning.groups import GroupSpec
 
 METHODS = ("platt", "isotonic", "temperature")

@@ -7,10 +7,17 @@ statistics.
 
 from fair_lightning.functional._calibration import (
     bin_index,
+    calibration_error_from_sums,
     calibration_sums,
     group_calibration_error,
 )
-from fair_lightning.functional._checks import check_group_inputs, check_num_groups
+from fair_lightning.functional._checks import (
+    check_binary_target,
+    check_group_inputs,
+    check_groups,
+    check_num_groups,
+    check_scores,
+)
 from fair_lightning.functional._core import (
     GroupSums,
     Rate,
@@ -37,9 +44,13 @@ __all__ = [
     "GroupSums",
     "Rate",
     "bin_index",
+    "calibration_error_from_sums",
     "calibration_sums",
+    "check_binary_target",
     "check_group_inputs",
+    "check_groups",
     "check_num_groups",
+    "check_scores",
     "demographic_parity_difference",
     "demographic_parity_ratio",
     "ema_update",

@@ -57,7 +57,7 @@ def calibration_sums(
     return grouped_sum(values, index, num_groups * n_bins).reshape(num_groups, n_bins, 3)
 
 
-def _group_calibration_error_compute(sums: Tensor, norm: str = "l1") -> Rate:
+def calibration_error_from_sums(sums: Tensor, norm: str = "l1") -> Rate:
     """Per-group ECE (``"l1"``: bin-size-weighted mean gap) or MCE (``"max"``: largest bin gap)."""
     count, conf, label = sums.unbind(-1)
     gap = (conf - label).abs()
@@ -85,7 +85,7 @@ def group_calibration_error(
     and ``"disparity"`` (over groups with samples).
     """
     sums = calibration_sums(probs, target, groups, num_groups, n_bins=n_bins)
-    return calibration_error_summary(_group_calibration_error_compute(sums, norm))
+    return calibration_error_summary(calibration_error_from_sums(sums, norm))
 
 
 def calibration_error_summary(ece: Rate) -> dict[str, Tensor]:
