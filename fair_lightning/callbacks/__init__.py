@@ -1,0 +1,38 @@
+"""Lightning callbacks of fair-lightning.
+
+* :class:`GroupCalibrationCallback`: fits a
+  :class:`~fair_lightning.calibration.GroupFairnessCalibrator` on the validation outputs (all
+  ranks' under DDP), logs per-group ECE before/after (``calibration/...``, on the test data too),
+  keeps the calibrator in checkpoints and makes ``trainer.predict`` return calibrated
+  probabilities.
+* :class:`FairnessDashboard`: per-group rate bars and reliability diagrams in TensorBoard, and
+  the HParams table (``hp/...``) that lets the runs of a sweep be compared.
+
+The per-group scalars, constraint violations, Lagrange multipliers and the fairness/task
+gradient-norm ratio are logged by :class:`~fair_lightning.module.FairLightningModule` itself and
+reach every logger; the dashboard does not log them twice.
+
+There is no ``eta`` warm-up callback: the schedule is part of the module
+(``FairLightningModule(eta_schedule="linear" | "step", eta_warmup_steps=...)``, see
+:mod:`fair_lightning.schedules`) and is checkpointed with it.
+
+Both callbacks read each evaluation batch's logits from the step's output when it is a mapping
+with ``"logits"``; otherwise they run one forward pass without gradients on the batch.
+"""
+
+from fair_lightning.callbacks._calibration import WHEN, GroupCalibrationCallback
+from fair_lightning.callbacks._dashboard import (
+    DEFAULT_HP_METRICS,
+    FairnessDashboard,
+    group_rates_figure,
+    reliability_figure,
+)
+
+__all__ = [
+    "DEFAULT_HP_METRICS",
+    "WHEN",
+    "FairnessDashboard",
+    "GroupCalibrationCallback",
+    "group_rates_figure",
+    "reliability_figure",
+]

@@ -1,0 +1,406 @@
+"""``GroupCalibrationCallback``: fit a per-group calibrator on validation outputs, keep it in checkpoints."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from fair_lightning.callbacks._outputs import evaluation_outputs, gather_rows, group_names, num_groups_of, reduce_sum
+from fair_lightning.calibration import METHODS, GroupFairnessCalibrator
+from fair_lightning.functional import Rate, calibration_error_from_sums, calibration_sums
+from fair_lightning.functional._calibration import calibration_error_summary
+from fair_lightning.groups import GroupSpec
+
+#: When the calibrator is fitted.
+WHEN = ("fit_end", "validation_epoch_end")
+#: Keyword arguments passed on to :class:`~fair_lightning.calibration.GroupFairnessCalibrator`.
+CALIBRATOR_KWARGS = ("group_spec", "shrinkage", "temperature_bias", "max_iter", "tol", "eps")
+STATE_VERSION = 1
+
+
+class GroupCalibrationCallback(Callback):
+    """Fit a :class:`~fair_lightning.calibration.GroupFairnessCalibrator` on the validation outputs.
+
+    During validation the callback keeps each batch's scores, labels and groups: probabilities
+    ``sigmoid(logits)`` for ``"platt"`` and ``"isotonic"``, the logits for ``"temperature"``.
+    It reads the logits from the validation step's output when that is a mapping with a
+    ``"logits"`` key, and otherwise runs one forward pass without gradients on the batch
+    (``pl_module.unpack_batch(batch)``); no second pass over the data loader. Only the first
+    validation data loader is used.
+
+    Fitting (``when``):
+        * ``"fit_end"`` (default): once, when training ends (``on_train_end``), on the outputs of
+          the last validation run. Checkpoints that ``ModelCheckpoint`` wrote *during* training
+          do not contain it; save one after ``fit`` (``trainer.save_checkpoint(path)``).
+        * ``"validation_epoch_end"``: after every validation epoch, so every checkpoint carries
+          the calibrator fitted on the outputs of its own weights (the right choice with
+          ``ModelCheckpoint(monitor=...)`` and ``ckpt_path="best"``).
+
+    Under DDP the per-rank outputs (of different lengths) are gathered, so every rank fits the
+    same calibrator on the union of the validation data.
+
+    Logged (per group ``<g>``, named as in the module's ``val/...`` keys):
+        * ``calibration/ece_before/<g>``, ``calibration/ece_after/<g>``,
+          ``calibration/ece_before_max``, ``calibration/ece_after_max``: ECE on the validation
+          data the calibrator was fitted on. "After" is **in-sample, hence optimistic**.
+        * ``calibration/test_ece_before/<g>``, ``calibration/test_ece_after/<g>`` and their
+          ``_max``: the same on the test data (``trainer.test``), the honest numbers.
+
+        With ``when="validation_epoch_end"`` the validation keys go through ``pl_module.log``
+        (they reach ``trainer.callback_metrics`` and can be monitored); with ``"fit_end"`` they
+        are written to ``trainer.loggers`` at the global step when training ended.
+
+    Prediction: the callback sets ``pl_module.prediction_calibrator``, which
+    ``FairLightningModule.predict_step`` applies, so ``trainer.predict`` returns calibrated
+    probabilities. Its state is plain tensors in the checkpoint (``torch.load(path,
+    weights_only=True)`` reads it) and is restored by ``trainer.predict(..., ckpt_path=...)``,
+    ``trainer.test(..., ckpt_path=...)`` and ``trainer.fit(..., ckpt_path=...)`` when this
+    callback (same ``method``) is among the trainer's callbacks. A checkpoint without a
+    calibrator leaves the module uncalibrated (with a warning), never with a calibrator fitted
+    on other weights. Outside a trainer, :meth:`calibrator_from_checkpoint` reads it back.
+
+    Groups: ``pl_module.num_groups`` groups. Without ``group_spec``, the ``group_spec`` of the
+    trainer's datamodule (``TabularDataModule``) is used when it has that many groups, which
+    enables the calibrator's fallback of small intersections to their marginal parents.
+
+    With ``method="temperature"``, prediction goes through ``FairLightningModule.predict_step``,
+    which hands probabilities over; they are turned back into logits clipped to
+    ``±logit(1 - eps)`` (about ±16), so scores beyond the float32 saturation of the sigmoid
+    are calibrated as if they were ±16. Validation and test numbers use the exact logits.
+
+    Nothing happens during the sanity check.
+
+    Args:
+        method: ``"platt"``, ``"isotonic"`` or ``"temperature"``.
+        when: ``"fit_end"`` or ``"validation_epoch_end"`` (see above).
+        min_group_size: groups with fewer validation samples use their parent's map.
+        n_bins: equal-width bins of the expected calibration error.
+        **calibrator_kwargs: more arguments of ``GroupFairnessCalibrator``: ``group_spec``,
+            ``shrinkage``, ``temperature_bias``, ``max_iter``, ``tol``, ``eps``.
+
+    Attributes:
+        calibrator: the fitted ``GroupFairnessCalibrator``, or ``None``.
+
+    Raises:
+        ValueError: an unknown ``method`` or ``when`` (the valid values are listed), or an
+            invalid calibrator argument.
+        TypeError: an unknown keyword argument.
+
+    Example:
+        >>> calibration = GroupCalibrationCallback("isotonic", when="validation_epoch_end")
+        >>> trainer = pl.Trainer(callbacks=[calibration])  # doctest: +SKIP
+        >>> trainer.fit(module, datamodule=dm)  # doctest: +SKIP
+        >>> trainer.test(module, datamodule=dm)  # logs calibration/test_ece_after/...  # doctest: +SKIP
+        >>> probs = trainer.predict(module, datamodule=dm)  # calibrated  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        method: str = "platt",
+        when: str = "fit_end",
+        min_group_size: int = 50,
+        n_bins: int = 15,
+        **calibrator_kwargs: Any,
+    ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"`method` must be one of {list(METHODS)}, got {method!r}")
+        if when not in WHEN:
+            raise ValueError(f"`when` must be one of {list(WHEN)}, got {when!r}")
+        unknown = sorted(set(calibrator_kwargs) - set(CALIBRATOR_KWARGS))
+        if unknown:
+            raise TypeError(
+                f"GroupCalibrationCallback got unexpected keyword argument(s) {unknown}; "
+                f"the calibrator arguments are {list(CALIBRATOR_KWARGS)}"
+            )
+        self.method = method
+        self.when = when
+        self.min_group_size = min_group_size
+        self.n_bins = n_bins
+        self.calibrator_kwargs = dict(calibrator_kwargs)
+        GroupFairnessCalibrator(**self._calibrator_params())._check_params()  # bad values fail now, not after training
+        self.calibrator: GroupFairnessCalibrator | None = None
+        self._rows: list[Tensor] = []
+        self._test_sums: Tensor | None = None
+        self._restored = self._dropped = False
+        self._attached: Any = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(method=self.method)
+
+    # --- the calibrator -----------------------------------------------------------------------
+    def _calibrator_params(self, num_groups: int | None = None, spec: GroupSpec | None = None) -> dict[str, Any]:
+        params = {"method": self.method, "min_group_size": self.min_group_size, "n_bins": self.n_bins}
+        params.update(self.calibrator_kwargs)
+        if spec is not None and params.get("group_spec") is None:
+            params["group_spec"] = spec
+        if params.get("group_spec") is None:
+            params["num_groups"] = num_groups
+        return params
+
+    @staticmethod
+    def _datamodule_spec(trainer: pl.Trainer, num_groups: int) -> GroupSpec | None:
+        spec = getattr(trainer.datamodule, "group_spec", None)
+        return spec if isinstance(spec, GroupSpec) and spec.num_groups == num_groups else None
+
+    @property
+    def prediction_calibrator(self) -> Any:
+        """What ``pl_module.prediction_calibrator`` is set to: an object with ``transform(probs, groups)``."""
+        if self.calibrator is None:
+            return None
+        return _FromProbabilities(self.calibrator) if self.method == "temperature" else self.calibrator
+
+    def _attach(self, pl_module: pl.LightningModule) -> None:
+        current = getattr(pl_module, "prediction_calibrator", None)
+        if self.calibrator is not None:
+            self._attached = self.prediction_calibrator
+            pl_module.prediction_calibrator = self._attached
+        elif current is not None and current is self._attached:
+            pl_module.prediction_calibrator = None  # ours, and no longer valid
+            self._attached = None
+
+    def _sync_with_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Attach the calibrator; drop one that does not belong to weights just loaded from a checkpoint."""
+        if trainer.ckpt_path is not None and not self._restored:
+            dropped = self._dropped or self.calibrator is not None
+            self.calibrator = None
+            if dropped or stage == "predict":
+                rank_zero_warn(
+                    f"The checkpoint {os.fspath(trainer.ckpt_path)!r} holds no calibrator of {self.state_key}, so "
+                    "predictions are not calibrated"
+                    + (" (the calibrator fitted earlier belongs to other weights and was dropped)" if dropped else "")
+                    + ". With when='fit_end', save a checkpoint after `fit`; with when='validation_epoch_end' every "
+                    "checkpoint carries one.",
+                    category=UserWarning,
+                )
+        self._attach(pl_module)
+
+    def _fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor] | None:
+        num_groups = num_groups_of(pl_module)
+        device = pl_module.device
+        rows = torch.cat(self._rows) if self._rows else torch.zeros(0, 3, dtype=torch.float64, device=device)
+        self._rows = []
+        rows = gather_rows(trainer, rows.to(device))
+        if rows.shape[0] == 0:
+            rank_zero_warn(
+                "GroupCalibrationCallback saw no validation data (no validation run, or `limit_val_batches=0`): "
+                "no new calibrator was fitted" + ("; the previous one is kept" if self.calibrator is not None else ""),
+                category=UserWarning,
+            )
+            return None
+        with torch.inference_mode(False):
+            rows = rows.detach().cpu().clone()
+            scores = rows[:, 0] if self.method == "temperature" else torch.sigmoid(rows[:, 0])
+            params = self._calibrator_params(num_groups, self._datamodule_spec(trainer, num_groups))
+            self.calibrator = GroupFairnessCalibrator(**params).fit(scores, rows[:, 1], rows[:, 2].long())
+        self._attach(pl_module)
+        names = group_names(pl_module, num_groups)
+        errors = self.calibrator.calibration_error_
+        return _ece_metrics("calibration/ece_", names, errors["before"], errors["after"])
+
+    # --- hooks: set-up and checkpoints --------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        num_groups = num_groups_of(pl_module)
+        spec = self.calibrator_kwargs.get("group_spec")
+        if spec is not None:
+            spec_groups = (spec if isinstance(spec, GroupSpec) else GroupSpec(spec)).num_groups
+            if spec_groups != num_groups:
+                raise ValueError(
+                    f"`group_spec` has {spec_groups} groups but {type(pl_module).__name__}.num_groups is {num_groups}"
+                )
+        # set by `load_state_dict` when this run restores a checkpoint that holds a calibrator / dropped one
+        self._restored = self._dropped = False
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._rows, self._test_sums = [], None
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "method": self.method,
+            "calibrator": None if self.calibrator is None else self.calibrator.state_dict(),
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        version = state_dict.get("version", STATE_VERSION)
+        if version > STATE_VERSION:
+            raise ValueError(
+                f"the checkpoint's GroupCalibrationCallback state has version {version}; this fair-lightning reads "
+                f"versions <= {STATE_VERSION}"
+            )
+        calibrator = state_dict.get("calibrator")
+        self._dropped = calibrator is None and self.calibrator is not None
+        self.calibrator = None if calibrator is None else GroupFairnessCalibrator.from_state_dict(calibrator)
+        self._restored = calibrator is not None
+
+    @classmethod
+    def calibrator_from_checkpoint(
+        cls, checkpoint: str | os.PathLike | Mapping[str, Any], method: str | None = None
+    ) -> GroupFairnessCalibrator | None:
+        """The calibrator stored in a Lightning checkpoint by this callback, or ``None``.
+
+        Args:
+            checkpoint: a checkpoint path (read with ``weights_only=True``) or the loaded dict.
+            method: the callback's ``method``; needed only when the checkpoint holds several.
+
+        Raises:
+            ValueError: several calibrators and no (or no matching) ``method``.
+        """
+        if not isinstance(checkpoint, Mapping):
+            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        states = {
+            key: state
+            for key, state in checkpoint.get("callbacks", {}).items()
+            if isinstance(key, str) and key.startswith(cls.__qualname__)
+            and (method is None or state.get("method") == method)
+        }
+        if len(states) > 1:
+            raise ValueError(f"the checkpoint holds several calibrators {sorted(states)}; pass `method`")
+        if not states:
+            return None
+        state = next(iter(states.values())).get("calibrator")
+        return None if state is None else GroupFairnessCalibrator.from_state_dict(state)
+
+    # --- hooks: validation --------------------------------------------------------------------
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sync_with_checkpoint(trainer, pl_module, "fit")
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._rows = []
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.sanity_checking or dataloader_idx != 0:
+            return
+        logits, target, groups = evaluation_outputs(pl_module, outputs, batch)
+        self._rows.append(torch.stack((logits.double(), target.double(), groups.double()), 1))
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.when != "validation_epoch_end":
+            return
+        metrics = self._fit(trainer, pl_module)
+        if metrics:
+            pl_module.log_dict({k: v.float() for k, v in metrics.items()}, sync_dist=True)  # equal on all ranks
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.when != "fit_end":
+            return
+        metrics = self._fit(trainer, pl_module)
+        if metrics:
+            values = {k: float(v) for k, v in metrics.items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=trainer.global_step)
+
+    # --- hooks: test and predict --------------------------------------------------------------
+    @override
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sync_with_checkpoint(trainer, pl_module, "test")
+
+    @override
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._test_sums = None
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self.calibrator is None or dataloader_idx != 0:
+            return
+        logits, target, groups = evaluation_outputs(pl_module, outputs, batch)
+        before = torch.sigmoid(logits.double())
+        after = self.calibrator.transform(logits.double() if self.method == "temperature" else before, groups)
+        num_groups = num_groups_of(pl_module)
+        sums = torch.stack(
+            [calibration_sums(p, target, groups, num_groups, n_bins=self.n_bins) for p in (before, after)]
+        )
+        self._test_sums = sums if self._test_sums is None else self._test_sums + sums
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.calibrator is None:
+            rank_zero_warn(
+                "GroupCalibrationCallback has no calibrator (fit first, or test from a checkpoint that holds one): "
+                "calibration/test_ece_* are not logged",
+                category=UserWarning,
+            )
+            return
+        num_groups = num_groups_of(pl_module)
+        sums = self._test_sums
+        if sums is None:  # this rank saw no test batch; it still takes part in the reduction
+            sums = torch.zeros(2, num_groups, self.n_bins, 3, dtype=torch.float64, device=pl_module.device)
+        sums = reduce_sum(trainer, sums)
+        before, after = (calibration_error_from_sums(s) for s in sums)
+        nan = torch.tensor(float("nan"), dtype=torch.float64, device=sums.device)
+        metrics = _ece_metrics(
+            "calibration/test_ece_",
+            group_names(pl_module, num_groups),
+            torch.where(before.valid, before.value, nan),
+            torch.where(after.valid, after.value, nan),
+        )
+        pl_module.log_dict({k: v.float() for k, v in metrics.items()}, sync_dist=True)  # equal on all ranks
+
+    @override
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sync_with_checkpoint(trainer, pl_module, "predict")
+
+
+class _FromProbabilities:
+    """Feeds a temperature calibrator (which takes logits) the probabilities of ``predict_step``."""
+
+    def __init__(self, calibrator: GroupFairnessCalibrator) -> None:
+        self.calibrator = calibrator
+
+    def transform(self, probs: Tensor, groups: Any = None) -> Tensor:
+        logits = torch.logit(probs.double(), eps=self.calibrator.eps)
+        return self.calibrator.transform(logits, groups).to(probs.dtype)
+
+
+def _ece_metrics(prefix: str, names: list[str], before: Tensor, after: Tensor) -> dict[str, Tensor]:
+    """``{prefix}before/<g>``, ``{prefix}after/<g>`` and the maxima over groups with samples."""
+    metrics = {}
+    for stage, per_group in (("before", before), ("after", after)):
+        for g, name in enumerate(names):
+            metrics[f"{prefix}{stage}/{name}"] = per_group[g]
+        summary = calibration_error_summary(_as_rate(per_group))
+        metrics[f"{prefix}{stage}_max"] = summary["max"]
+    return metrics
+
+
+def _as_rate(per_group: Tensor) -> Rate:
+    valid = ~torch.isnan(per_group)
+    return Rate(torch.where(valid, per_group, torch.zeros_like(per_group)), valid)
+
+
+__all__ = ["GroupCalibrationCallback", "WHEN"]

@@ -1,0 +1,325 @@
+"""``FairnessDashboard``: per-group figures and the HParams table in TensorBoard."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from fair_lightning.callbacks._outputs import evaluation_outputs, group_names, num_groups_of, reduce_sum
+from fair_lightning.functional import GroupSums, calibration_error_from_sums, calibration_sums, group_sums, hard_predictions
+from fair_lightning.functional._calibration import check_n_bins
+
+#: HParams metric -> the ``trainer.callback_metrics`` key it copies (logged by ``FairLightningModule``).
+DEFAULT_HP_METRICS: dict[str, str] = {
+    "hp/accuracy": "val/accuracy",
+    "hp/dp_difference": "val/dp_difference",
+    "hp/eo_difference": "val/eo_difference",
+    "hp/ece_max": "val/calibration_error_max",
+    "hp/test_accuracy": "test/accuracy",
+    "hp/test_dp_difference": "test/dp_difference",
+    "hp/test_eo_difference": "test/eo_difference",
+    "hp/test_ece_max": "test/calibration_error_max",
+}
+#: Image tags, formatted with the stage (``"val"`` or ``"test"``).
+RATES_TAG = "figures/{stage}/group_rates"
+RELIABILITY_TAG = "figures/{stage}/reliability"
+
+
+class FairnessDashboard(Callback):
+    """Per-group figures and the HParams table of a sweep, in TensorBoard.
+
+    What it writes (through the first ``TensorBoardLogger`` in ``trainer.loggers``):
+
+    * every validation epoch, and after testing: a bar chart of the selection rate, TPR and FPR
+      of every group (``figures/<stage>/group_rates``) and a per-group reliability diagram with
+      each group's ECE (``figures/<stage>/reliability``), from per-group sums of the
+      statistics core (summed over the ranks under DDP, drawn on global rank zero);
+    * the HParams table: when a fit (or a validation or test run) is set up, the module's and
+      datamodule's hyper-parameters with the metric names of ``hp_metrics`` (once per logger,
+      before Lightning's own declaration, which TensorBoard would otherwise keep); at the end of
+      every validation and test run, each ``hp/...`` metric copied from
+      ``trainer.callback_metrics``. Placeholders are NaN (not yet measured), not 0.
+      ``TensorBoardLogger(..., default_hp_metric=False)`` avoids Lightning's extra ``hp_metric``
+      scalar (-1).
+
+    What it does not write, because ``FairLightningModule`` logs it already (and every logger
+    receives it): per-group scalars ``val/selection_rate/<g>``, ``val/true_positive_rate/<g>``,
+    ..., ``val/dp_difference``, ``val/eo_difference``, ``val/calibration_error/<g>``; in
+    ``"lagrangian"`` mode ``fairness/violation_soft/<c>``, ``fairness/violation_hard/<c>``,
+    ``fairness/multiplier/<c>`` (and their ``_max``), ``train/lagrangian``; the gradient-norm
+    ratio of the fairness term to the task term ``train/grad_norm_ratio``
+    (``grad_ratio_every_n_steps``); ``train/eta``. Per-step values are written every
+    ``Trainer(log_every_n_steps=...)`` steps. ``GroupCalibrationCallback`` adds
+    ``calibration/...``.
+
+    Without a ``TensorBoardLogger`` the callback does nothing and warns once. Nothing happens
+    during the sanity check.
+
+    Args:
+        n_bins: equal-width probability bins of the reliability diagram.
+        figures: draw the figures (``False``: HParams only, and no extra work per batch).
+        hp_metrics: HParams metric name -> ``callback_metrics`` key; ``None`` or ``{}``
+            disables the HParams part. Add e.g. ``"hp/test_ece_after_max":
+            "calibration/test_ece_after_max"`` with a ``GroupCalibrationCallback``.
+
+    Raises:
+        ValueError: ``n_bins`` not a positive int, or ``hp_metrics`` not a mapping of strings.
+
+    Example:
+        >>> logger = TensorBoardLogger("runs", default_hp_metric=False)
+        >>> trainer = pl.Trainer(logger=logger, callbacks=[FairnessDashboard()])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        n_bins: int = 15,
+        figures: bool = True,
+        hp_metrics: Mapping[str, str] | None = DEFAULT_HP_METRICS,
+    ) -> None:
+        self.n_bins = check_n_bins(n_bins)
+        hp_metrics = {} if hp_metrics is None else hp_metrics
+        if not isinstance(hp_metrics, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in hp_metrics.items()
+        ):
+            raise ValueError(f"`hp_metrics` must be a mapping of metric names to callback_metrics keys, got {hp_metrics!r}")
+        self.figures = bool(figures)
+        self.hp_metrics = dict(hp_metrics)
+        self._logger: TensorBoardLogger | None = None
+        self._warned = False
+        self._hparams_logged: set[int] = set()
+        self._sums: tuple[Tensor, Tensor] | None = None
+
+    # --- set-up -------------------------------------------------------------------------------
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        if self._logger is None:
+            if not self._warned:
+                rank_zero_warn(
+                    "FairnessDashboard found no TensorBoardLogger in `trainer.loggers`; it does nothing. "
+                    "Pass `Trainer(logger=TensorBoardLogger(...))` to get its figures and HParams.",
+                    category=UserWarning,
+                )
+                self._warned = True
+            return
+        if self.figures:
+            num_groups_of(pl_module)
+        if stage != "predict":
+            # before Lightning's own `log_hyperparams` of this run: TensorBoard keeps the first HParams declaration
+            self._log_hparams(trainer, pl_module)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._sums = None
+
+    def _log_hparams(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger = self._logger
+        if logger is None or not self.hp_metrics or id(logger) in self._hparams_logged:
+            return
+        self._hparams_logged.add(id(logger))
+        if not trainer.is_global_zero:
+            return
+        params: dict[str, Any] = {}
+        if trainer.datamodule is not None:
+            params.update(trainer.datamodule.hparams_initial)
+        params.update(pl_module.hparams_initial)
+        logger.log_hyperparams(params, {name: math.nan for name in self.hp_metrics})
+
+    def _log_hp_metrics(self, trainer: pl.Trainer) -> None:
+        if self._logger is None or trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        available = trainer.callback_metrics
+        values = {name: float(available[key]) for name, key in self.hp_metrics.items() if key in available}
+        if values:
+            self._logger.log_metrics(values, step=trainer.global_step)
+
+    # --- accumulation and figures --------------------------------------------------------------
+    def _active(self, trainer: pl.Trainer) -> bool:
+        return self._logger is not None and self.figures and not trainer.sanity_checking
+
+    def _reset(self, trainer: pl.Trainer) -> None:
+        if self._active(trainer):
+            self._sums = None
+
+    def _accumulate(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, dataloader_idx: int
+    ) -> None:
+        if not self._active(trainer) or dataloader_idx != 0:
+            return
+        logits, target, groups = evaluation_outputs(pl_module, outputs, batch)
+        num_groups = num_groups_of(pl_module)
+        probs = torch.sigmoid(logits.double())
+        hard = hard_predictions(probs, getattr(pl_module, "threshold", 0.5))
+        rates = group_sums(hard, target, groups, num_groups).stack()
+        bins = calibration_sums(probs, target, groups, num_groups, n_bins=self.n_bins)
+        self._sums = (rates, bins) if self._sums is None else (self._sums[0] + rates, self._sums[1] + bins)
+
+    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self._active(trainer):
+            return
+        num_groups = num_groups_of(pl_module)
+        if self._sums is None:  # no batch on this rank: it still takes part in the reduction
+            device = pl_module.device
+            self._sums = (
+                torch.zeros(4, num_groups, dtype=torch.float64, device=device),
+                torch.zeros(num_groups, self.n_bins, 3, dtype=torch.float64, device=device),
+            )
+        rates, bins = (reduce_sum(trainer, s).cpu() for s in self._sums)
+        self._sums = None
+        if not trainer.is_global_zero:
+            return
+        names = group_names(pl_module, num_groups)
+        threshold = getattr(pl_module, "threshold", 0.5)
+        step = trainer.global_step
+        experiment = self._logger.experiment
+        title = f"{stage}, step {step}"
+        rates_figure = group_rates_figure(GroupSums.from_stacked(rates), names, title=f"{title}, threshold {threshold:g}")
+        experiment.add_image(RATES_TAG.format(stage=stage), render(rates_figure), step, dataformats="HWC")
+        reliability = reliability_figure(bins, names, title=title)
+        experiment.add_image(RELIABILITY_TAG.format(stage=stage), render(reliability), step, dataformats="HWC")
+
+    # --- hooks --------------------------------------------------------------------------------
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset(trainer)
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._accumulate(trainer, pl_module, outputs, batch, dataloader_idx)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._draw(trainer, pl_module, "val")
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log_hp_metrics(trainer)
+
+    @override
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset(trainer)
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._accumulate(trainer, pl_module, outputs, batch, dataloader_idx)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._draw(trainer, pl_module, "test")
+
+    @override
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log_hp_metrics(trainer)
+
+
+# --- figures (matplotlib's object API on the Agg canvas: no pyplot, no global backend) -----------
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def render(figure) -> np.ndarray:
+    """Draw a matplotlib ``Figure`` on an Agg canvas; ``(H, W, 3)`` uint8 pixels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _nan_where_undefined(rate) -> np.ndarray:
+    return torch.where(rate.valid, rate.value, torch.full_like(rate.value, math.nan)).double().numpy()
+
+
+def group_rates_figure(sums: GroupSums, names: Sequence[str], *, title: str = ""):
+    """Bars of the selection rate, TPR and FPR of every group (undefined rates are left out).
+
+    Args:
+        sums: per-group sums of hard predictions (``fair_lightning.functional.group_sums``).
+        names: group names.
+        title: figure title.
+
+    Returns:
+        A matplotlib ``Figure``.
+    """
+    rates = {
+        "selection rate": sums.selection_rate(),
+        "TPR": sums.true_positive_rate(),
+        "FPR": sums.false_positive_rate(),
+    }
+    num_groups = len(names)
+    figure = _figure(max(4.0, 0.9 * num_groups + 2.0), 3.4)
+    ax = figure.add_subplot()
+    x = np.arange(num_groups)
+    width = 0.8 / len(rates)
+    for k, (label, rate) in enumerate(rates.items()):
+        ax.bar(x + (k - (len(rates) - 1) / 2) * width, _nan_where_undefined(rate), width, label=label)
+    ax.set_xticks(x, list(names), rotation=30 if num_groups > 3 else 0, ha="right" if num_groups > 3 else "center")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("rate")
+    ax.legend(fontsize="small", ncols=len(rates))
+    ax.set_title(f"Per-group rates ({title})" if title else "Per-group rates", fontsize="medium")
+    return figure
+
+
+def reliability_figure(sums: Tensor, names: Sequence[str], *, title: str = ""):
+    """Per-group reliability diagram: mean probability vs. frequency of positives in each bin.
+
+    Args:
+        sums: ``(G, n_bins, 3)`` calibration sums (``fair_lightning.functional.calibration_sums``).
+        names: group names.
+        title: figure title.
+
+    Returns:
+        A matplotlib ``Figure``; the legend gives each group's ECE.
+    """
+    count, conf, label = sums.double().unbind(-1)
+    ece = calibration_error_from_sums(sums)
+    figure = _figure(4.6, 4.0)
+    ax = figure.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="perfect")
+    for g, name in enumerate(names):
+        seen = count[g] > 0
+        if not bool(seen.any()):
+            continue
+        mean_prob = (conf[g][seen] / count[g][seen]).numpy()
+        frequency = (label[g][seen] / count[g][seen]).numpy()
+        ax.plot(mean_prob, frequency, marker="o", markersize=3, label=f"{name} (ECE {float(ece.value[g]):.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("fraction of positives")
+    ax.legend(fontsize="small")
+    ax.set_title(f"Reliability ({title})" if title else "Reliability", fontsize="medium")
+    return figure
+
+
+__all__ = ["DEFAULT_HP_METRICS", "FairnessDashboard", "group_rates_figure", "reliability_figure"]

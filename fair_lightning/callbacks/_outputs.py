@@ -1,0 +1,86 @@
+"""What the callbacks share: a batch's logits, labels and groups, and gathering across ranks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+
+def evaluation_outputs(pl_module: pl.LightningModule, outputs: Any, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """``(logits, target, groups)`` of an evaluation batch, each flattened to ``(N,)``.
+
+    When the step returned a mapping with ``"logits"`` (and, optionally, ``"target"`` and
+    ``"groups"``), those are used: no extra computation. Otherwise the batch is split with
+    ``pl_module.unpack_batch`` and the logits come from one forward pass without gradients (the
+    model is already in evaluation mode).
+
+    Raises:
+        TypeError: the module has no ``unpack_batch`` (use a ``FairLightningModule``, or return
+            ``{"logits", "target", "groups"}`` from the evaluation step).
+        ValueError: the batch carries no labels or no groups.
+    """
+    logits = target = groups = None
+    if isinstance(outputs, Mapping) and outputs.get("logits") is not None:
+        logits, target, groups = outputs["logits"], outputs.get("target"), outputs.get("groups")
+    if target is None or groups is None or logits is None:
+        unpack = getattr(pl_module, "unpack_batch", None)
+        if unpack is None:
+            raise TypeError(
+                f"{type(pl_module).__name__} has no `unpack_batch`: use a FairLightningModule, or return "
+                "{'logits': ..., 'target': ..., 'groups': ...} from the evaluation step"
+            )
+        x, batch_target, batch_groups = unpack(batch)
+        target = batch_target if target is None else target
+        groups = batch_groups if groups is None else groups
+        if logits is None:
+            with torch.no_grad():
+                logits = pl_module.forward(x)
+    if target is None or groups is None:
+        raise ValueError("evaluation batches must provide `target` and `groups` (see `FairLightningModule.unpack_batch`)")
+    return logits.detach().reshape(-1), target.detach().reshape(-1), groups.detach().reshape(-1).long()
+
+
+def gather_rows(trainer: pl.Trainer, rows: Tensor) -> Tensor:
+    """Concatenate ``(N_r, ...)`` tensors of different lengths from every rank, in rank order.
+
+    Sizes are gathered first, then each rank's rows padded to the largest and gathered in one
+    call: two collectives, whatever the number of ranks. Every rank gets the same result.
+    """
+    if trainer.world_size == 1:
+        return rows
+    strategy = trainer.strategy
+    size = torch.tensor([rows.shape[0]], dtype=torch.long, device=rows.device)
+    sizes = strategy.all_gather(size).reshape(-1).tolist()
+    if max(sizes) == 0:
+        return rows
+    padded = rows.new_zeros((max(sizes), *rows.shape[1:]))
+    padded[: rows.shape[0]] = rows
+    gathered = strategy.all_gather(padded)
+    return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
+
+
+def reduce_sum(trainer: pl.Trainer, tensor: Tensor) -> Tensor:
+    """Sum ``tensor`` over the ranks (a no-op on one process)."""
+    if trainer.world_size == 1:
+        return tensor
+    return trainer.strategy.reduce(tensor, reduce_op="sum")
+
+
+def group_names(pl_module: pl.LightningModule, num_groups: int) -> list[str]:
+    """The module's group names (the ones in its ``val/...`` keys), else ``group_<g>``."""
+    names = getattr(pl_module, "group_names", None)
+    if names is not None and len(names) == num_groups:
+        return [str(n) for n in names]
+    return [f"group_{g}" for g in range(num_groups)]
+
+
+def num_groups_of(pl_module: pl.LightningModule) -> int:
+    """``pl_module.num_groups``; a ``TypeError`` naming the callback's requirement if missing."""
+    num_groups = getattr(pl_module, "num_groups", None)
+    if not isinstance(num_groups, int):
+        raise TypeError(f"{type(pl_module).__name__} must have an int `num_groups` (as FairLightningModule does)")
+    return num_groups
