@@ -1,0 +1,54 @@
+"""Data for fair-lightning: bundled real data sets, a synthetic generator and a fast DataModule.
+
+* :func:`load_adult`, :func:`load_compas`, :func:`load_german`: real data sets shipped with the
+  package (gzip'd CSV in ``_bundled/``, see its ``PROVENANCE.md``); ``source="download"`` fetches
+  the publisher's files instead (:func:`fetch_adult`, ...) and preprocesses them the same way.
+* :func:`make_biased_lending`: synthetic loan decisions with a tunable label bias.
+* All of them return a :class:`TabularData` (frame + column roles).
+* :class:`TabularDataModule`: group ids, train-only preprocessing, stratified splits, and batches
+  ``(x, y, groups)`` served a whole batch at a time from memory, DDP-ready.
+"""
+
+from fair_lightning.data._batching import (
+    BatchIndexSampler,
+    GroupStratifiedBatchSampler,
+    InMemoryDataLoader,
+    TensorBatchDataset,
+)
+from fair_lightning.data._container import TabularData
+from fair_lightning.data._datamodule import DATASETS, TabularDataModule, stratified_split
+from fair_lightning.data._datasets import (
+    fetch_adult,
+    fetch_compas,
+    fetch_german,
+    get_data_home,
+    load_adult,
+    load_compas,
+    load_german,
+    prepare_adult,
+    prepare_compas,
+    prepare_german,
+)
+from fair_lightning.data._synthetic import make_biased_lending
+
+__all__ = [
+    "DATASETS",
+    "BatchIndexSampler",
+    "GroupStratifiedBatchSampler",
+    "InMemoryDataLoader",
+    "TabularData",
+    "TabularDataModule",
+    "TensorBatchDataset",
+    "fetch_adult",
+    "fetch_compas",
+    "fetch_german",
+    "get_data_home",
+    "load_adult",
+    "load_compas",
+    "load_german",
+    "make_biased_lending",
+    "prepare_adult",
+    "prepare_compas",
+    "prepare_german",
+    "stratified_split",
+]
