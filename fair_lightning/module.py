@@ -387,8 +387,8 @@ class FairLightningModule(pl.LightningModule):
                 batch_sums = group_sums(hard, target, groups, self.num_groups, validate_args=False)
                 batch_sums = GroupSums.from_stacked(self._reduce_sum(batch_sums.stack().double()))
                 hard_violations = self.multipliers.dual_step(batch_sums)
-            self.log("train/lagrangian", (task + fairness_term).detach(), on_step=True, on_epoch=True)
             if detail:
+                self.log("train/lagrangian", (task + fairness_term).detach(), on_step=True, on_epoch=False)
                 self._log_constraints(soft_violations.detach(), hard_violations)
 
         self.fair_step += 1
@@ -419,7 +419,7 @@ class FairLightningModule(pl.LightningModule):
             self.log("fairness/violation_hard_max_epoch", hard.max(), on_step=False, on_epoch=True)
 
     # ------------------------------------------------------------------ evaluation
-    def _eval_step(self, batch: Any, stage: str) -> Tensor:
+    def _eval_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
         x, target, groups = self.unpack_batch(batch)
         logits, target, groups = self._check_batch(self(x), target, groups)
         loss = self.task_loss(logits, target)
@@ -429,7 +429,8 @@ class FairLightningModule(pl.LightningModule):
         (self.val_accuracy if stage == "val" else self.test_accuracy).update(probs, target)
         (self.val_auroc if stage == "val" else self.test_auroc).update(probs, target)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val")
-        return loss
+        # callbacks (calibration, dashboard) reuse these instead of a second forward pass
+        return {"loss": loss, "logits": logits.detach(), "target": target, "groups": groups}
 
     def _eval_epoch_end(self, stage: str) -> None:
         metrics = self.val_metrics if stage == "val" else self.test_metrics
@@ -442,13 +443,13 @@ class FairLightningModule(pl.LightningModule):
         for m in (metrics, accuracy, auroc):
             m.reset()
 
-    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         return self._eval_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
-    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         return self._eval_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
@@ -457,11 +458,15 @@ class FairLightningModule(pl.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """Probabilities of the positive class (calibrated per group when a calibrator is set)."""
         x, _, groups = self.unpack_batch(batch)
-        probs = torch.sigmoid(_check_logits(self(x)))
-        if self.prediction_calibrator is not None:
+        logits = _check_logits(self(x))
+        probs = torch.sigmoid(logits)
+        calibrator = self.prediction_calibrator
+        if calibrator is not None:
             if groups is None:
                 raise ValueError("a group calibrator is set, so prediction batches must provide `groups`")
-            probs = self.prediction_calibrator.transform(probs, groups)
+            # temperature scaling works on logits (exact beyond float32's saturated sigmoid)
+            scores = logits if getattr(calibrator, "method", None) == "temperature" else probs
+            probs = calibrator.transform(scores, groups)
         return probs
 
     # ------------------------------------------------------------------ checkpointing

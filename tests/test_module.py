@@ -104,7 +104,7 @@ def test_logged_names_are_stable():
         "fairness/violation_hard/demographic_parity/selection_rate/B/lower",
         "fairness/violation_soft/demographic_parity/selection_rate/A/lower",
         "train/grad_norm_ratio",
-        "train/lagrangian_step",
+        "train/lagrangian",
         "train/eta",
     ):
         assert k in keys, (k, sorted(keys))

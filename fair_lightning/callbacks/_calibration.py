@@ -71,10 +71,8 @@ class GroupCalibrationCallback(Callback):
     trainer's datamodule (``TabularDataModule``) is used when it has that many groups, which
     enables the calibrator's fallback of small intersections to their marginal parents.
 
-    With ``method="temperature"``, prediction goes through ``FairLightningModule.predict_step``,
-    which hands probabilities over; they are turned back into logits clipped to
-    ``±logit(1 - eps)`` (about ±16), so scores beyond the float32 saturation of the sigmoid
-    are calibrated as if they were ±16. Validation and test numbers use the exact logits.
+    With ``method="temperature"``, ``FairLightningModule.predict_step`` hands the calibrator the
+    logits; with the other methods, the probabilities.
 
     Nothing happens during the sanity check.
 
@@ -154,10 +152,9 @@ class GroupCalibrationCallback(Callback):
 
     @property
     def prediction_calibrator(self) -> Any:
-        """What ``pl_module.prediction_calibrator`` is set to: an object with ``transform(probs, groups)``."""
-        if self.calibrator is None:
-            return None
-        return _FromProbabilities(self.calibrator) if self.method == "temperature" else self.calibrator
+        """What ``pl_module.prediction_calibrator`` is set to: the fitted calibrator (``predict_step``
+        feeds it logits for ``"temperature"``, probabilities otherwise)."""
+        return self.calibrator
 
     def _attach(self, pl_module: pl.LightningModule) -> None:
         current = getattr(pl_module, "prediction_calibrator", None)
@@ -374,17 +371,6 @@ class GroupCalibrationCallback(Callback):
     @override
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._sync_with_checkpoint(trainer, pl_module, "predict")
-
-
-class _FromProbabilities:
-    """Feeds a temperature calibrator (which takes logits) the probabilities of ``predict_step``."""
-
-    def __init__(self, calibrator: GroupFairnessCalibrator) -> None:
-        self.calibrator = calibrator
-
-    def transform(self, probs: Tensor, groups: Any = None) -> Tensor:
-        logits = torch.logit(probs.double(), eps=self.calibrator.eps)
-        return self.calibrator.transform(logits, groups).to(probs.dtype)
 
 
 def _ece_metrics(prefix: str, names: list[str], before: Tensor, after: Tensor) -> dict[str, Tensor]:
