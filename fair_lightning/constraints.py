@@ -16,6 +16,13 @@ The two players of the proxy-Lagrangian see different violations:
   multipliers). Ascent on the hard violation is what makes the constraint hold for the deployed,
   thresholded classifier.
 
+Plain gradient ascent integrates the violation, so the multipliers lag behind and the two players
+oscillate around the constraint (the classic behaviour of gradient descent-ascent). With
+``dual_damping = kappa > 0`` the multipliers the model sees get a proportional term,
+``lambda = clip(integral + kappa * violation, 0, max)``: a PI controller on the violation
+(Stooke et al. 2020; Sohrabi et al. 2024, "nuPI"), which reacts as soon as a violation changes
+sign and damps the oscillation. ``kappa = 0`` is plain projected ascent.
+
 Both violations come from :func:`fair_lightning.losses.rate_gaps` on
 :class:`~fair_lightning.functional.GroupSums`: the same core as the losses and metrics.
 """
@@ -100,11 +107,16 @@ def constraint_violations(
     values, valids = [], []
     for c in constraints:
         gaps = rate_gaps(sums, c.conditions, min_count)
-        v = torch.stack((gaps.gap - c.tolerance, -gaps.gap - c.tolerance), -1)  # (C, G, 2)
-        valid = gaps.valid[..., None].expand_as(v)
-        values.append(torch.where(valid, v, torch.zeros_like(v)).reshape(-1))
-        valids.append(valid.reshape(-1))
+        # (C, G, 2): upper side gap - tol, lower side -gap - tol; 0 where undefined
+        v = (gaps.gap[..., None] * _SIDES.to(gaps.gap) - c.tolerance) * gaps.valid[..., None]
+        values.append(v.reshape(-1))
+        valids.append(gaps.valid[..., None].expand_as(v).reshape(-1))
+    if len(values) == 1:
+        return values[0], valids[0]
     return torch.cat(values), torch.cat(valids)
+
+
+_SIDES = torch.tensor([1.0, -1.0])
 
 
 class LagrangeMultipliers(nn.Module):
@@ -120,7 +132,9 @@ class LagrangeMultipliers(nn.Module):
         multiplier_max: upper bound of each multiplier (projection onto ``[0, multiplier_max]``).
         ema_decay: decay of the running group sums, in ``[0, 1)``; 0 uses the batch alone.
         min_count: groups with fewer (running) samples are not constrained.
-        dual_optimizer: ``params -> optimizer``; default plain SGD with ``dual_lr``.
+        dual_optimizer: ``params -> optimizer`` (e.g. SGD with momentum) for the ascent; default
+            plain SGD with ``dual_lr``, done in place.
+        dual_damping: proportional gain ``kappa >= 0`` of the PI update (0: plain ascent).
     """
 
     def __init__(
@@ -133,6 +147,7 @@ class LagrangeMultipliers(nn.Module):
         ema_decay: float = 0.9,
         min_count: float = 1,
         dual_optimizer: Callable[[Iterable[Tensor]], torch.optim.Optimizer] | None = None,
+        dual_damping: float = 0.0,
     ) -> None:
         super().__init__()
         if not dual_lr > 0:
@@ -141,17 +156,25 @@ class LagrangeMultipliers(nn.Module):
             raise ValueError(f"`multiplier_max` must be > 0, got {multiplier_max}")
         if not 0 <= ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1), got {ema_decay}")
+        if not dual_damping >= 0:
+            raise ValueError(f"`dual_damping` must be >= 0, got {dual_damping}")
+        self.dual_damping = dual_damping
         self.constraints = tuple(constraints)
         self.num_groups = num_groups
         self.multiplier_max, self.ema_decay, self.min_count = multiplier_max, ema_decay, min_count
         size = sum(2 * len(c.conditions) * num_groups for c in self.constraints)
-        # a buffer, not a Parameter: DDP must not all-reduce (or expect) a gradient for it; every
-        # rank computes the same ascent step from the same all-reduced sums
+        # buffers, not Parameters: DDP must not all-reduce (or expect) a gradient for them; every
+        # rank computes the same ascent step from the same all-reduced sums.
+        # `integral` is what the dual optimizer ascends; `multipliers` is what the model sees
+        # (equal to it without damping)
+        self.register_buffer("integral", torch.zeros(size))
         self.register_buffer("multipliers", torch.zeros(size))
         self.register_buffer("running_sums", torch.zeros(4, num_groups, dtype=torch.float64))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        factory = dual_optimizer or (lambda params: torch.optim.SGD(params, lr=dual_lr))
-        self.dual_optimizer = factory([self.multipliers])
+        self.dual_lr = dual_lr
+        # default: plain projected SGD ascent, done in place (a torch.optim.SGD without momentum
+        # does the same arithmetic with several times the per-step overhead, on every step)
+        self.dual_optimizer = dual_optimizer([self.integral]) if dual_optimizer is not None else None
 
     def soft_violations(self, soft_sums: GroupSums) -> Tensor:
         """Differentiable violations of the batch (for the primal step)."""
@@ -173,11 +196,18 @@ class LagrangeMultipliers(nn.Module):
         self.running_sums.copy_(ema_update(self.running_sums, stacked, decay))
         self.num_updates += 1
         hard, _ = constraint_violations(GroupSums.from_stacked(self.running_sums), self.constraints, self.min_count)
-        # ascent on the violation = descent on its negative
-        self.multipliers.grad = -hard.to(self.multipliers.dtype)
-        self.dual_optimizer.step()
-        self.multipliers.grad = None
-        self.multipliers.clamp_(0.0, self.multiplier_max)
+        if self.dual_optimizer is None:
+            self.integral.add_(hard.to(self.integral.dtype), alpha=self.dual_lr)
+        else:  # ascent on the violation = descent on its negative
+            self.integral.grad = -hard.to(self.integral.dtype)
+            self.dual_optimizer.step()
+            self.integral.grad = None
+        self.integral.clamp_(0.0, self.multiplier_max)
+        if self.dual_damping:
+            torch.add(self.integral, hard.to(self.integral.dtype), alpha=self.dual_damping, out=self.multipliers)
+            self.multipliers.clamp_(0.0, self.multiplier_max)
+        else:
+            self.multipliers.copy_(self.integral)
         return hard
 
     def hard_violations(self) -> Tensor:
@@ -185,10 +215,12 @@ class LagrangeMultipliers(nn.Module):
         return constraint_violations(GroupSums.from_stacked(self.running_sums), self.constraints, self.min_count)[0]
 
     def dual_state_dict(self) -> dict:
-        return self.dual_optimizer.state_dict()
+        """State of a custom dual optimizer (plain SGD has none)."""
+        return self.dual_optimizer.state_dict() if self.dual_optimizer is not None else {}
 
     def load_dual_state_dict(self, state: dict) -> None:
-        self.dual_optimizer.load_state_dict(state)
+        if self.dual_optimizer is not None and state:
+            self.dual_optimizer.load_state_dict(state)
 
 
 __all__ = [

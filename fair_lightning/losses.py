@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fair_lightning.functional import GroupSums, Rate, group_sums, grouped_sum, soft_predictions
+from fair_lightning.functional import GroupSums, Rate, group_sums, grouped_sum, masked_divide, soft_predictions
 from fair_lightning.functional._checks import check_binary_target, check_groups, check_num_groups, check_scores
 from fair_lightning.groups import WEIGHT_SCHEMES, group_weights
 
@@ -60,24 +60,47 @@ def _condition(sums: GroupSums, condition: int | None) -> GroupSums:
     return sums if condition is None else sums.conditioned_on_label(condition)
 
 
+# numerator and denominator of each conditional selection rate as rows over the stacked sums
+# [count, label, pred, pred_label]: selection rate pred/count, TPR pred_label/label,
+# FPR (pred - pred_label)/(count - label)
+_RATE_COEFFICIENTS = {
+    None: ((0.0, 0.0, 1.0, 0.0), (1.0, 0.0, 0.0, 0.0)),
+    1: ((0.0, 0.0, 0.0, 1.0), (0.0, 1.0, 0.0, 0.0)),
+    0: ((0.0, 0.0, 1.0, -1.0), (1.0, -1.0, 0.0, 0.0)),
+}
+_COEFFICIENT_CACHE: dict = {}
+
+
+def _coefficients(conditions: Sequence[int | None], like: Tensor) -> Tensor:
+    key = (tuple(conditions), like.dtype, like.device)
+    coeffs = _COEFFICIENT_CACHE.get(key)
+    if coeffs is None:
+        rows = [_RATE_COEFFICIENTS[c] for c in conditions]
+        coeffs = torch.tensor([[num for num, _ in rows], [den for _, den in rows]], dtype=like.dtype, device=like.device)
+        _COEFFICIENT_CACHE[key] = coeffs
+    return coeffs  # (2, C, 4)
+
+
 def rate_gaps(sums: GroupSums, conditions: Sequence[int | None], min_count: float = 1) -> GroupGaps:
     """Gap of each group's (conditional) selection rate to the overall one.
+
+    All conditions at once: the numerators and denominators of the rates are one small matmul
+    over the stacked sums (this runs on every training step of the Lagrangian mode).
 
     Args:
         sums: per-group sums (soft or hard).
         conditions: ``None`` for the selection rate, ``1`` for TPR, ``0`` for FPR.
         min_count: groups with fewer samples behind the rate are masked.
     """
-    gaps, valids, counts = [], [], []
-    for condition in conditions:
-        cond = _condition(sums, condition)
-        rate = cond.selection_rate()
-        overall = cond.total().selection_rate()
-        valid = rate.valid & overall.valid & (cond.count >= min_count)
-        gaps.append(torch.where(valid, rate.value - overall.value, torch.zeros_like(rate.value)))
-        valids.append(valid)
-        counts.append(cond.count)
-    return GroupGaps(torch.stack(gaps), torch.stack(valids), torch.stack(counts))
+    stacked = sums.stack()
+    num, den = _coefficients(conditions, stacked) @ stacked  # each (C, G)
+    rate = masked_divide(num, den)
+    overall = masked_divide(num.sum(1, keepdim=True), den.sum(1, keepdim=True))
+    valid = rate.valid & overall.valid
+    if min_count > 1:  # den > 0 already covers min_count <= 1 for counts
+        valid = valid & (den >= min_count)
+    gap = torch.where(valid, rate.value - overall.value, torch.zeros_like(rate.value))
+    return GroupGaps(gap, valid, den)
 
 
 def _penalize(gap: Tensor, penalty: str) -> Tensor:

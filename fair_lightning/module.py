@@ -74,6 +74,9 @@ class FairLightningModule(pl.LightningModule):
         multiplier_max: multipliers are projected onto ``[0, multiplier_max]``.
         ema_decay: decay of the running group sums behind the hard violations.
         dual_optimizer: ``params -> optimizer`` for the multipliers; default SGD(``dual_lr``).
+        dual_damping: proportional gain of a PI update of the multipliers (0: plain projected
+            ascent); damps the oscillation of the constrained rates, see
+            :mod:`fair_lightning.constraints`.
         temperature: temperature of the smooth indicator in losses and soft violations.
         penalty, reduction, pairwise, weighting, min_count: passed to the fairness loss;
             ``min_count`` also masks small groups in the constraints.
@@ -110,6 +113,7 @@ class FairLightningModule(pl.LightningModule):
         multiplier_max: float = 100.0,
         ema_decay: float = 0.9,
         dual_optimizer: OptimizerFactory | None = None,
+        dual_damping: float = 0.0,
         temperature: float = 1.0,
         penalty: str = "abs",
         reduction: str = "mean",
@@ -186,6 +190,7 @@ class FairLightningModule(pl.LightningModule):
             self.multipliers = LagrangeMultipliers(
                 parsed, num_groups, dual_lr=dual_lr, multiplier_max=multiplier_max,
                 ema_decay=ema_decay, min_count=min_count, dual_optimizer=dual_optimizer,
+                dual_damping=dual_damping,
             )
             self.constraint_names = constraint_names(parsed, self.group_names)
         elif mode == "adversarial":
