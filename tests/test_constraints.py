@@ -1,0 +1,105 @@
+import pytest
+import torch
+
+from fair_lightning.constraints import (
+    FairnessConstraint,
+    LagrangeMultipliers,
+    constraint_names,
+    constraint_violations,
+    parse_constraints,
+)
+from fair_lightning.functional import GroupSums, group_sums
+
+
+def _sums():
+    preds = torch.tensor([1.0, 1, 0, 0, 1, 0, 0, 0, 1, 1])
+    target = torch.tensor([1, 0, 1, 0, 1, 1, 0, 0, 1, 0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    return group_sums(preds, target, groups, 3), preds, target, groups
+
+
+def test_violations_match_a_hand_computation():
+    sums, preds, target, groups = _sums()
+    cons = parse_constraints([{"definition": "demographic_parity", "tolerance": 0.05}, "equal_opportunity"], 0.0)
+    values, valid = constraint_violations(sums, cons)
+    names = constraint_names(cons, ["a", "b", "c"])
+    assert len(names) == values.numel() == 6 + 6
+    overall = preds.mean()
+    for g in range(3):
+        gap = preds[groups == g].mean() - overall
+        assert values[names.index(f"demographic_parity/selection_rate/{'abc'[g]}/upper")].item() == pytest.approx(gap - 0.05)
+        assert values[names.index(f"demographic_parity/selection_rate/{'abc'[g]}/lower")].item() == pytest.approx(-gap - 0.05)
+        pos = target == 1
+        tpr_gap = preds[pos & (groups == g)].mean() - preds[pos].mean()
+        assert values[names.index(f"equal_opportunity/true_positive_rate/{'abc'[g]}/upper")].item() == pytest.approx(tpr_gap)
+    assert valid.all()
+
+
+def test_absent_group_gives_zero_violation():
+    sums, *_ = _sums()
+    stacked = sums.stack().clone()
+    stacked[:, 2] = 0
+    values, valid = constraint_violations(GroupSums.from_stacked(stacked), parse_constraints("equalized_odds"))
+    names = constraint_names(parse_constraints("equalized_odds"), ["a", "b", "c"])
+    for k, name in enumerate(names):
+        if "/c/" in name:
+            assert values[k] == 0 and not valid[k]
+
+
+def test_default_ascent_equals_torch_sgd_and_projects():
+    sums, *_ = _sums()
+    cons = parse_constraints("demographic_parity", 0.0)
+    ours = LagrangeMultipliers(cons, 3, dual_lr=0.3, ema_decay=0.0, multiplier_max=0.2)
+    ref = LagrangeMultipliers(cons, 3, dual_lr=0.3, ema_decay=0.0, multiplier_max=0.2,
+                              dual_optimizer=lambda p: torch.optim.SGD(p, lr=0.3))
+    for _ in range(3):
+        hard = ours.dual_step(sums)
+        ref.dual_step(sums)
+        torch.testing.assert_close(ours.multipliers, ref.multipliers)
+    assert (ours.multipliers >= 0).all() and (ours.multipliers <= 0.2).all()
+    assert ours.multipliers.max() == pytest.approx(0.2)  # the projection bit
+    assert torch.equal(hard, constraint_violations(sums, cons)[0])
+
+
+def test_damping_adds_a_proportional_term():
+    sums, *_ = _sums()
+    cons = parse_constraints("demographic_parity", 0.0)
+    plain = LagrangeMultipliers(cons, 3, dual_lr=0.1, ema_decay=0.0)
+    damped = LagrangeMultipliers(cons, 3, dual_lr=0.1, ema_decay=0.0, dual_damping=2.0)
+    for _ in range(2):
+        hard = plain.dual_step(sums)
+        damped.dual_step(sums)
+    torch.testing.assert_close(damped.integral, plain.multipliers)
+    torch.testing.assert_close(damped.multipliers, (plain.multipliers + 2.0 * hard.float()).clamp(0, 100.0))
+    # once the violation flips sign the proportional term pulls the multiplier down at once
+    flipped = GroupSums(sums.count, sums.label, sums.count - sums.pred, sums.label - sums.pred_label)
+    hard = damped.dual_step(flipped)
+    torch.testing.assert_close(damped.multipliers, (damped.integral + 2.0 * hard.float()).clamp(0, 100.0))
+    assert (damped.multipliers < damped.integral).any()
+
+
+def test_running_sums_are_an_ema():
+    sums, *_ = _sums()
+    mult = LagrangeMultipliers(parse_constraints("demographic_parity"), 3, ema_decay=0.75)
+    mult.dual_step(sums)
+    torch.testing.assert_close(mult.running_sums, sums.stack().double())
+    doubled = GroupSums.from_stacked(sums.stack() * 2)
+    mult.dual_step(doubled)
+    torch.testing.assert_close(mult.running_sums, (0.75 * sums.stack() + 0.25 * 2 * sums.stack()).double())
+    assert int(mult.num_updates) == 2
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: FairnessConstraint("parity"), "`constraints` must be one of"),
+        (lambda: FairnessConstraint("demographic_parity", -0.1), "`tolerance` must be >= 0, got -0.1"),
+        (lambda: parse_constraints([]), "at least one constraint"),
+        (lambda: parse_constraints(3), "`constraints` must be a name"),
+        (lambda: LagrangeMultipliers(parse_constraints("demographic_parity"), 2, dual_damping=-1), "`dual_damping` must be >= 0"),
+        (lambda: LagrangeMultipliers(parse_constraints("demographic_parity"), 2, multiplier_max=0), "`multiplier_max` must be > 0"),
+    ],
+)
+def test_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
