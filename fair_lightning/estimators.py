@@ -51,7 +51,7 @@ from fair_lightning.data._batching import (
 from fair_lightning.groups import GroupSpec
 from fair_lightning.losses import CONDITIONS, LOSSES, FairnessLoss
 from fair_lightning.module import MODES, FairLightningModule
-from fair_lightning.reductions import ReductionsWrapper, _is_int, _is_real
+from fair_lightning.reductions import _is_int, _is_real, check_sensitive_features
 
 __all__ = ["FairNeuralClassifier", "MODULE_MANAGED_KWARGS"]
 
@@ -373,9 +373,8 @@ class FairNeuralClassifier(ClassifierMixin, BaseEstimator):
     def _groups(self, sensitive_features: Any, n_samples: int) -> tuple[GroupSpec, torch.Tensor]:
         if sensitive_features is None:
             raise ValueError(_MESSAGE_MISSING_SENSITIVE_FEATURES)
-        # ReductionsWrapper's checks (shape, one row per sample, no missing values) use no
-        # state of the instance: the same rules and messages for both estimators.
-        ReductionsWrapper._check_sensitive_features(self, sensitive_features, n_samples)
+        # the same rules and messages as ReductionsWrapper (shape, one row per sample, no NaN)
+        check_sensitive_features(sensitive_features, n_samples)
         frame = _sensitive_frame(sensitive_features, n_samples)
         return GroupSpec.from_frame(frame, list(frame.columns))
 

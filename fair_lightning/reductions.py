@@ -92,6 +92,35 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)
 
 
+def check_sensitive_features(sensitive_features: Any, n_samples: int) -> None:
+    """Validate ``sensitive_features`` for ``fit``: present, 1-D or 2-D, one row per sample, no missing values."""
+    if sensitive_features is None:
+        raise ValueError(_MESSAGE_MISSING_SENSITIVE_FEATURES)
+    values = check_array(
+        sensitive_features,
+        ensure_2d=False,
+        dtype=None,
+        ensure_all_finite=False,
+        allow_nd=True,
+        input_name="sensitive_features",
+    )
+    if values.ndim > 2:
+        raise ValueError(
+            "`sensitive_features` must be 1-D (one attribute) or 2-D (one column per "
+            f"attribute), got an array of shape {values.shape}"
+        )
+    if values.shape[0] != n_samples:
+        raise ValueError(
+            f"`sensitive_features` must have one row per sample ({n_samples}), got "
+            f"{values.shape[0]} rows"
+        )
+    if pd.isna(pd.DataFrame(values.reshape(n_samples, -1))).to_numpy().any():
+        raise ValueError(
+            "`sensitive_features` contains missing values (NaN/None); encode them as their "
+            "own group first"
+        )
+
+
 # Mixins before BaseEstimator: scikit-learn's required order, without which the classifier tags
 # set by ClassifierMixin are lost.
 class ReductionsWrapper(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
@@ -275,33 +304,6 @@ class ReductionsWrapper(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
     def _finite_mode(self) -> bool | str:
         return "allow-nan" if self.__sklearn_tags__().input_tags.allow_nan else True
 
-    def _check_sensitive_features(self, sensitive_features: Any, n_samples: int) -> None:
-        if sensitive_features is None:
-            raise ValueError(_MESSAGE_MISSING_SENSITIVE_FEATURES)
-        values = check_array(
-            sensitive_features,
-            ensure_2d=False,
-            dtype=None,
-            ensure_all_finite=False,
-            allow_nd=True,
-            input_name="sensitive_features",
-        )
-        if values.ndim > 2:
-            raise ValueError(
-                "`sensitive_features` must be 1-D (one attribute) or 2-D (one column per "
-                f"attribute), got an array of shape {values.shape}"
-            )
-        if values.shape[0] != n_samples:
-            raise ValueError(
-                f"`sensitive_features` must have one row per sample ({n_samples}), got "
-                f"{values.shape[0]} rows"
-            )
-        if pd.isna(pd.DataFrame(values.reshape(n_samples, -1))).to_numpy().any():
-            raise ValueError(
-                "`sensitive_features` contains missing values (NaN/None); encode them as their "
-                "own group first"
-            )
-
     def _input_for_base(self, X: Any, X_checked: np.ndarray) -> Any:
         # Data frames reach the base estimator as data frames (feature names, categorical
         # columns, column-selecting pipelines); anything else as the validated array.
@@ -353,7 +355,7 @@ class ReductionsWrapper(ClassifierMixin, MetaEstimatorMixin, BaseEstimator):
                 "`y` must contain two classes for binary classification, got "
                 f"{classes.shape[0]} class: {classes.tolist()}"
             )
-        self._check_sensitive_features(sensitive_features, X_checked.shape[0])
+        check_sensitive_features(sensitive_features, X_checked.shape[0])
 
         validate_data(self, X, reset=True, skip_check_array=True)
         self.classes_ = classes

@@ -34,8 +34,8 @@ from fair_lightning.groups import GroupSpec
 from fair_lightning.losses import CONDITIONS, LOSSES
 from fair_lightning.module import MODES, FairLightningModule
 from fair_lightning.reductions import ReductionsWrapper
-from tests.test_reductions import EXPECTED_FAILED_CHECKS as REDUCTIONS_EXPECTED_FAILED_CHECKS
-from tests.test_reductions import _MISSING_SF, _chain, _check_name, _rows
+from tests._sklearn_checks import EXPECTED_FAILED_CHECKS as REDUCTIONS_EXPECTED_FAILED_CHECKS
+from tests._sklearn_checks import _MISSING_SF, _chain, _check_name, _rows
 
 pytestmark = [
     # fairlearn 0.15 writes to pandas objects in ways pandas 3 deprecates; not ours to fix.
