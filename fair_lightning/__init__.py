@@ -1,3 +1,50 @@
-"""fair-lightning: fairness-aware training for PyTorch Lightning."""
+"""fair-lightning: fairness-aware training for PyTorch Lightning.
+
+The main names are importable from the top level; each lives in (and is documented with) its
+submodule. They are loaded on first use, so ``import fair_lightning`` stays cheap.
+
+=============================  ==============================
+name                           submodule
+=============================  ==============================
+``FairLightningModule``        :mod:`fair_lightning.module`
+``TabularDataModule``          :mod:`fair_lightning.data`
+``GroupSpec``                  :mod:`fair_lightning.groups`
+``GroupFairnessCalibrator``    :mod:`fair_lightning.calibration`
+``GroupCalibrationCallback``   :mod:`fair_lightning.callbacks`
+``FairnessDashboard``          :mod:`fair_lightning.callbacks`
+``ReductionsWrapper``          :mod:`fair_lightning.reductions`
+``FairNeuralClassifier``       :mod:`fair_lightning.estimators`
+=============================  ==============================
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "FairLightningModule": "fair_lightning.module",
+    "TabularDataModule": "fair_lightning.data",
+    "GroupSpec": "fair_lightning.groups",
+    "GroupFairnessCalibrator": "fair_lightning.calibration",
+    "GroupCalibrationCallback": "fair_lightning.callbacks",
+    "FairnessDashboard": "fair_lightning.callbacks",
+    "ReductionsWrapper": "fair_lightning.reductions",
+    "FairNeuralClassifier": "fair_lightning.estimators",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fair_lightning' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
