@@ -1,0 +1,648 @@
+"""Accuracy-fairness trade-offs: non-dominated fronts, hypervolume, sweep tables and plots.
+
+* :func:`pareto_front`: the non-dominated points of a set (any number of objectives).
+* :func:`hypervolume`: the area a 2-D front dominates up to a reference point (exact).
+* :func:`load_sweep`: a Hydra multirun directory as a table, one row per job's ``metrics.json``
+  (written by :mod:`fair_lightning.train`); unfinished and failed jobs are reported and skipped.
+* :func:`plot_pareto_frontier`: all points, the frontier, each point labelled (by ``eta``), an
+  optional fairness threshold and baselines.
+* :func:`pareto_sweep`: the in-process alternative to a Hydra sweep, for notebooks: one model per
+  ``eta`` on a data module you already have.
+* :func:`main`: the command line behind ``scripts/pareto.py`` (and ``python -m
+  fair_lightning.pareto``): ``frontier.csv``, ``frontier.png``, the hypervolume and a TensorBoard
+  entry for a sweep directory.
+
+Objectives are columns of the table, ``maximize`` says which way each is better; by default it
+is inferred from the name (:func:`higher_is_better`: accuracy, AUROC and ratios up; differences,
+errors and losses down).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"  # the same name as fair_lightning.train.METRICS_FILE (not imported: no Hydra needed here)
+#: Files :func:`main` writes into the sweep directory.
+FRONTIER_CSV, FRONTIER_PNG, TENSORBOARD_DIR = "frontier.csv", "frontier.png", "tensorboard"
+#: Record keys left out of the table (the raw logged metrics and the traceback stay in ``metrics.json``).
+_NOT_IN_TABLE = ("metrics", "traceback")
+_GROUP_SUFFIX = "_by_group"
+_FIRST_COLUMNS = ("job", "job_dir", "status", "mode", "fairness", "eta", "tolerance", "overrides")
+
+
+# --------------------------------------------------------------------------------- the front
+def higher_is_better(name: str) -> bool:
+    """Whether a larger value of metric ``name`` is better, from its name.
+
+    ``accuracy``, ``auroc`` and ``*ratio*`` (disparate impact) are maximized; ``*difference*``,
+    ``*error*``, ``*loss*`` and ``*seconds*`` minimized.
+
+    Raises:
+        ValueError: for a name matching neither rule (pass ``maximize`` explicitly).
+    """
+    lowered = name.lower()
+    if any(word in lowered for word in ("difference", "error", "loss", "seconds")):
+        return False
+    if "ratio" in lowered or lowered.endswith(("accuracy", "auroc", "auc")):
+        return True
+    raise ValueError(f"cannot tell whether higher {name!r} is better; pass `maximize` explicitly")
+
+
+def _points(points: Any) -> np.ndarray:
+    array = np.asarray(points, dtype=float)
+    if array.ndim == 1 and array.size:
+        array = array.reshape(1, -1)
+    if array.ndim != 2:
+        raise ValueError(f"`points` must be an (n, d) array of objective values, got shape {array.shape}")
+    return array
+
+
+def _signs(maximize: bool | Sequence[bool], d: int) -> np.ndarray:
+    if isinstance(maximize, (bool, np.bool_)):
+        maximize = [bool(maximize)] * d
+    maximize = list(maximize)
+    if len(maximize) != d:
+        raise ValueError(f"`maximize` must have one entry per objective ({d}), got {maximize!r}")
+    return np.where(np.asarray(maximize, dtype=bool), 1.0, -1.0)
+
+
+def pareto_front(points: Any, maximize: bool | Sequence[bool] = (True, False)) -> np.ndarray:
+    """Mask of the non-dominated points.
+
+    A point dominates another if it is at least as good in every objective and strictly better in
+    one. So duplicates of a non-dominated point are all on the front (none dominates the other),
+    and a point tied with a front point in one objective but worse in another is not. Rows with a
+    NaN or infinite value are never on the front and dominate nothing.
+
+    Args:
+        points: ``(n, d)`` objective values (one row per model); a single point may be ``(d,)``.
+        maximize: per objective, whether larger is better (one bool for all). The default fits
+            ``(accuracy, dp_difference)``.
+
+    Returns:
+        ``(n,)`` boolean mask, True for the non-dominated rows.
+
+    Example:
+        >>> pareto_front([[0.85, 0.18], [0.83, 0.02], [0.80, 0.05], [0.83, 0.02]]).tolist()
+        [True, True, False, True]
+    """
+    p = _points(points)
+    if p.shape[0] == 0:
+        return np.zeros(0, dtype=bool)
+    q = p * _signs(maximize, p.shape[1])  # every objective maximized
+    finite = np.isfinite(q).all(axis=1)
+    q = np.where(finite[:, None], q, -np.inf)
+    # dominates[j, i]: row j dominates row i (O(n^2 d) memory: sweeps have at most thousands of jobs)
+    at_least = (q[:, None, :] >= q[None, :, :]).all(axis=-1)
+    better = (q[:, None, :] > q[None, :, :]).any(axis=-1)
+    dominated = (at_least & better & finite[:, None]).any(axis=0)
+    return finite & ~dominated
+
+
+def hypervolume(points: Any, reference: Sequence[float], maximize: bool | Sequence[bool] = (True, False)) -> float:
+    """Area dominated by 2-D points up to ``reference`` (exact, by a sweep over the sorted front).
+
+    The area of the union of the boxes between each point and the reference point; a larger
+    hypervolume is a better front. Only points strictly better than ``reference`` in both
+    objectives count; rows with NaN are ignored; no point gives 0.
+
+    Args:
+        points: ``(n, 2)`` objective values.
+        reference: the reference point, worse than every point of interest in both objectives
+            (for metrics in [0, 1]: 0 for a maximized one, 1 for a minimized one, see
+            :func:`default_reference`).
+        maximize: per objective, whether larger is better.
+
+    Returns:
+        The hypervolume (an area, in the units of the two objectives).
+
+    Example:
+        >>> round(hypervolume([[0.8, 0.1], [0.7, 0.0]], reference=(0.0, 1.0)), 6)  # 0.8 * 0.9 + 0.7 * 0.1
+        0.79
+    """
+    p = _points(points) if np.size(points) else np.zeros((0, 2))
+    if p.shape[1] != 2:
+        raise ValueError(f"`hypervolume` is for 2 objectives, got points with {p.shape[1]}")
+    ref = np.asarray(reference, dtype=float).reshape(-1)
+    if ref.shape != (2,) or not np.isfinite(ref).all():
+        raise ValueError(f"`reference` must be 2 finite numbers, got {reference!r}")
+    signs = _signs(maximize, 2)
+    q, r = -p * signs, -ref * signs  # every objective minimized
+    q = q[np.isfinite(q).all(axis=1) & (q < r).all(axis=1)]
+    if q.shape[0] == 0:
+        return 0.0
+    q = q[np.lexsort((q[:, 1], q[:, 0]))]  # by the first objective, then the second
+    area, best = 0.0, r[1]
+    for x, y in q:
+        if y < best:
+            area += (r[0] - x) * (best - y)
+            best = y
+    return float(area)
+
+
+def default_reference(maximize: Sequence[bool]) -> tuple[float, ...]:
+    """The worst value of metrics in [0, 1]: 0 for a maximized one, 1 for a minimized one.
+
+    A fixed reference makes hypervolumes of different sweeps comparable: for
+    ``(test_dp_difference, test_accuracy)`` it is ``(1, 0)``, and the hypervolume is the share
+    of the unit square the front dominates.
+    """
+    return tuple(0.0 if m else 1.0 for m in maximize)
+
+
+def frontier_table(
+    table: pd.DataFrame, x: str = "test_dp_difference", y: str = "test_accuracy", maximize: Sequence[bool] | None = None
+) -> pd.DataFrame:
+    """A copy of ``table`` with an ``is_pareto`` column (among rows with ``status == "ok"`` if present)."""
+    maximize = _maximize(x, y, maximize)
+    out = table.copy()
+    mask = np.zeros(len(out), dtype=bool)
+    if len(out):
+        ok = _ok_rows(out, x, y)
+        mask[ok] = pareto_front(out.loc[ok, [x, y]].to_numpy(float), maximize)
+    out["is_pareto"] = mask
+    return out
+
+
+def _maximize(x: str, y: str, maximize: Sequence[bool] | None) -> tuple[bool, bool]:
+    if maximize is None:
+        return higher_is_better(x), higher_is_better(y)
+    maximize = tuple(bool(m) for m in maximize)
+    if len(maximize) != 2:
+        raise ValueError(f"`maximize` must be two bools (for x and y), got {maximize!r}")
+    return maximize
+
+
+def _ok_rows(table: pd.DataFrame, x: str, y: str) -> np.ndarray:
+    for column in (x, y):
+        if column not in table.columns:
+            raise ValueError(f"column {column!r} is not in the table; numeric columns: {_numeric_columns(table)}")
+    ok = np.isfinite(table[[x, y]].to_numpy(float)).all(axis=1)
+    if "status" in table.columns:
+        ok &= (table["status"] == "ok").to_numpy()
+    return ok
+
+
+def _numeric_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if pd.api.types.is_numeric_dtype(table[c]) and table[c].dtype != bool]
+
+
+# --------------------------------------------------------------------------------- sweeps
+def flatten_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One table row from a ``metrics.json`` record.
+
+    Scalars stay; per-group mappings ``<name>_by_group: {group: v}`` become columns
+    ``<name>/<group>`` (``test_selection_rate/sex=Female``); lists become strings (overrides
+    joined by spaces, groups by commas); the raw ``metrics`` and the ``traceback`` are left out.
+    """
+    row: dict[str, Any] = {}
+    for key, value in record.items():
+        if key in _NOT_IN_TABLE:
+            continue
+        if isinstance(value, Mapping):
+            base = key[: -len(_GROUP_SUFFIX)] if key.endswith(_GROUP_SUFFIX) else key
+            for group, v in value.items():
+                row[f"{base}/{group}"] = np.nan if v is None else v
+        elif isinstance(value, (list, tuple)):
+            row[key] = (" " if key == "overrides" else ",").join(str(v) for v in value)
+        else:
+            row[key] = np.nan if value is None and key not in ("error", "fairness") else value
+    return row
+
+
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    """Directories of the jobs: those holding Hydra's ``.hydra/`` or a ``metrics.json``."""
+    found = {p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir()}
+    found |= {p.parent for p in sweep_dir.rglob(METRICS_FILE) if p.is_file()}
+    return sorted(found, key=lambda p: (len(p.relative_to(sweep_dir).parts), _job_number(p, sweep_dir), str(p)))
+
+
+def _job_number(path: Path, root: Path) -> float:
+    name = path.name if path != root else ""
+    return int(name) if name.isdigit() else math.inf
+
+
+def load_sweep(sweep_dir: str | os.PathLike, *, include_failed: bool = False) -> pd.DataFrame:
+    """One row per job of a Hydra multirun (or run) directory, from each job's ``metrics.json``.
+
+    A job is a directory with Hydra's ``.hydra/`` or a ``metrics.json``. Jobs without
+    ``metrics.json`` (still running, or killed: time limit, out of memory), with an unreadable one,
+    or with ``status: "failed"`` are reported (a warning on the ``fair_lightning.pareto`` logger,
+    one line per job with the reason or error) and skipped; the list is in
+    ``table.attrs["skipped"]``.
+
+    Args:
+        sweep_dir: the sweep directory (``hydra.sweep.dir``).
+        include_failed: keep the skipped jobs as rows too, with ``status`` ``"failed"``,
+            ``"unfinished"`` or ``"unreadable"`` and the reason in ``error``.
+
+    Returns:
+        A DataFrame with ``job`` (number), ``job_dir`` (relative to ``sweep_dir``), ``status``,
+        the method (``mode``, ``fairness``, ``eta``, ``tolerance``), ``overrides``, the metrics
+        (``test_accuracy``, ``test_dp_difference``, ... and per group ``test_selection_rate/<g>``)
+        and timings, sorted by job number.
+
+    Raises:
+        FileNotFoundError: if ``sweep_dir`` is not a directory.
+    """
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"sweep directory {str(root)!r} does not exist")
+    rows, skipped = [], []
+    for job_dir in _job_dirs(root):
+        rel = job_dir.relative_to(root).as_posix() or "."
+        number = _job_number(job_dir, root)
+        path = job_dir / METRICS_FILE
+        if not path.is_file():
+            reason, status, record = "no metrics.json (unfinished, or killed before writing one)", "unfinished", None
+        else:
+            try:
+                record = json.loads(path.read_text())
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, ValueError) as exc:
+                reason, status, record = f"unreadable metrics.json ({exc})", "unreadable", None
+            else:
+                status = record.get("status", "unknown")
+                reason = None if status == "ok" else f"status {status!r}: {record.get('error') or 'no error recorded'}"
+        row = flatten_record(record) if record else {}
+        if not isinstance(row.get("job"), (int, np.integer)):  # a single run records no job number
+            row["job"] = number if math.isfinite(number) else np.nan
+        row["job_dir"] = rel
+        if reason is not None:
+            skipped.append({"job_dir": rel, "status": status, "reason": reason})
+            log.warning("skipping job %s: %s", rel, reason)
+            if include_failed:
+                rows.append({**row, "status": status, "error": reason})
+            continue
+        rows.append(row)
+    if skipped:
+        n_ok = sum(row.get("status") == "ok" for row in rows)
+        log.warning("%d of %d jobs in %s skipped (unfinished or failed)", len(skipped), len(skipped) + n_ok, root)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        table = pd.DataFrame(columns=["job", "job_dir", "status"])
+    else:
+        first = [c for c in _FIRST_COLUMNS if c in table]
+        table = table[first + [c for c in table.columns if c not in first]]
+        table = table.sort_values(["job", "job_dir"], na_position="last", kind="stable").reset_index(drop=True)
+    table.attrs["skipped"] = skipped
+    return table
+
+
+# --------------------------------------------------------------------------------- plotting
+def _label(row: pd.Series, label: str) -> str:
+    """``row[label]`` as short text; the row's ``mode`` (``"erm"``) where it is missing."""
+    value = row.get(label)
+    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+        mode = row.get("mode")
+        return mode if isinstance(mode, str) else ""
+    return f"{value:g}" if isinstance(value, (float, np.floating, int, np.integer)) else str(value)
+
+
+def plot_pareto_frontier(
+    table: pd.DataFrame,
+    x: str = "test_dp_difference",
+    y: str = "test_accuracy",
+    label: str | None = "eta",
+    *,
+    threshold: float | None = None,
+    baselines: Mapping[str, Sequence[float]] | None = None,
+    ax: Axes | None = None,
+    maximize: Sequence[bool] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Scatter every model, draw the Pareto frontier, label each point, mark threshold and baselines.
+
+    Args:
+        table: one row per model (:func:`load_sweep`, :func:`pareto_sweep`); rows with a
+            ``status`` other than ``"ok"`` or without both values are left out.
+        x, y: the two objective columns (fairness on x, performance on y by default).
+        label: column whose value labels each point (``"eta"``; ``"tolerance"`` for Lagrangian
+            sweeps); a missing value shows the row's ``mode`` (``erm``). ``None``: no labels.
+        threshold: a fairness requirement on ``x``: a dashed vertical line, the acceptable side
+            (``x <= threshold`` for a minimized metric such as a DP difference of 0.05, ``x >=
+            threshold`` for a maximized one such as a DP ratio of 0.8) shaded, and the best
+            acceptable model starred.
+        baselines: name -> ``(x, y)`` of reference models (the unconstrained model, fairlearn's
+            reductions) drawn as labelled diamonds.
+        ax: axes to draw on; default a new figure.
+        maximize: whether larger is better for ``x`` and ``y``; default from the names
+            (:func:`higher_is_better`).
+        title: the axes' title; default names the objectives.
+
+    Returns:
+        The matplotlib ``Figure`` (``fig.savefig("frontier.png")``).
+    """
+    from matplotlib.figure import Figure
+
+    mx, my = _maximize(x, y, maximize)
+    if ax is None:
+        fig = Figure(figsize=(7.5, 5.0), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    data = table.loc[_ok_rows(table, x, y)] if len(table) else table
+    points = data[[x, y]].to_numpy(float) if len(data) else np.zeros((0, 2))
+    front = pareto_front(points, (mx, my)) if len(points) else np.zeros(0, dtype=bool)
+
+    if (~front).any():
+        ax.scatter(points[~front, 0], points[~front, 1], s=36, color="0.6", label="dominated", zorder=2)
+    if front.any():
+        order = np.argsort(points[front, 0], kind="stable")
+        fx, fy = points[front][order, 0], points[front][order, 1]
+        ax.step(fx, fy, where="pre" if mx else "post", color="tab:blue", lw=1.5, alpha=0.8, zorder=1)
+        ax.scatter(fx, fy, s=48, color="tab:blue", label="Pareto frontier", zorder=3)
+    if label is not None:
+        order = np.argsort(points[:, 0], kind="stable") if len(points) else np.zeros(0, dtype=int)
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        for (_, row), (px, py), r in zip(data.iterrows(), points, rank):
+            text = _label(row, label)
+            if text:  # neighbours along x alternate above and below, so close points stay readable
+                ax.annotate(text, (px, py), xytext=(4, 4 if r % 2 == 0 else -11), textcoords="offset points",
+                            fontsize=8, color="0.2")  # fmt: skip
+    if threshold is not None:
+        threshold = float(threshold)
+        ax.axvline(threshold, color="tab:red", ls="--", lw=1.2, label=f"{x} {'≥' if mx else '≤'} {threshold:g}")
+        lo, hi = ax.get_xlim()
+        if mx:
+            ax.axvspan(threshold, max(hi, threshold), color="tab:green", alpha=0.06)
+        else:
+            ax.axvspan(min(lo, threshold), threshold, color="tab:green", alpha=0.06)
+        ax.set_xlim(min(lo, threshold), max(hi, threshold))
+        ok = points[:, 0] >= threshold if mx else points[:, 0] <= threshold
+        if ok.any():
+            best = np.flatnonzero(ok)[np.argmax(points[ok, 1]) if my else np.argmin(points[ok, 1])]
+            ax.scatter(*points[best], marker="*", s=260, facecolor="none", edgecolor="tab:red", lw=1.5,
+                       label="best within threshold", zorder=4)  # fmt: skip
+    for name, (bx, by) in (baselines or {}).items():
+        ax.scatter([bx], [by], marker="D", s=50, color="tab:orange", edgecolor="k", zorder=4)
+        ax.annotate(name, (bx, by), xytext=(5, -10), textcoords="offset points", fontsize=8, color="tab:orange")
+    ax.set_xlabel(f"{x} ({'higher' if mx else 'lower'} is better)")
+    ax.set_ylabel(f"{y} ({'higher' if my else 'lower'} is better)")
+    default_title = f"{y} vs {x}: {int(front.sum())} of {len(points)} models on the frontier"
+    ax.set_title(title or default_title + (f" (labels: {label})" if label else ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+# --------------------------------------------------------------------------------- in process
+def pareto_sweep(
+    etas: Iterable[float],
+    *,
+    datamodule: Any,
+    mode: str = "penalty",
+    fairness: str = "demographic_parity",
+    max_epochs: int = 5,
+    seed: int = 0,
+    model: Callable[[int], Any] | None = None,
+    module_kwargs: Mapping[str, Any] | None = None,
+    trainer_kwargs: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Train one ``FairLightningModule`` per value of ``eta``, in this process; the table of results.
+
+    For notebooks without Hydra: the same record per model as a Hydra job's ``metrics.json``
+    (:func:`fair_lightning.train.fit_and_test`), as a table for :func:`plot_pareto_frontier`.
+    Errors propagate.
+
+    Args:
+        etas: the values to sweep. ``mode="penalty"`` or ``"adversarial"``: the fairness strength
+            ``eta``; ``mode="lagrangian"``: the constraint ``tolerance`` (column ``tolerance``,
+            plot with ``label="tolerance"``).
+        datamodule: a :class:`~fair_lightning.data.TabularDataModule` (set up here if needed).
+        mode: ``"penalty"``, ``"lagrangian"`` or ``"adversarial"``.
+        fairness: the fairness definition (the penalty's loss, the constraint, or the
+            adversary's target).
+        max_epochs: epochs per model.
+        seed: seed of every model (the same initial weights for every value).
+        model: ``in_features -> nn.Module`` returning logits; default
+            ``MLP(in_features, hidden=(64, 64))``.
+        module_kwargs: more ``FairLightningModule`` arguments (``lr``, ``temperature``, ...).
+        trainer_kwargs: more ``Trainer`` arguments (``logger``, ``accelerator``, ...).
+
+    Returns:
+        One row per value, in order, with the columns of :func:`load_sweep` and ``is_pareto`` (for
+        ``test_dp_difference`` vs ``test_accuracy``).
+
+    Example:
+        >>> dm = TabularDataModule("adult", sensitive="sex", batch_size=512)  # doctest: +SKIP
+        >>> table = pareto_sweep([0, 1, 4, 16], datamodule=dm, max_epochs=5)  # doctest: +SKIP
+        >>> plot_pareto_frontier(table, threshold=0.05).savefig("frontier.png")  # doctest: +SKIP
+    """
+    import time
+
+    import lightning.pytorch as pl
+
+    from fair_lightning.models import MLP
+    from fair_lightning.module import FairLightningModule
+    from fair_lightning.train import describe_method, fit_and_test
+
+    if mode not in ("penalty", "lagrangian", "adversarial"):
+        raise ValueError(f"`mode` must be one of ['penalty', 'lagrangian', 'adversarial'], got {mode!r}")
+    values = [float(v) for v in etas]
+    if not values:
+        raise ValueError("`etas` must hold at least one value, got none")
+    datamodule.setup("fit")
+    build_model = model if model is not None else (lambda n: MLP(n, hidden=(64, 64)))
+    rows = []
+    for value in values:
+        pl.seed_everything(seed, workers=True, verbose=False)
+        method: dict[str, Any] = {"mode": mode}
+        if mode == "lagrangian":
+            method.update(constraints=fairness, tolerance=value)
+        else:
+            method.update(fairness=fairness, eta=value)
+        module = FairLightningModule(
+            build_model(datamodule.num_features),
+            num_groups=datamodule.num_groups,
+            group_names=list(datamodule.group_names),
+            **{**dict(module_kwargs or {}), **method},
+        )
+        options = dict(
+            max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu", devices=1,
+        )  # fmt: skip
+        options.update(trainer_kwargs or {})
+        start = time.perf_counter()
+        result = fit_and_test(pl.Trainer(**options), module, datamodule)
+        record = {
+            "job": len(rows),
+            "status": "ok",
+            "dataset": datamodule.hparams.get("dataset"),
+            "groups": list(datamodule.group_names),
+            **describe_method(method),
+            "seed": seed,
+            **result,
+            "total_seconds": time.perf_counter() - start,
+        }
+        rows.append(flatten_record(record))
+    table = pd.DataFrame(rows)
+    return frontier_table(table) if {"test_dp_difference", "test_accuracy"} <= set(table.columns) else table
+
+
+# --------------------------------------------------------------------------------- command line
+def _pair(text: str, what: str) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be two numbers 'x,y', got {text!r}") from None
+    return a, b
+
+
+def _baseline(text: str) -> tuple[str, tuple[float, float]]:
+    name, sep, pair = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"a baseline must be NAME=X,Y, got {text!r}")
+    return name, _pair(pair, "a baseline's point")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pareto.py",
+        description=(
+            "Turn a fair-lightning sweep directory (one metrics.json per job) into frontier.csv, frontier.png, "
+            "the hypervolume and a TensorBoard entry (SWEEP_DIR/tensorboard). Unfinished and failed jobs are "
+            "reported and skipped."
+        ),
+    )
+    parser.add_argument("sweep_dir", metavar="SWEEP_DIR", type=Path, help="the Hydra sweep directory (hydra.sweep.dir)")
+    add = parser.add_argument
+    add("--x", default="test_dp_difference", help="fairness column on the x axis (default: %(default)s)")
+    add("--y", default="test_accuracy", help="performance column on the y axis (default: %(default)s)")
+    add("--label", default="eta", help="column labelling the points (default: %(default)s; 'tolerance' for Lagrangian sweeps)")
+    add("--threshold", type=float, default=None, help="requirement on x, e.g. 0.05 for a DP difference, 0.8 for a DP ratio")
+    add("--baseline", type=_baseline, action="append", default=[], metavar="NAME=X,Y", help="a reference model (repeatable)")
+    add(
+        "--reference", type=lambda s: _pair(s, "--reference"), default=None, metavar="X,Y",
+        help="hypervolume reference point; default the worst value of a [0, 1] metric: 1 if minimized, 0 if maximized",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None, help="where to write frontier.csv/png (default: SWEEP_DIR)")
+    parser.add_argument("--no-tensorboard", action="store_true", help="do not log the figure to SWEEP_DIR/tensorboard")
+    return parser
+
+
+def _log_to_tensorboard(logdir: Path, fig: Figure, hv: float, table: pd.DataFrame, columns: list[str]) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(logdir))
+    try:
+        writer.add_figure("pareto/frontier", fig, close=False)
+        writer.add_scalar("pareto/hypervolume", hv)
+        writer.add_text("pareto/frontier_table", _markdown(table[columns]))
+    finally:
+        writer.close()
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    """A markdown table (TensorBoard's text plugin renders it), without the optional ``tabulate``."""
+    def cell(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, (float, np.floating)) else str(v)
+
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + " --- |" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``scripts/pareto.py SWEEP_DIR [--threshold 0.05] [--x ...] [--baseline NAME=X,Y ...]``.
+
+    Writes ``frontier.csv`` (every job, with ``status`` and ``is_pareto``) and ``frontier.png``
+    into the sweep directory (or ``--out``), prints the frontier and its hypervolume (reference:
+    ``--reference``, default :func:`default_reference`), and logs the figure, the hypervolume and
+    the table to TensorBoard in ``SWEEP_DIR/tensorboard``.
+
+    Returns:
+        0, or 1 if the directory holds no finished job.
+    """
+    args = _parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        table = load_sweep(args.sweep_dir, include_failed=True)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    maximize = _maximize(args.x, args.y, None)
+    if table.empty or not (table["status"] == "ok").any():
+        print(f"error: no finished job in {args.sweep_dir} (see the messages above)", file=sys.stderr)
+        return 1
+    table = frontier_table(table, args.x, args.y, maximize)
+    out = args.out or args.sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = out / FRONTIER_CSV, out / FRONTIER_PNG
+    table.to_csv(csv_path, index=False)
+    baselines = dict(args.baseline)
+    fig = plot_pareto_frontier(
+        table, args.x, args.y, args.label, threshold=args.threshold, baselines=baselines, maximize=maximize
+    )
+    fig.savefig(png_path, dpi=120)
+
+    ok = table[table["status"] == "ok"]
+    reference = args.reference or default_reference(maximize)
+    hv = hypervolume(ok[[args.x, args.y]].to_numpy(float), reference, maximize)
+    candidates = ("job", "mode", args.label, args.y, args.x, "test_dp_ratio", "test_eo_difference", "is_pareto")
+    shown = [c for c in dict.fromkeys(candidates) if c in table.columns]
+    n_front = int(table["is_pareto"].sum())
+    print(f"{len(ok)} finished jobs of {len(table)} in {args.sweep_dir}; {n_front} on the frontier:")
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
+        print(ok.sort_values(args.x)[shown].to_string(index=False))
+    arrows = "".join("↑" if m else "↓" for m in maximize)
+    print(
+        f"hypervolume of ({args.x} {arrows[0]}, {args.y} {arrows[1]}) w.r.t. reference "
+        f"({reference[0]:g}, {reference[1]:g}): {hv:.4f}"
+    )
+    if args.threshold is not None:
+        within = ok[ok[args.x] >= args.threshold] if maximize[0] else ok[ok[args.x] <= args.threshold]
+        if len(within):
+            best = within.loc[within[args.y].idxmax() if maximize[1] else within[args.y].idxmin()]
+            print(
+                f"best within {args.x} {'>=' if maximize[0] else '<='} {args.threshold:g}: job {best['job_dir']} "
+                f"({args.label}={_label(best, args.label)}): {args.y} {best[args.y]:.4f}, {args.x} {best[args.x]:.4f}"
+            )
+        else:
+            print(f"no model meets {args.x} {'>=' if maximize[0] else '<='} {args.threshold:g}")
+    if not args.no_tensorboard:
+        _log_to_tensorboard(args.sweep_dir / TENSORBOARD_DIR, fig, hv, table.loc[table["is_pareto"]], shown)
+        print(f"TensorBoard: tensorboard --logdir {args.sweep_dir} (pareto/frontier, pareto/hypervolume)")
+    print(f"wrote {csv_path}")
+    print(f"wrote {png_path}")
+    return 0
+
+
+__all__ = [
+    "FRONTIER_CSV",
+    "FRONTIER_PNG",
+    "default_reference",
+    "flatten_record",
+    "frontier_table",
+    "higher_is_better",
+    "hypervolume",
+    "load_sweep",
+    "main",
+    "pareto_front",
+    "pareto_sweep",
+    "plot_pareto_frontier",
+]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

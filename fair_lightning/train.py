@@ -1,0 +1,452 @@
+"""The Hydra application: one fairness experiment per job, results in ``metrics.json``.
+
+Command line (``python -m fair_lightning.train`` or the console script ``fair-lightning-train``)::
+
+    python -m fair_lightning.train experiment=adult_sex fairness=penalty_dp fairness.eta=4
+    python -m fair_lightning.train -m experiment=adult_sex fairness=penalty_dp \\
+        fairness.eta=0,0.5,1,2,4,8,16,32 hydra/launcher=parallel
+
+The configs are shipped inside the package (``fair_lightning/conf``, groups ``data``, ``model``,
+``fairness``, ``trainer``, ``logger``, ``callbacks``, ``experiment``, ``hydra``); the repository's
+top-level ``conf/README.md`` documents them, the sweeps and the launchers.
+
+A job (:func:`run`):
+
+1. seeds everything (``seed``);
+2. instantiates the data module (``data``) and calls ``setup("fit")``;
+3. builds the model (``model``) with ``in_features=datamodule.num_features`` and the
+   :class:`~fair_lightning.module.FairLightningModule` from ``module`` merged with ``fairness``
+   (the method's ``mode`` and arguments), with ``num_groups`` and ``group_names`` of the data;
+4. builds loggers, callbacks and the ``Trainer``, fits, tests;
+5. returns a flat record: validation and test accuracy, AUROC, demographic-parity difference and
+   ratio, equalized-odds difference (``val_accuracy``, ``test_dp_difference``, ...), per-group
+   selection rates, TPR, FPR, accuracy and calibration error (``test_selection_rate_by_group``:
+   ``{group: value}``), the method (``mode``, ``fairness``, ``eta``, ``tolerance``), timings
+   (``setup_seconds``, ``fit_seconds``, ``test_seconds``) and every logged value (``metrics``).
+
+:func:`main` (the Hydra entry point) runs :func:`run_job`, which writes that record as
+``metrics.json`` into ``HydraConfig.get().runtime.output_dir`` with ``status: "ok"``, or
+``status: "failed"`` with the error and a traceback summary: a failed job of a sweep never
+raises into the launcher, so the other jobs' results survive, and
+:func:`fair_lightning.pareto.load_sweep` reports and skips it. The job returns ``objective``
+(one float or a tuple, NaN when it failed) for sweepers that optimize, such as Optuna's.
+
+Configuration errors stop early with a readable message: a misspelt override
+(``fairness.etaa=1``) is refused by Hydra before any job starts (``Key 'etaa' is not in
+struct``); an unknown data set (``data=nope`` lists the ``data`` options, ``data.dataset=nope``
+gives the data module's ``ValueError`` with the valid names) ends a single run with that one line
+and exit status 1, not a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import traceback
+import warnings
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+#: Name of the file every job writes into its output directory.
+METRICS_FILE = "metrics.json"
+#: Version of the layout of ``metrics.json``.
+METRICS_VERSION = 1
+#: Scalar metrics copied from ``<stage>/<name>`` to ``<stage>_<name>`` (stage ``val`` and ``test``).
+SCALAR_METRICS = (
+    "accuracy",
+    "auroc",
+    "loss",
+    "dp_difference",
+    "dp_ratio",
+    "eo_difference",
+    "eopp_difference",
+    "calibration_error_max",
+)
+#: Per-group metrics copied from ``<stage>/<name>/<group>`` to ``<stage>_<name>: {group: value}``.
+GROUP_METRICS = (
+    "selection_rate",
+    "true_positive_rate",
+    "false_positive_rate",
+    "accuracy",
+    "calibration_error",
+    "count",
+)
+#: Record keys that ``objective`` may name.
+OBJECTIVE_KEYS = tuple(f"{stage}_{name}" for stage in ("val", "test") for name in SCALAR_METRICS) + (
+    "fit_seconds",
+    "total_seconds",
+)
+#: Lightning warnings that say nothing in this application (in-memory batches need no workers).
+_QUIET_WARNINGS = (".*does not have many workers.*", ".*The number of training batches.*", ".*LeafSpec.*")
+
+
+class Components(NamedTuple):
+    """What :func:`build` makes from a config."""
+
+    datamodule: Any
+    model: Any
+    module: Any
+    trainer: Any
+
+
+# ---------------------------------------------------------------------------------- building
+def _container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+
+
+def module_arguments(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg.module`` merged with ``cfg.fairness`` (the fairness group's keys win), resolved."""
+    merged = dict(_container(cfg.module) or {})
+    merged.update(_container(cfg.get("fairness")) or {})
+    return merged
+
+
+def _instantiate_named(node: Any, what: str, **kwargs: Any) -> list[Any]:
+    """Instantiate every entry of a ``{name: config}`` mapping that has a ``_target_`` (``null`` skips one)."""
+    if node is None:
+        return []
+    if not isinstance(node, DictConfig):
+        raise ValueError(f"`{what}` must be a mapping of names to configs with a `_target_`, got {node!r}")
+    out = []
+    for name, sub in node.items():
+        if sub is None:
+            continue
+        if not isinstance(sub, DictConfig) or "_target_" not in sub:
+            raise ValueError(f"`{what}.{name}` must be a config with a `_target_` (or null to disable it), got {sub!r}")
+        out.append(hydra.utils.instantiate(sub, **kwargs))
+    return out
+
+
+def build(cfg: DictConfig, output_dir: str | os.PathLike) -> Components:
+    """Build the data module (set up), the model, the ``FairLightningModule`` and the ``Trainer``.
+
+    Args:
+        cfg: a composed ``train`` config.
+        output_dir: the job's directory (loggers' ``save_dir``, the trainer's ``default_root_dir``).
+
+    Returns:
+        The :class:`Components`.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("fit")
+    model = hydra.utils.instantiate(cfg.model, in_features=datamodule.num_features)
+    module_cfg = OmegaConf.create(module_arguments(cfg))
+    module = hydra.utils.instantiate(module_cfg, _partial_=True)(
+        model=model, num_groups=datamodule.num_groups, group_names=list(datamodule.group_names)
+    )
+    loggers = _instantiate_named(cfg.get("logger"), "logger", save_dir=str(output_dir))
+    callbacks = _instantiate_named(cfg.get("callbacks"), "callbacks")
+    trainer = hydra.utils.instantiate(cfg.trainer, _partial_=True, _convert_="all")(
+        default_root_dir=str(output_dir),
+        logger=loggers if loggers else False,
+        callbacks=callbacks,
+        enable_checkpointing=any(isinstance(cb, ModelCheckpoint) for cb in callbacks),
+    )
+    return Components(datamodule, model, module, trainer)
+
+
+# ---------------------------------------------------------------------------------- metrics
+def _float(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def summarize_metrics(metrics: Mapping[str, Any], group_names: Sequence[str]) -> dict[str, Any]:
+    """Flat summary of logged metrics: ``val_accuracy``, ``test_dp_difference``, per-group dicts.
+
+    Args:
+        metrics: logged keys (``"val/accuracy"``, ``"test/selection_rate/sex=Female"``, ...) to
+            numbers or 0-d tensors.
+        group_names: the groups, in id order.
+
+    Returns:
+        ``{"<stage>_<name>": float | None}`` for :data:`SCALAR_METRICS` and
+        ``{"<stage>_<name>_by_group": {group: float | None}}`` for :data:`GROUP_METRICS`, for the
+        stages ``val`` and ``test`` (``None`` where a value was not logged or is not finite).
+    """
+    out: dict[str, Any] = {}
+    for stage in ("val", "test"):
+        for name in SCALAR_METRICS:
+            out[f"{stage}_{name}"] = _float(metrics.get(f"{stage}/{name}"))
+        for name in GROUP_METRICS:
+            out[f"{stage}_{name}_by_group"] = {g: _float(metrics.get(f"{stage}/{name}/{g}")) for g in group_names}
+    return out
+
+
+def fit_and_test(trainer: Any, module: Any, datamodule: Any) -> dict[str, Any]:
+    """``trainer.fit`` then ``trainer.test``; the summary of :func:`summarize_metrics` plus timings.
+
+    The validation metrics are those of the last validation run of ``fit``. The raw logged values
+    are under ``"metrics"``.
+    """
+    with warnings.catch_warnings():
+        for pattern in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        fit_seconds = time.perf_counter() - start
+        raw = {k: _float(v) for k, v in trainer.callback_metrics.items()}
+        start = time.perf_counter()
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        test_seconds = time.perf_counter() - start
+    raw.update({k: _float(v) for k, v in trainer.callback_metrics.items()})
+    record = summarize_metrics(raw, list(datamodule.group_names))
+    record.update(
+        epochs=int(trainer.current_epoch),
+        global_step=int(trainer.global_step),
+        fit_seconds=fit_seconds,
+        test_seconds=test_seconds,
+        metrics=dict(sorted(raw.items())),
+    )
+    return record
+
+
+def describe_method(fairness: Mapping[str, Any]) -> dict[str, Any]:
+    """``mode``, the fairness definition, ``eta`` and ``tolerance`` of a ``fairness`` config.
+
+    ``eta`` is reported for the modes that use it (``"penalty"``, ``"adversarial"``) and
+    ``tolerance`` for ``"lagrangian"``; the other is ``None``.
+    """
+    mode = fairness.get("mode", "erm")
+    definition: Any = None
+    if mode == "lagrangian":
+        definition = fairness.get("constraints", "demographic_parity")
+    elif mode in ("penalty", "adversarial"):
+        definition = fairness.get("fairness", "demographic_parity")
+    if definition is not None and not isinstance(definition, str):  # a list of constraints, a loss object
+        definition = json.dumps(_container(definition), default=str)
+    eta = fairness.get("eta", 1.0) if mode in ("penalty", "adversarial") else None
+    tolerance = fairness.get("tolerance", 0.01) if mode == "lagrangian" else None
+    return {"mode": mode, "fairness": definition, "eta": _float(eta), "tolerance": _float(tolerance)}
+
+
+def _check_objective(objective: Any) -> None:
+    names = [objective] if isinstance(objective, str) else list(objective or [])
+    unknown = [n for n in names if n not in OBJECTIVE_KEYS]
+    if unknown:
+        raise ValueError(f"`objective` names unknown metrics {unknown}; valid: {list(OBJECTIVE_KEYS)}")
+
+
+def objective_values(record: Mapping[str, Any], objective: Any) -> float | tuple[float, ...] | None:
+    """The value(s) ``objective`` names in ``record``: a float for a name, a tuple for a list, NaN if missing."""
+    if objective is None:
+        return None
+
+    def value(name: str) -> float:
+        v = _float(record.get(name))
+        return math.nan if v is None else v
+
+    if isinstance(objective, str):
+        return value(objective)
+    return tuple(value(name) for name in objective)
+
+
+# ---------------------------------------------------------------------------------- running
+def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Train and evaluate one model from a composed config, in process; errors propagate.
+
+    Args:
+        cfg: a ``train`` config, e.g. from ``hydra.compose("train", overrides=[...])``.
+        output_dir: where loggers and checkpoints go; default ``outputs/runs/<timestamp>``.
+            Nothing is written there by this function itself (see :func:`run_job`).
+
+    Returns:
+        The record (see the module docstring) with ``status: "ok"``.
+
+    Example:
+        >>> from hydra import compose, initialize_config_module
+        >>> with initialize_config_module("fair_lightning.conf", version_base="1.3"):
+        ...     cfg = compose("train", overrides=["data=biased_lending", "trainer=fast", "logger=none"])
+        >>> run(cfg, "/tmp/job")["test_accuracy"]  # doctest: +SKIP
+        0.71
+    """
+    import lightning.pytorch as pl
+    import torch
+
+    if output_dir is None:
+        output_dir = Path("outputs", "runs", datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f"))
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _check_objective(cfg.get("objective"))
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        for pattern in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        parts = build(cfg, output_dir)
+    setup_seconds = time.perf_counter() - start
+    dm = parts.datamodule
+    log.info(
+        "%s; %s: %s; fitting %d epochs",
+        dm,
+        type(parts.model).__name__,
+        ", ".join(f"{k}={v}" for k, v in describe_method(module_arguments(cfg)).items() if v is not None),
+        parts.trainer.max_epochs,
+    )
+    results = fit_and_test(parts.trainer, parts.module, dm)
+    record: dict[str, Any] = {
+        "status": "ok",
+        "dataset": dm.hparams.get("dataset"),
+        "sensitive": list(dm.sensitive_columns),
+        "groups": list(dm.group_names),
+        **describe_method(module_arguments(cfg)),
+        "seed": int(cfg.seed),
+        "torch_threads": torch.get_num_threads(),
+        "setup_seconds": setup_seconds,
+    }
+    record.update(results)
+    return record
+
+
+def _error_message(exc: BaseException) -> str:
+    if isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        cause = exc.__cause__
+        full_key = str(exc).rsplit("full_key:", 1)[-1].strip() if "full_key:" in str(exc) else "?"
+        return f"{type(cause).__name__}: {cause} (while instantiating `{full_key}`)"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def write_metrics(record: Mapping[str, Any], output_dir: str | os.PathLike) -> Path:
+    """Write ``record`` as ``output_dir/metrics.json`` atomically (a reader never sees half a file)."""
+    path = Path(output_dir) / METRICS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{METRICS_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def run_job(
+    cfg: DictConfig,
+    output_dir: str | os.PathLike,
+    *,
+    overrides: Sequence[str] = (),
+    job_num: int | None = None,
+) -> dict[str, Any]:
+    """:func:`run`, never raising an ``Exception``: the record goes to ``output_dir/metrics.json``.
+
+    Args:
+        cfg: the job's config.
+        output_dir: the job's output directory.
+        overrides: the job's command-line overrides (recorded).
+        job_num: the job's number in a sweep (recorded).
+
+    Returns:
+        The record: ``status`` ``"ok"``, or ``"failed"`` with ``error`` (one line) and
+        ``traceback`` (a summary of the last frames).
+    """
+    start = time.perf_counter()
+    header = {
+        "version": METRICS_VERSION,
+        "job": job_num,
+        "overrides": list(overrides),
+        "output_dir": str(output_dir),
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+    try:
+        record = {**header, **run(cfg, output_dir), "error": None, "traceback": None}
+    except Exception as exc:  # one failed job must not lose the sweep: record it, do not raise
+        fairness = _container(cfg.get("fairness")) if isinstance(cfg, DictConfig) else None
+        record = {
+            **header,
+            "status": "failed",
+            "error": _error_message(exc),
+            "traceback": "".join(traceback.format_exception(exc, limit=-8)),
+            **describe_method(fairness if isinstance(fairness, Mapping) else {}),
+        }
+    record["total_seconds"] = time.perf_counter() - start
+    write_metrics(record, output_dir)
+    return record
+
+
+def _drop_tip(record: logging.LogRecord) -> bool:
+    return "litlogger" not in str(record.msg)
+
+
+def _route_lightning_logs() -> None:
+    """Let Hydra's logging (console and the job's ``<job name>.log``) be the only output of Lightning's.
+
+    ``import lightning`` attaches its own console handler to the ``lightning`` logger, which prints
+    every message a second time under Hydra; remove it, and drop Lightning's advertising tip.
+    """
+    import lightning  # noqa: F401 (attaches the handler)
+
+    logger = logging.getLogger("lightning")
+    for handler in list(logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            logger.removeHandler(handler)
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _drop_tip not in rank_zero.filters:
+        rank_zero.addFilter(_drop_tip)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
+    """Hydra entry point (``python -m fair_lightning.train``, ``fair-lightning-train``).
+
+    Writes ``metrics.json`` into the job's output directory and returns ``objective``. A failed job
+    logs its error; in a single run it then exits with status 1, in a sweep it returns NaN so the
+    other jobs go on.
+    """
+    _route_lightning_logs()
+    hc = HydraConfig.get()
+    output_dir = Path(hc.runtime.output_dir)
+    record = run_job(cfg, output_dir, overrides=list(hc.overrides.task), job_num=hc.job.get("num"))
+    path = output_dir / METRICS_FILE
+    if record["status"] != "ok":
+        log.error("job failed: %s\n(traceback summary in %s)", record["error"], path)
+        if hc.mode == RunMode.RUN:
+            raise SystemExit(1)
+    else:
+        shown = (record.get(k) for k in ("test_accuracy", "test_dp_difference", "test_eo_difference"))
+        log.info(
+            "test accuracy %.4f, DP difference %.4f, EO difference %.4f (fit %.1f s); wrote %s",
+            *(math.nan if v is None else v for v in shown),
+            record["fit_seconds"],
+            path,
+        )
+    return objective_values(record, cfg.get("objective"))
+
+
+__all__ = [
+    "Components",
+    "GROUP_METRICS",
+    "METRICS_FILE",
+    "OBJECTIVE_KEYS",
+    "SCALAR_METRICS",
+    "build",
+    "describe_method",
+    "fit_and_test",
+    "main",
+    "module_arguments",
+    "objective_values",
+    "run",
+    "run_job",
+    "summarize_metrics",
+    "write_metrics",
+]
+
+
+if __name__ == "__main__":
+    main()

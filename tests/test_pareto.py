@@ -1,0 +1,276 @@
+"""Pareto fronts, hypervolume, sweep tables and plots; a real Hydra multirun and scripts/pareto.py on it."""
+
+import itertools
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from fair_lightning.data import TabularDataModule
+from fair_lightning.pareto import (
+    default_reference,
+    flatten_record,
+    frontier_table,
+    higher_is_better,
+    hypervolume,
+    load_sweep,
+    pareto_front,
+    pareto_sweep,
+    plot_pareto_frontier,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data=biased_lending", "data.dataset_kwargs.n=2000", "trainer=fast", "callbacks=none"]
+
+
+def _env():
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+# ------------------------------------------------------------------------------------ the front
+def test_front_of_hand_made_points():
+    # (accuracy up, dp_difference down)
+    points = [
+        [0.85, 0.18],  # best accuracy: on the front
+        [0.83, 0.02],  # on the front
+        [0.80, 0.05],  # dominated by [0.83, 0.02]
+        [0.83, 0.02],  # duplicate of a front point: on the front too (neither dominates the other)
+        [0.83, 0.03],  # tied in accuracy, worse in dp: dominated
+        [0.75, 0.00],  # lowest dp: on the front
+        [0.75, 0.00001],  # dominated
+        [np.nan, 0.0],  # NaN: never on the front, dominates nothing
+    ]
+    assert pareto_front(points).tolist() == [True, True, False, True, False, True, False, False]
+    assert pareto_front(points, maximize=(True, False)).tolist() == pareto_front(points).tolist()
+
+
+def test_front_edge_cases():
+    assert pareto_front([[0.5, 0.1]]).tolist() == [True]  # a single point
+    assert pareto_front([0.5, 0.1]).tolist() == [True]  # ... given as (d,)
+    assert pareto_front(np.zeros((0, 2))).tolist() == []
+    assert pareto_front([[1.0, 1.0]] * 3).tolist() == [True] * 3  # all duplicates
+    # other directions: both maximized, both minimized, three objectives
+    assert pareto_front([[1, 1], [2, 0], [0, 0]], maximize=True).tolist() == [True, True, False]
+    assert pareto_front([[1, 1], [2, 0], [0, 0]], maximize=False).tolist() == [False, False, True]
+    assert pareto_front([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0]], maximize=True).tolist() == [True] * 3 + [False]
+    with pytest.raises(ValueError, match="one entry per objective"):
+        pareto_front([[1, 2]], maximize=(True,))
+    with pytest.raises(ValueError, match=r"\(n, d\) array"):
+        pareto_front(np.zeros((2, 2, 2)))
+
+
+def test_front_matches_brute_force():
+    rng = np.random.default_rng(0)
+    points = np.round(rng.random((60, 2)), 1)  # coarse grid: many ties and duplicates
+    expected = []
+    for i, p in enumerate(points):
+        dominated = any(
+            q[0] >= p[0] and q[1] <= p[1] and (q[0] > p[0] or q[1] < p[1]) for j, q in enumerate(points) if j != i
+        )
+        expected.append(not dominated)
+    assert pareto_front(points, (True, False)).tolist() == expected
+
+
+# ------------------------------------------------------------------------------------ hypervolume
+def _union_area(points, reference, maximize):
+    """Exact area of the union of boxes by coordinate compression (an independent check)."""
+    signs = np.where(np.asarray(maximize), 1.0, -1.0)
+    q, r = -np.asarray(points, float) * signs, -np.asarray(reference, float) * signs
+    q = q[(q < r).all(1)]
+    xs, ys = np.unique(np.append(q[:, 0], r[0])), np.unique(np.append(q[:, 1], r[1]))
+    area = 0.0
+    for (x0, x1), (y0, y1) in itertools.product(zip(xs[:-1], xs[1:]), zip(ys[:-1], ys[1:])):
+        if ((q[:, 0] <= x0) & (q[:, 1] <= y0)).any():
+            area += (x1 - x0) * (y1 - y0)
+    return area
+
+
+def test_hypervolume_of_hand_made_points():
+    ref = (0.0, 1.0)  # (accuracy, dp_difference): the worst values
+    assert hypervolume([[0.8, 0.2]], ref) == pytest.approx(0.8 * 0.8)  # a single point: its box
+    two = hypervolume([[0.8, 0.1], [0.7, 0.0]], ref)
+    assert two == pytest.approx(0.8 * 0.9 + 0.7 * 0.1)
+    # dominated points and duplicates add nothing
+    assert hypervolume([[0.8, 0.1], [0.7, 0.0], [0.6, 0.2], [0.8, 0.1], [0.7, 0.0]], ref) == pytest.approx(two)
+    # points no better than the reference, and NaN rows, add nothing
+    assert hypervolume([[0.8, 0.1], [0.7, 0.0], [-0.1, 0.0], [0.5, 1.0], [np.nan, 0.0]], ref) == pytest.approx(two)
+    assert hypervolume(np.zeros((0, 2)), ref) == 0.0
+    assert hypervolume([[1, 1], [2, 0.5]], (0, 0), maximize=True) == pytest.approx(1 * 1 + 1 * 0.5)
+    assert hypervolume([[1, 1]], (2, 3), maximize=False) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="2 objectives"):
+        hypervolume([[1, 2, 3]], (0, 0, 0))
+    with pytest.raises(ValueError, match="2 finite numbers"):
+        hypervolume([[1, 2]], (0, np.nan))
+
+
+@pytest.mark.parametrize("maximize", [(True, False), (True, True), (False, False)])
+def test_hypervolume_matches_union_of_boxes(maximize):
+    rng = np.random.default_rng(1)
+    points = np.round(rng.random((40, 2)), 2)
+    reference = default_reference(maximize)
+    assert hypervolume(points, reference, maximize) == pytest.approx(_union_area(points, reference, maximize))
+
+
+def test_objective_directions():
+    assert higher_is_better("test_accuracy") and higher_is_better("val_auroc") and higher_is_better("test_dp_ratio")
+    assert not higher_is_better("test_dp_difference") and not higher_is_better("test_calibration_error_max")
+    with pytest.raises(ValueError, match="pass `maximize`"):
+        higher_is_better("eta")
+    assert default_reference((False, True)) == (1.0, 0.0)
+
+
+# ------------------------------------------------------------------------------------ tables
+def _record(job, eta, accuracy, dp, status="ok"):
+    return {
+        "job": job, "status": status, "mode": "penalty", "fairness": "demographic_parity", "eta": eta,
+        "tolerance": None, "overrides": [f"fairness.eta={eta}"], "groups": ["A", "B"],
+        "test_accuracy": accuracy, "test_dp_difference": dp, "test_dp_ratio": 1 - dp,
+        "test_selection_rate_by_group": {"A": 0.3, "B": 0.3 - dp}, "metrics": {"test/accuracy": accuracy},
+        "traceback": None, "error": None,
+    }  # fmt: skip
+
+
+def _fake_sweep(root: Path) -> Path:
+    for job, (eta, acc, dp) in enumerate([(0, 0.85, 0.18), (1, 0.83, 0.03), (4, 0.80, 0.05)]):
+        (root / str(job) / ".hydra").mkdir(parents=True)
+        (root / str(job) / "metrics.json").write_text(json.dumps(_record(job, eta, acc, dp)))
+    failed = {"job": 3, "status": "failed", "mode": "penalty", "eta": 8.0, "error": "FloatingPointError: the task loss is nan"}
+    (root / "3" / ".hydra").mkdir(parents=True)
+    (root / "3" / "metrics.json").write_text(json.dumps(failed))
+    (root / "4" / ".hydra").mkdir(parents=True)  # started, never finished
+    (root / "5" / ".hydra").mkdir(parents=True)
+    (root / "5" / "metrics.json").write_text("{not json")
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    return root
+
+
+def test_flatten_record():
+    row = flatten_record(_record(0, 1.0, 0.8, 0.1))
+    assert row["test_selection_rate/A"] == 0.3 and row["overrides"] == "fairness.eta=1.0" and row["groups"] == "A,B"
+    assert "metrics" not in row and "traceback" not in row and np.isnan(row["tolerance"])
+
+
+def test_load_sweep_reports_and_skips_unfinished_and_failed_jobs(tmp_path, caplog):
+    root = _fake_sweep(tmp_path / "sweep")
+    with caplog.at_level(logging.WARNING, logger="fair_lightning.pareto"):
+        table = load_sweep(root)
+    assert table["job"].tolist() == [0, 1, 2] and (table["status"] == "ok").all()
+    assert table["eta"].tolist() == [0, 1, 4] and "test_selection_rate/B" in table.columns
+    skipped = {s["job_dir"]: s for s in table.attrs["skipped"]}
+    assert set(skipped) == {"3", "4", "5"}
+    assert skipped["3"]["status"] == "failed" and "FloatingPointError" in skipped["3"]["reason"]
+    assert skipped["4"]["status"] == "unfinished" and skipped["5"]["status"] == "unreadable"
+    messages = caplog.text
+    assert "skipping job 3" in messages and "skipping job 4: no metrics.json" in messages
+    assert "3 of 6 jobs" in messages
+
+    everything = load_sweep(root, include_failed=True)
+    assert everything["status"].tolist() == ["ok", "ok", "ok", "failed", "unfinished", "unreadable"]
+    assert everything["job"].tolist() == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_sweep(tmp_path / "nowhere")
+
+
+def test_frontier_table_and_plot(tmp_path):
+    table = load_sweep(_fake_sweep(tmp_path / "sweep"), include_failed=True)
+    front = frontier_table(table)
+    assert front["is_pareto"].tolist() == [True, True, False, False, False, False]
+    fig = plot_pareto_frontier(front, threshold=0.05, baselines={"reductions": (0.02, 0.82)})
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    labels = {t.get_text() for t in ax.texts}
+    assert {"0", "1", "4", "reductions"} <= labels  # every finished job labelled with its eta, and the baseline
+    assert any("best within threshold" in t.get_text() for t in ax.get_legend().get_texts())
+    fig.savefig(tmp_path / "f.png")
+    # on given axes, other columns, a DP-ratio threshold (higher is better)
+    other = Figure()
+    ax = other.add_subplot()
+    assert plot_pareto_frontier(front, x="test_dp_ratio", threshold=0.8, label=None, ax=ax) is other
+    with pytest.raises(ValueError, match="column 'nope' is not in the table"):
+        plot_pareto_frontier(front, x="nope", maximize=(False, True))
+
+
+def test_pareto_sweep_in_process():
+    dm = TabularDataModule("biased_lending", batch_size=256, dataset_kwargs={"n": 2000})
+    table = pareto_sweep(
+        [0.0, 4.0], datamodule=dm, max_epochs=1, trainer_kwargs={"limit_train_batches": 3, "limit_val_batches": 2}
+    )
+    assert table["eta"].tolist() == [0.0, 4.0] and (table["mode"] == "penalty").all()
+    assert {"test_accuracy", "test_dp_difference", "is_pareto", "fit_seconds"} <= set(table.columns)
+    assert table["is_pareto"].any()
+    lagrangian = pareto_sweep([0.05], datamodule=dm, mode="lagrangian", max_epochs=1, trainer_kwargs={"limit_train_batches": 2})
+    assert lagrangian["tolerance"].tolist() == [0.05] and lagrangian["eta"].isna().all()
+    with pytest.raises(ValueError, match="`mode` must be one of"):
+        pareto_sweep([1.0], datamodule=dm, mode="erm")
+
+
+# ------------------------------------------------------------------------------------ a real sweep
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    """A real two-job Hydra multirun (basic launcher) of the application."""
+    root = tmp_path_factory.mktemp("multirun") / "sweep"
+    result = subprocess.run(
+        [sys.executable, "-m", "fair_lightning.train", "-m", *TINY, "fairness=penalty_dp", "fairness.eta=0,4",
+         f"hydra.sweep.dir={root}"],
+        capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root
+
+
+def test_multirun_writes_one_metrics_json_per_job(sweep_dir):
+    records = {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")}
+    assert set(records) == {"0", "1"}
+    assert [records[j]["eta"] for j in ("0", "1")] == [0.0, 4.0]
+    assert all(r["status"] == "ok" and r["job"] == int(j) for j, r in records.items())
+    assert records["1"]["overrides"][-1] == "fairness.eta=4"
+    assert (sweep_dir / "multirun.yaml").is_file() and (sweep_dir / "0" / "tensorboard").is_dir()
+
+
+def _pareto_script(*args):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "pareto.py"), *map(str, args)],
+        capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300,
+    )
+
+
+def test_pareto_script_on_a_sweep(sweep_dir):
+    result = _pareto_script(sweep_dir, "--threshold", "0.05", "--baseline", "erm=0.1,0.7")
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = pd.read_csv(sweep_dir / "frontier.csv")
+    assert table["job"].tolist() == [0, 1] and table["is_pareto"].dtype == bool and table["is_pareto"].any()
+    assert (sweep_dir / "frontier.png").stat().st_size > 0
+    assert list((sweep_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert "hypervolume of (test_dp_difference ↓, test_accuracy ↑) w.r.t. reference (1, 0)" in result.stdout
+    assert f"wrote {sweep_dir / 'frontier.png'}" in result.stdout
+
+
+def test_pareto_script_reports_and_skips_failed_jobs(sweep_dir, tmp_path):
+    import shutil
+
+    root = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, root)
+    (root / "2" / ".hydra").mkdir(parents=True)  # unfinished: no metrics.json
+    (root / "3" / ".hydra").mkdir(parents=True)
+    (root / "3" / "metrics.json").write_text(json.dumps({"status": "failed", "error": "ValueError: boom", "job": 3}))
+    result = _pareto_script(root, "--x", "test_dp_ratio", "--threshold", "0.8", "--no-tensorboard")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "skipping job 2: no metrics.json" in result.stderr
+    assert "skipping job 3: status 'failed': ValueError: boom" in result.stderr
+    table = pd.read_csv(root / "frontier.csv")
+    assert table["status"].tolist() == ["ok", "ok", "unfinished", "failed"]
+    assert not table.loc[table["status"] != "ok", "is_pareto"].any()
+
+    empty = tmp_path / "empty"
+    (empty / "0" / ".hydra").mkdir(parents=True)
+    result = _pareto_script(empty)
+    assert result.returncode == 1 and "no finished job" in result.stderr

@@ -1,0 +1,225 @@
+"""The Hydra application: configs, in-process runs, metrics.json, error messages, the main job's overrides."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from torch import nn
+
+from fair_lightning.main import DEFAULT_OVERRIDES, sweep_overrides
+from fair_lightning.models import MLP
+from fair_lightning.module import FairLightningModule
+from fair_lightning.train import OBJECTIVE_KEYS, build, module_arguments, objective_values, run, run_job
+
+CONF = Path(__file__).resolve().parents[1] / "fair_lightning" / "conf"
+FAIRNESS = ("erm", "penalty_dp", "penalty_eo", "mutual_information", "lagrangian_dp", "lagrangian_eo", "adversarial")
+EXPERIMENTS = ("adult_sex", "adult_race", "compas_race", "german_age")
+# a small, fast job: 2,000 synthetic rows, 4 training batches, no logger
+TINY = ["data=biased_lending", "data.dataset_kwargs.n=2000", "trainer=fast", "logger=none"]
+
+
+def _compose(overrides=(), return_hydra_config=False):
+    with initialize_config_module("fair_lightning.conf", version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def _options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _env():
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env.pop("HYDRA_FULL_ERROR", None)  # Hydra's short error messages, as users get them
+    return env
+
+
+# ------------------------------------------------------------------------------------ configs
+def test_config_groups_have_the_documented_options():
+    assert _options("data") == ["adult", "biased_lending", "compas", "german"]
+    assert _options("fairness") == sorted(FAIRNESS)
+    assert _options("experiment") == sorted(EXPERIMENTS)
+    assert set(_options("trainer")) == {"default", "fast"}
+    assert set(_options("logger")) == {"tensorboard", "csv", "none"}
+    assert {"default", "none"} <= set(_options("callbacks"))
+    assert set(_options("hydra/launcher")) == {"parallel", "slurm", "local"}
+
+
+def test_default_config():
+    cfg = _compose()
+    assert cfg.data._target_ == "fair_lightning.data.TabularDataModule"
+    assert cfg.data.dataset == "adult" and cfg.data.num_workers == 0 and cfg.data.seed == cfg.seed
+    assert cfg.fairness.mode == "erm"
+    assert cfg.model._target_ == "fair_lightning.models.MLP"
+    assert set(cfg.callbacks) == {"calibration", "dashboard"}
+    assert list(cfg.objective) == ["val_accuracy", "val_dp_difference"]
+    assert all(name in OBJECTIVE_KEYS for name in cfg.objective)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiments_set_data_and_groups(experiment):
+    cfg = _compose([f"experiment={experiment}"])
+    dataset, sensitive = {"adult_sex": ("adult", "sex"), "adult_race": ("adult", "race"),
+                          "compas_race": ("compas", "race"), "german_age": ("german", "age_group")}[experiment]
+    assert (cfg.data.dataset, cfg.data.sensitive) == (dataset, sensitive)
+    if experiment == "compas_race":  # an experiment's module keys override train.yaml's (`_self_` comes first)
+        assert cfg.module.min_count == 3
+
+
+@pytest.mark.parametrize("option", FAIRNESS)
+def test_fairness_options_build_a_module(option, tmp_path):
+    cfg = _compose([*TINY, f"fairness={option}", "callbacks=none"])
+    mode = {"erm": "erm", "lagrangian_dp": "lagrangian", "lagrangian_eo": "lagrangian", "adversarial": "adversarial"}
+    assert cfg.fairness.mode == mode.get(option, "penalty")
+    parts = build(cfg, tmp_path)
+    assert isinstance(parts.module, FairLightningModule) and isinstance(parts.model, MLP)
+    assert parts.module.mode == cfg.fairness.mode
+    assert parts.module.group_names == ["group=A", "group=B"] and parts.module.num_groups == 2
+    assert parts.model[0].in_features == parts.datamodule.num_features
+    assert parts.trainer.max_epochs == 1
+    assert module_arguments(cfg)["lr"] == cfg.module.lr
+
+
+def test_launcher_configs():
+    parallel = _compose(["hydra/launcher=parallel"], return_hydra_config=True).hydra.launcher
+    assert parallel._target_.endswith("JoblibLauncher") and parallel.n_jobs == 2
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the `slurm` extra is not installed")
+    slurm = _compose(["hydra/launcher=slurm"], return_hydra_config=True).hydra.launcher
+    assert slurm._target_.endswith("SlurmLauncher") and slurm.timeout_min > 0
+    local = _compose(["hydra/launcher=local"], return_hydra_config=True).hydra.launcher
+    assert local._target_.endswith("LocalLauncher")
+    hydra_cfg = _compose(return_hydra_config=True).hydra
+    assert hydra_cfg.job.chdir is False
+    assert hydra_cfg.sweep.dir.startswith("outputs/sweeps/") and hydra_cfg.run.dir.startswith("outputs/runs/")
+
+
+# ------------------------------------------------------------------------------------ errors
+def test_misspelt_override_is_refused_by_hydra():
+    with pytest.raises(ConfigCompositionException, match="Could not override 'fairness.etaa'") as info:
+        _compose(["fairness=penalty_dp", "fairness.etaa=1"])
+    assert "Key 'etaa' is not in struct" in str(info.value.__cause__)
+
+
+def test_unknown_data_option_lists_the_options():
+    with pytest.raises(MissingConfigException, match="Could not find 'data/nope'") as info:
+        _compose(["data=nope"])
+    assert all(name in str(info.value) for name in ("adult", "compas", "german", "biased_lending"))
+
+
+def test_unknown_data_set_fails_the_job_with_the_valid_names(tmp_path):
+    cfg = _compose([*TINY, "data.dataset=nope"])
+    with pytest.raises(Exception, match="`dataset` must be one of"):
+        run(cfg, tmp_path)
+    record = run_job(cfg, tmp_path, overrides=["data.dataset=nope"])  # never raises
+    assert record["status"] == "failed"
+    assert record["error"].startswith("ValueError: `dataset` must be one of ['adult', 'biased_lending', 'compas', 'german']")
+    assert "while instantiating `data`" in record["error"]
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["status"] == "failed" and "Traceback" in on_disk["traceback"]
+    assert on_disk["overrides"] == ["data.dataset=nope"]
+    assert all(math.isnan(v) for v in objective_values(record, ["val_accuracy", "val_dp_difference"]))
+
+
+def test_unknown_objective_is_a_clear_error(tmp_path):
+    cfg = _compose([*TINY, "objective=val_acc"])
+    with pytest.raises(ValueError, match="`objective` names unknown metrics \\['val_acc'\\]"):
+        run(cfg, tmp_path)
+
+
+def test_command_line_errors_are_one_readable_message(tmp_path):
+    misspelt = subprocess.run(
+        [sys.executable, "-m", "fair_lightning.train", "fairness=penalty_dp", "fairness.etaa=1",
+         f"hydra.run.dir={tmp_path / 'a'}"],
+        capture_output=True, text=True, env=_env(), timeout=120,
+    )  # fmt: skip
+    assert misspelt.returncode == 1
+    assert "Key 'etaa' is not in struct" in misspelt.stderr and "Traceback" not in misspelt.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "fair_lightning.train", *TINY, "data.dataset=nope", f"hydra.run.dir={tmp_path / 'b'}"],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    output = missing.stdout + missing.stderr
+    assert missing.returncode == 1, output
+    assert "job failed: ValueError: `dataset` must be one of ['adult', 'biased_lending', 'compas', 'german']" in output
+    assert "Traceback" not in output
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["status"] == "failed"
+
+
+# ------------------------------------------------------------------------------------ running
+def test_run_in_process_returns_the_record(tmp_path):
+    cfg = _compose([*TINY, "fairness=penalty_dp", "fairness.eta=2", "callbacks=none"])
+    record = run(cfg, tmp_path)
+    assert record["status"] == "ok"
+    assert (record["mode"], record["fairness"], record["eta"], record["tolerance"]) == ("penalty", "demographic_parity", 2.0, None)
+    assert record["groups"] == ["group=A", "group=B"] and record["dataset"] == "biased_lending"
+    for key in ("val_accuracy", "test_accuracy", "test_auroc", "test_dp_difference", "test_dp_ratio", "test_eo_difference"):
+        assert 0.0 <= record[key] <= 1.0, key
+    assert set(record["test_selection_rate_by_group"]) == {"group=A", "group=B"}
+    assert set(record["test_calibration_error_by_group"]) == {"group=A", "group=B"}
+    rates = record["test_selection_rate_by_group"]
+    assert record["test_dp_difference"] == pytest.approx(abs(rates["group=A"] - rates["group=B"]), abs=1e-6)
+    assert record["fit_seconds"] > 0 and record["epochs"] == 1
+    assert record["metrics"]["test/accuracy"] == pytest.approx(record["test_accuracy"])
+
+
+def test_run_job_writes_metrics_json_with_loggers_and_callbacks(tmp_path):
+    cfg = _compose([*TINY, "logger=tensorboard", "callbacks=default", "fairness=lagrangian_dp", "fairness.tolerance=0.03"])
+    record = run_job(cfg, tmp_path, overrides=["fairness=lagrangian_dp"], job_num=3)
+    assert record["status"] == "ok", record.get("traceback")
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["job"] == 3 and on_disk["overrides"] == ["fairness=lagrangian_dp"]
+    assert (on_disk["mode"], on_disk["tolerance"], on_disk["eta"]) == ("lagrangian", 0.03, None)
+    assert on_disk["total_seconds"] >= on_disk["fit_seconds"] > 0
+    assert any("calibration/" in key for key in on_disk["metrics"])  # GroupCalibrationCallback ran
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert objective_values(on_disk, "test_accuracy") == pytest.approx(on_disk["test_accuracy"])
+    assert objective_values(on_disk, None) is None
+
+
+def test_checkpoint_callbacks_enable_checkpointing(tmp_path):
+    parts = build(_compose([*TINY, "callbacks=checkpoint"]), tmp_path)
+    assert parts.trainer.checkpoint_callback is not None
+    parts = build(_compose([*TINY, "callbacks=none"]), tmp_path)
+    assert parts.trainer.checkpoint_callback is None
+
+
+# ------------------------------------------------------------------------------------ models
+def test_mlp_returns_one_logit_and_exposes_a_representation():
+    model = MLP(5, hidden=(8, 4), dropout=0.1)
+    assert model(torch.randn(3, 5)).shape == (3, 1)
+    assert isinstance(model, nn.Sequential) and isinstance(model[-1], nn.Linear) and model[-1].in_features == 4
+    assert MLP(5, hidden=())(torch.randn(2, 5)).shape == (2, 1)  # logistic regression
+    module = FairLightningModule(MLP(5, hidden=(8,)), num_groups=2, mode="adversarial", adversary_input="representation")
+    logits, rep = module.forward_with_representation(torch.randn(3, 5))
+    assert logits.shape == (3, 1) and rep.shape == (3, 8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"in_features": 0}, "`in_features` must be an int >= 1, got 0"), ({"hidden": (8, 0)}, r"`hidden\[1\]`"),
+     ({"dropout": 1.0}, "`dropout` must be a number in \\[0, 1\\)"), ({"activation": "swish"}, "`activation` must be one of")],
+)  # fmt: skip
+def test_mlp_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MLP(**{"in_features": 4, **kwargs})
+
+
+# ------------------------------------------------------------------------------------ main job
+def test_main_job_overrides():
+    sweep = Path("/tmp/sweep")
+    default = sweep_overrides([], sweep)
+    assert default == [f"{k}={v}" for k, v in DEFAULT_OVERRIDES.items()] + [f"hydra.sweep.dir={sweep}"]
+    assert len(DEFAULT_OVERRIDES["fairness.eta"].split(",")) == 8
+    user = sweep_overrides(["fairness.eta=0,1", "trainer.max_epochs=2"], sweep)
+    assert "fairness.eta=0,1" in user and "trainer.max_epochs=2" in user
+    assert not any(o.startswith("fairness.eta=0,0.25") for o in user)
+    lagrangian = sweep_overrides(["fairness=lagrangian_dp", "fairness.tolerance=0.01,0.05"], sweep)
+    assert not any(o.startswith("fairness.eta") for o in lagrangian) and "fairness=penalty_dp" not in lagrangian
+    submitit = sweep_overrides(["hydra/launcher=local"], sweep)
+    assert not any(o.startswith("hydra.launcher.n_jobs") for o in submitit)
