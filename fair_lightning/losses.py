@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fair_lightning.functional import GroupSums, Rate, group_sums, grouped_sum, masked_divide, soft_predictions
+from fair_lightning.functional import GroupSums, Rate, group_sums, grouped_sum, soft_predictions
 from fair_lightning.functional._checks import check_binary_target, check_groups, check_num_groups, check_scores
 from fair_lightning.groups import WEIGHT_SCHEMES, group_weights
 
@@ -94,13 +94,22 @@ def rate_gaps(sums: GroupSums, conditions: Sequence[int | None], min_count: floa
     """
     stacked = sums.stack()
     num, den = _coefficients(conditions, stacked) @ stacked  # each (C, G)
-    rate = masked_divide(num, den)
-    overall = masked_divide(num.sum(1, keepdim=True), den.sum(1, keepdim=True))
-    valid = rate.valid & overall.valid
-    if min_count > 1:  # den > 0 already covers min_count <= 1 for counts
-        valid = valid & (den >= min_count)
-    gap = torch.where(valid, rate.value - overall.value, torch.zeros_like(rate.value))
-    return GroupGaps(gap, valid, den)
+    return gaps_from_ratios(num, den, min_count)
+
+
+def gaps_from_ratios(num: Tensor, den: Tensor, min_count: float = 1) -> GroupGaps:
+    """Gaps ``num/den - sum(num)/sum(den)`` along the last axis, masked where ``den < min_count``.
+
+    Denominators here are (possibly weighted or averaged) counts, never functions of the model,
+    and an empty denominator comes with an empty numerator, so dividing by ``max(den, tiny)``
+    gives 0, never NaN, and masked entries get zero gradient. Few tensor ops on purpose: this
+    runs twice on every training step of the Lagrangian mode.
+    """
+    tiny = torch.finfo(num.dtype).tiny
+    rate = num / den.clamp_min(tiny)
+    overall = num.sum(-1, keepdim=True) / den.sum(-1, keepdim=True).clamp_min(tiny)
+    valid = den >= (min_count if min_count > 0 else tiny)
+    return GroupGaps((rate - overall) * valid, valid, den)
 
 
 def _penalize(gap: Tensor, penalty: str) -> Tensor:
@@ -234,6 +243,9 @@ class FairnessLoss(nn.Module):
         """Per-group weights, or per-pair weights (the product) with ``pairwise=True``."""
         if self.group_weights is not None:
             w = self.group_weights.to(sums.count)
+        elif self.weighting == "uniform":
+            # invalid (absent, too small) groups are masked by aggregate_gaps already
+            w = torch.ones_like(sums.count)
         else:
             w = group_weights(sums.count.detach(), self.weighting, 0)
         if self.pairwise:
@@ -420,6 +432,7 @@ __all__ = [
     "aggregate_gaps",
     "binary_cross_entropy_with_logits",
     "make_fairness_loss",
+    "gaps_from_ratios",
     "pairwise_gaps",
     "rate_gaps",
 ]

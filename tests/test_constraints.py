@@ -103,3 +103,26 @@ def test_running_sums_are_an_ema():
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("definitions", [["demographic_parity"], ["equalized_odds", "equal_opportunity"]])
+@pytest.mark.parametrize("min_count", [1, 15])
+def test_linear_lagrangian_term_equals_explicit_sum(definitions, min_count):
+    gen = torch.Generator().manual_seed(0)
+    n, G = 300, 4
+    logits = torch.randn(n, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 2, (n,), generator=gen)
+    groups = torch.randint(0, G, (n,), generator=gen)
+    groups[groups == 3] = 2  # group 3 absent
+    groups[:10] = 3  # ... but for 10 samples: below min_count=15
+    cons = parse_constraints(definitions, 0.02)
+    mult = LagrangeMultipliers(cons, G, min_count=min_count)
+    mult.multipliers.copy_(torch.rand(mult.multipliers.shape, generator=gen) * 3)
+    p = torch.sigmoid(logits)
+    explicit = (mult.multipliers.double() * mult.soft_violations(group_sums(p, target, groups, G))).sum()
+    (g_explicit,) = torch.autograd.grad(explicit, logits)
+    counts = group_sums(p.detach(), target, groups, G).stack()[:2]
+    linear = mult.lagrangian_term(torch.sigmoid(logits), target, groups, counts)
+    (g_linear,) = torch.autograd.grad(linear, logits)
+    torch.testing.assert_close(linear, explicit)
+    torch.testing.assert_close(g_linear, g_explicit)

@@ -92,13 +92,19 @@ def test_penalty_reduces_dp_gap_against_erm():
     assert gaps["penalty"] < 0.5 * gaps["erm"], gaps
 
 
-def test_logged_names_are_stable():
+def test_logged_names_are_stable(tmp_path):
     pl.seed_everything(0)
     x, y, g = _data()
     module = FairLightningModule(_mlp(), num_groups=2, mode="lagrangian", group_names=["A", "B"], grad_ratio_every_n_steps=1)
-    trainer = _trainer(max_steps=3, log_every_n_steps=1)
+    logger = pl.loggers.CSVLogger(str(tmp_path))
+    trainer = _trainer(max_steps=3, log_every_n_steps=1, logger=logger)
     trainer.fit(module, DataLoader(TensorDataset(x, y, g), batch_size=64))
-    keys = set(trainer.callback_metrics)
+    logger.save()
+    import pandas as pd
+
+    logged = pd.read_csv(os.path.join(logger.log_dir, "metrics.csv"))
+    keys = set(logged.columns)
+    assert set(module.last_detail_metrics) <= keys
     for k in (
         "fairness/multiplier/demographic_parity/selection_rate/A/upper",
         "fairness/violation_hard/demographic_parity/selection_rate/B/lower",
