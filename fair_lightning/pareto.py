@@ -340,7 +340,7 @@ def plot_pareto_frontier(
         threshold: a fairness requirement on ``x``: a dashed vertical line, the acceptable side
             (``x <= threshold`` for a minimized metric such as a DP difference of 0.05, ``x >=
             threshold`` for a maximized one such as a DP ratio of 0.8) shaded, and the best
-            acceptable model starred.
+            acceptable model of the sweep starred (baselines are not candidates).
         baselines: name -> ``(x, y)`` of reference models (the unconstrained model, fairlearn's
             reductions) drawn as labelled diamonds.
         ax: axes to draw on; default a new figure.
@@ -379,6 +379,10 @@ def plot_pareto_frontier(
             if text:  # neighbours along x alternate above and below, so close points stay readable
                 ax.annotate(text, (px, py), xytext=(4, 4 if r % 2 == 0 else -11), textcoords="offset points",
                             fontsize=8, color="0.2")  # fmt: skip
+    # baselines before the threshold shading, which fixes the x-range: they must lie inside it
+    for name, (bx, by) in (baselines or {}).items():
+        ax.scatter([bx], [by], marker="D", s=50, color="tab:orange", edgecolor="k", zorder=4)
+        ax.annotate(name, (bx, by), xytext=(5, -10), textcoords="offset points", fontsize=8, color="tab:orange")
     if threshold is not None:
         threshold = float(threshold)
         ax.axvline(threshold, color="tab:red", ls="--", lw=1.2, label=f"{x} {'≥' if mx else '≤'} {threshold:g}")
@@ -393,9 +397,6 @@ def plot_pareto_frontier(
             best = np.flatnonzero(ok)[np.argmax(points[ok, 1]) if my else np.argmin(points[ok, 1])]
             ax.scatter(*points[best], marker="*", s=260, facecolor="none", edgecolor="tab:red", lw=1.5,
                        label="best within threshold", zorder=4)  # fmt: skip
-    for name, (bx, by) in (baselines or {}).items():
-        ax.scatter([bx], [by], marker="D", s=50, color="tab:orange", edgecolor="k", zorder=4)
-        ax.annotate(name, (bx, by), xytext=(5, -10), textcoords="offset points", fontsize=8, color="tab:orange")
     ax.set_xlabel(f"{x} ({'higher' if mx else 'lower'} is better)")
     ax.set_ylabel(f"{y} ({'higher' if my else 'lower'} is better)")
     default_title = f"{y} vs {x}: {int(front.sum())} of {len(points)} models on the frontier"

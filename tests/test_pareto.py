@@ -274,3 +274,15 @@ def test_pareto_script_reports_and_skips_failed_jobs(sweep_dir, tmp_path):
     (empty / "0" / ".hydra").mkdir(parents=True)
     result = _pareto_script(empty)
     assert result.returncode == 1 and "no finished job" in result.stderr
+
+
+def test_baselines_stay_inside_the_threshold_range():
+    import pandas as pd
+
+    from fair_lightning.pareto import plot_pareto_frontier
+
+    table = pd.DataFrame({"test_dp_difference": [0.04, 0.1, 0.2], "test_accuracy": [0.83, 0.84, 0.85],
+                          "eta": [4.0, 1.0, 0.0], "status": ["ok"] * 3})
+    fig = plot_pareto_frontier(table, threshold=0.05, baselines={"reductions": (0.002, 0.829)})
+    lo, hi = fig.axes[0].get_xlim()
+    assert lo < 0.002 < hi and lo < 0.05 < hi
