@@ -216,23 +216,23 @@ class LagrangeMultipliers(nn.Module):
             groups: ``(N,)`` group ids.
             counts: ``(2, G)`` batch ``[count, label]`` per group.
         """
-        with torch.no_grad():
-            den_coef, tolerance = self._primal_constants(counts)
-            den = den_coef @ counts.to(den_coef)  # (C, G) denominators of the constrained rates
-            valid = den >= (self.min_count if self.min_count > 0 else torch.finfo(den.dtype).tiny)
-            lam = self.multipliers.to(den).view(den.shape[0], den.shape[1], 2)
-            lam_net = (lam[..., 0] - lam[..., 1]) * valid  # upper side minus lower side
-            tiny = torch.finfo(den.dtype).tiny
-            alpha = lam_net / den.clamp_min(tiny)  # d/dp of the group rate's share
-            beta = lam_net.sum(1, keepdim=True) / den.sum(1, keepdim=True).clamp_min(tiny)  # the overall rate's
-            per_group = (alpha - beta).T  # (G, C)
-            if self._selection_only:  # demographic parity: every sample counts in every rate
-                weights = per_group.sum(1).index_select(0, groups)
-            else:
-                # (N, C): whether sample i counts in rate c's denominator, a + b * y for rows (a, b)
-                membership = target.to(den.dtype)[:, None] * den_coef[:, 1] + den_coef[:, 0]
-                weights = (per_group.index_select(0, groups) * membership).sum(1)
-            const = (lam.sum(-1) * valid * tolerance).sum()
+        # no autograd context: every input below (counts, multipliers, labels) carries no gradient
+        den_coef, tolerance = self._primal_constants(counts)
+        den = den_coef @ counts.to(den_coef)  # (C, G) denominators of the constrained rates
+        valid = den >= (self.min_count if self.min_count > 0 else torch.finfo(den.dtype).tiny)
+        lam = self.multipliers.to(den).view(den.shape[0], den.shape[1], 2)
+        lam_net = (lam[..., 0] - lam[..., 1]) * valid  # upper side minus lower side
+        tiny = torch.finfo(den.dtype).tiny
+        alpha = lam_net / den.clamp_min(tiny)  # d/dp of the group rate's share
+        beta = lam_net.sum(1, keepdim=True) / den.sum(1, keepdim=True).clamp_min(tiny)  # the overall rate's
+        per_group = (alpha - beta).T  # (G, C)
+        if self._selection_only:  # demographic parity: every sample counts in every rate
+            weights = per_group.sum(1).index_select(0, groups)
+        else:
+            # (N, C): whether sample i counts in rate c's denominator, a + b * y for rows (a, b)
+            membership = target.to(den.dtype)[:, None] * den_coef[:, 1] + den_coef[:, 0]
+            weights = (per_group.index_select(0, groups) * membership).sum(1)
+        const = (lam.sum(-1) * valid * tolerance).sum()
         return (weights.to(soft_preds.dtype) * soft_preds).sum() - const.to(soft_preds.dtype)
 
     def _primal_constants(self, counts: Tensor) -> tuple[Tensor, Tensor]:

@@ -390,12 +390,12 @@ class FairLightningModule(pl.LightningModule):
             opt.step()
 
         if self.mode == "lagrangian":
-            with torch.no_grad():
-                hard_violations = self.multipliers.dual_step(self._reduce_sum(hard_sums.double()))
-                if detail:
-                    soft_sums = group_sums(soft.detach(), target, groups, self.num_groups, validate_args=False)
-                    soft_violations = self.multipliers.soft_violations(soft_sums)
-                    self._log_constraints(soft_violations, hard_violations, (task + fairness_term).detach())
+            # every tensor here is detached or a buffer: no autograd context needed on the hot path
+            hard_violations = self.multipliers.dual_step(self._reduce_sum(hard_sums))
+            if detail:
+                soft_sums = group_sums(soft.detach(), target, groups, self.num_groups, validate_args=False)
+                soft_violations = self.multipliers.soft_violations(soft_sums)
+                self._log_constraints(soft_violations, hard_violations, (task + fairness_term).detach())
 
         self.fair_step += 1
         if self.lr_scheduler_factory is not None and self.lr_scheduler_interval == "step":
@@ -408,11 +408,10 @@ class FairLightningModule(pl.LightningModule):
 
     def _hard_sums(self, logits: Tensor, target: Tensor, groups: Tensor) -> Tensor:
         """``(4, G)`` sums ``[count, label, pred, pred * label]`` of the thresholded predictions."""
-        with torch.no_grad():
-            hard = (logits > self._logit_threshold).to(logits.dtype)
-            y = target.to(logits.dtype)
-            values = torch.stack((torch.ones_like(hard), y, hard, hard * y), 1)
-            return grouped_sum(values, groups, self.num_groups).T
+        hard = (logits.detach() > self._logit_threshold).to(logits.dtype)
+        y = target.to(logits.dtype)
+        values = torch.stack((torch.ones_like(hard), y, hard, hard * y), 1)
+        return grouped_sum(values, groups, self.num_groups).T  # float32 sums: exact counts below 2**24
 
     def _log_train_term(self, name: str, value: Tensor, detail: bool) -> None:
         """Log a fairness term on logging steps, and its epoch mean at the end of the epoch.
