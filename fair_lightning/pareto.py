@@ -309,9 +309,17 @@ def load_sweep(sweep_dir: str | os.PathLike, *, include_failed: bool = False) ->
 
 # --------------------------------------------------------------------------------- plotting
 def _label(row: pd.Series, label: str) -> str:
-    """``row[label]`` as short text; the row's ``mode`` (``"erm"``) where it is missing."""
+    """``row[label]`` as short text; where it is missing (a Lagrangian job has no ``eta``), the
+    row's tolerance (``"tol=0.01"``) or its ``mode`` (``"erm"``)."""
+
+    def missing(value: Any) -> bool:
+        return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
+
     value = row.get(label)
-    if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+    if missing(value):
+        tolerance = row.get("tolerance")
+        if label != "tolerance" and not missing(tolerance):
+            return f"tol={tolerance:g}"
         mode = row.get("mode")
         return mode if isinstance(mode, str) else ""
     return f"{value:g}" if isinstance(value, (float, np.floating, int, np.integer)) else str(value)
@@ -615,9 +623,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         within = ok[ok[args.x] >= args.threshold] if maximize[0] else ok[ok[args.x] <= args.threshold]
         if len(within):
             best = within.loc[within[args.y].idxmax() if maximize[1] else within[args.y].idxmin()]
+            text = _label(best, args.label)
+            setting = text if "=" in text or text == best.get("mode") else f"{args.label}={text}"
             print(
                 f"best within {args.x} {'>=' if maximize[0] else '<='} {args.threshold:g}: job {best['job_dir']} "
-                f"({args.label}={_label(best, args.label)}): {args.y} {best[args.y]:.4f}, {args.x} {best[args.x]:.4f}"
+                f"({setting}): {args.y} {best[args.y]:.4f}, {args.x} {best[args.x]:.4f}"
             )
         else:
             print(f"no model meets {args.x} {'>=' if maximize[0] else '<='} {args.threshold:g}")

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from torch import nn
 
-from fair_lightning.main import DEFAULT_OVERRIDES, sweep_overrides
+from fair_lightning.main import DEFAULT_OVERRIDES, DEFAULT_SWEEPS, sweep_overrides
 from fair_lightning.models import MLP
 from fair_lightning.module import FairLightningModule
 from fair_lightning.train import OBJECTIVE_KEYS, build, module_arguments, objective_values, run, run_job
@@ -213,13 +213,18 @@ def test_mlp_rejects_bad_arguments(kwargs, match):
 # ------------------------------------------------------------------------------------ main job
 def test_main_job_overrides():
     sweep = Path("/tmp/sweep")
-    default = sweep_overrides([], sweep)
-    assert default == [f"{k}={v}" for k, v in DEFAULT_OVERRIDES.items()] + [f"hydra.sweep.dir={sweep}"]
-    assert len(DEFAULT_OVERRIDES["fairness.eta"].split(",")) == 8
-    user = sweep_overrides(["fairness.eta=0,1", "trainer.max_epochs=2"], sweep)
+    penalty = sweep_overrides([], sweep, DEFAULT_SWEEPS["penalty"])
+    expected = {**DEFAULT_OVERRIDES, **DEFAULT_SWEEPS["penalty"], "hydra.sweep.dir": str(sweep)}
+    assert penalty == [f"{k}={v}" for k, v in expected.items()]
+    assert len(DEFAULT_SWEEPS["penalty"]["fairness.eta"].split(",")) == 8
+    lagrangian_default = sweep_overrides([], sweep, DEFAULT_SWEEPS["lagrangian"])
+    assert "fairness=lagrangian_dp" in lagrangian_default
+    assert any(o.startswith("fairness.tolerance=") for o in lagrangian_default)
+    user = sweep_overrides(["fairness.eta=0,1", "trainer.max_epochs=2"], sweep, DEFAULT_SWEEPS["penalty"])
     assert "fairness.eta=0,1" in user and "trainer.max_epochs=2" in user
-    assert not any(o.startswith("fairness.eta=0,0.25") for o in user)
-    lagrangian = sweep_overrides(["fairness=lagrangian_dp", "fairness.tolerance=0.01,0.05"], sweep)
+    assert not any(o.startswith("fairness.eta=0,0.5") for o in user)
+    # choosing a method makes the sweep the user's own: no default axis is added
+    lagrangian = sweep_overrides(["fairness=lagrangian_dp", "fairness.tolerance=0.01,0.05"], sweep, DEFAULT_SWEEPS["penalty"])
     assert not any(o.startswith("fairness.eta") for o in lagrangian) and "fairness=penalty_dp" not in lagrangian
     submitit = sweep_overrides(["hydra/launcher=local"], sweep)
     assert not any(o.startswith("hydra.launcher.n_jobs") for o in submitit)
