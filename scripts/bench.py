@@ -2,7 +2,7 @@
 """Run every benchmark in one go and regenerate ``docs/BENCHMARKS.md``.
 
     python scripts/bench.py                 # all sections (about 12 minutes on 2 CPU cores)
-    python scripts/bench.py --only metrics data
+    python scripts/bench.py --only metrics data   # re-run these, keep the other sections
     python scripts/bench.py --no-write      # print, leave docs/BENCHMARKS.md alone
 
 Each section is one of the scripts beside this file, run as its own process (so that one
@@ -87,6 +87,22 @@ def _versions() -> str:
     return ", ".join(out)
 
 
+def _previous_sections(path: Path) -> dict[str, str]:
+    """The ``## title`` sections of an earlier report (kept when only some sections are re-run)."""
+    if not path.exists():
+        return {}
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            current = line[3:].strip()
+            sections[current] = []
+        if current is not None:
+            sections[current].append(line)
+    titles = {title for title, _ in SECTIONS.values()}
+    return {title: "\n".join(body) for title, body in sections.items() if title in titles}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run these sections only")
@@ -127,9 +143,14 @@ def main(argv: list[str] | None = None) -> int:
             f"- versions: {_versions()}",
             "",
         ]
+        sections = _previous_sections(args.out) if args.only else {}
         for name, title, command, stdout, code, seconds in results:
             status = "" if code == 0 else f" (exit code {code}: see the log)"
-            lines += [f"## {title}", "", f"`{command}` ({seconds:.0f} s){status}", "", "```", stdout, "```", ""]
+            sections[title] = "\n".join(
+                [f"## {title}", "", f"`{command}` ({seconds:.0f} s, {date}){status}", "", "```", stdout, "```", ""]
+            )
+        # sections in their fixed order; with --only, the others are kept from the previous file
+        lines += [sections[title] for title, _ in SECTIONS.values() if title in sections]
         lines += [NOTES]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines))

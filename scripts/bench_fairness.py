@@ -95,7 +95,7 @@ COSINE_OVER_EPOCHS = "cosine-annealing over --epochs"
 #: (``--penalty-etas`` / ``--adversarial-etas`` replace it). ``lr`` defaults to 1e-3 (Adam).
 CONFIGS: dict[str, dict] = {
     "erm": {"mode": "erm"},
-    "penalty": {"mode": "penalty", "fairness": "demographic_parity", "eta": (0.5, 1, 2, 4, 8, 16, 64)},
+    "penalty": {"mode": "penalty", "fairness": "demographic_parity", "eta": (0.25, 0.5, 1, 2, 4, 8, 16, 64)},
     "adversarial": {
         "mode": "adversarial",
         "fairness": "demographic_parity",
@@ -132,7 +132,7 @@ INCLUDE_SENSITIVE = True
 PEER_SWEEPS: dict[str, tuple[float, ...]] = {"fairret": (0.1, 0.3, 1, 3), "gap": (1, 10, 100)}
 #: Tolerances of the Lagrangian (DP) sweep: with erm and the penalty sweep, the main job's
 #: (``python -m fair_lightning.main``) sweeps, whose frontier check (e) compares with the peers.
-TOLERANCE_SWEEP: tuple[float, ...] = (0.0025, 0.005, 0.04)
+TOLERANCE_SWEEP: tuple[float, ...] = (0.0025, 0.005, 0.06)
 
 DATASET, SENSITIVE, BATCH_SIZE, LR, HIDDEN = "adult", "sex", 256, 1e-3, 128
 DP_BOUND = 0.01  # fairlearn's DemographicParity(difference_bound=...)
