@@ -86,6 +86,9 @@ from fair_lightning.functional import (  # noqa: E402
 from fair_lightning.module import FairLightningModule  # noqa: E402
 from fair_lightning.pareto import hypervolume, pareto_front  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import EpochTimer  # noqa: E402  (the same epoch timing as the data benchmark)
+
 #: Placeholder for ``lr_scheduler``: replaced, once ``--epochs`` is known, by
 #: ``lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)``.
 COSINE_OVER_EPOCHS = "cosine-annealing over --epochs"
@@ -171,17 +174,6 @@ def describe_config(name: str) -> str:
         else:
             parts.append(f"{key}={value!r}")
     return ", ".join(parts)
-
-
-class EpochTimer(pl.Callback):
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 def fit_ours(
