@@ -189,7 +189,6 @@ class LagrangeMultipliers(nn.Module):
         self.register_buffer("running_sums", torch.zeros(4, num_groups, dtype=torch.float64))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self._primal_cache: dict = {}
-        self._selection_only = all(cond is None for c in self.constraints for cond in c.conditions)
         self.dual_lr = dual_lr
         # default: plain projected SGD ascent, done in place (a torch.optim.SGD without momentum
         # does the same arithmetic with several times the per-step overhead, on every step)
@@ -225,13 +224,10 @@ class LagrangeMultipliers(nn.Module):
         tiny = torch.finfo(den.dtype).tiny
         alpha = lam_net / den.clamp_min(tiny)  # d/dp of the group rate's share
         beta = lam_net.sum(1, keepdim=True) / den.sum(1, keepdim=True).clamp_min(tiny)  # the overall rate's
-        per_group = (alpha - beta).T  # (G, C)
-        if self._selection_only:  # demographic parity: every sample counts in every rate
-            weights = per_group.sum(1).index_select(0, groups)
-        else:
-            # (N, C): whether sample i counts in rate c's denominator, a + b * y for rows (a, b)
-            membership = target.to(den.dtype)[:, None] * den_coef[:, 1] + den_coef[:, 0]
-            weights = (per_group.index_select(0, groups) * membership).sum(1)
+        # sample i counts in rate c's denominator with weight a_c + b_c * y_i (rows of den_coef), so
+        # its weight is P[g_i] + y_i * Q[g_i] with [P, Q] = (alpha - beta)^T @ den_coef: (G, 2)
+        table = ((alpha - beta).T @ den_coef).index_select(0, groups)  # (N, 2)
+        weights = torch.addcmul(table[:, 0], target.to(table.dtype), table[:, 1])
         const = (lam.sum(-1) * valid * tolerance).sum()
         return (weights.to(soft_preds.dtype) * soft_preds).sum() - const.to(soft_preds.dtype)
 
