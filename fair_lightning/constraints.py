@@ -215,12 +215,13 @@ class LagrangeMultipliers(nn.Module):
             groups: ``(N,)`` group ids.
             counts: ``(2, G)`` batch ``[count, label]`` per group.
         """
-        # no autograd context: every input below (counts, multipliers, labels) carries no gradient
-        den_coef, tolerance = self._primal_constants(counts)
-        den = den_coef @ counts.to(den_coef)  # (C, G) denominators of the constrained rates
+        # no autograd context: every input below (counts, multipliers, labels) carries no gradient;
+        # few tensor calls on purpose, this runs on every training step
+        den_coef, tolerance, sides = self._primal_constants(counts)
+        den = den_coef @ counts.to(den_coef.dtype)  # (C, G) denominators of the constrained rates
         valid = den >= (self.min_count if self.min_count > 0 else torch.finfo(den.dtype).tiny)
-        lam = self.multipliers.to(den).view(den.shape[0], den.shape[1], 2)
-        lam_net = (lam[..., 0] - lam[..., 1]) * valid  # upper side minus lower side
+        lam = self.multipliers.to(den.dtype).view(den.shape[0], den.shape[1], 2)
+        lam_net = (lam @ sides) * valid  # upper side minus lower side, (C, G)
         tiny = torch.finfo(den.dtype).tiny
         alpha = lam_net / den.clamp_min(tiny)  # d/dp of the group rate's share
         beta = lam_net.sum(1, keepdim=True) / den.sum(1, keepdim=True).clamp_min(tiny)  # the overall rate's
@@ -228,11 +229,12 @@ class LagrangeMultipliers(nn.Module):
         # its weight is P[g_i] + y_i * Q[g_i] with [P, Q] = (alpha - beta)^T @ den_coef: (G, 2)
         table = ((alpha - beta).T @ den_coef).index_select(0, groups)  # (N, 2)
         weights = torch.addcmul(table[:, 0], target.to(table.dtype), table[:, 1])
-        const = (lam.sum(-1) * valid * tolerance).sum()
-        return (weights.to(soft_preds.dtype) * soft_preds).sum() - const.to(soft_preds.dtype)
+        const = (lam.sum(-1) * valid).mul_(tolerance).sum()
+        return torch.dot(weights.to(soft_preds.dtype), soft_preds) - const.to(soft_preds.dtype)
 
-    def _primal_constants(self, counts: Tensor) -> tuple[Tensor, Tensor]:
-        """Rows over ``[count, label]`` giving each constrained rate's denominator, and its tolerance."""
+    def _primal_constants(self, counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Rows over ``[count, label]`` giving each constrained rate's denominator, its tolerance,
+        and the signs of the two sides."""
         key = (counts.dtype, counts.device)
         cached = self._primal_cache.get(key)
         if cached is None:
@@ -245,6 +247,7 @@ class LagrangeMultipliers(nn.Module):
             cached = (
                 torch.tensor(rows, dtype=dtype, device=counts.device),
                 torch.tensor(tols, dtype=dtype, device=counts.device)[:, None],
+                torch.tensor([1.0, -1.0], dtype=dtype, device=counts.device),
             )
             self._primal_cache[key] = cached
         return cached
