@@ -38,7 +38,6 @@ from fair_lightning.functional._fairness import (
     _equal_opportunity_difference_compute,
     _equalized_odds_difference_compute,
     _group_rates_compute,
-    format_predictions,
 )
 
 
