@@ -61,6 +61,7 @@ class FairnessConstraint:
 
     @property
     def conditions(self) -> tuple[int | None, ...]:
+        """The label conditions of the constrained rates (``None``: selection rate, 1: TPR, 0: FPR)."""
         return CONDITIONS[self.definition]
 
 
@@ -289,6 +290,7 @@ class LagrangeMultipliers(nn.Module):
         return self.dual_optimizer.state_dict() if self.dual_optimizer is not None else {}
 
     def load_dual_state_dict(self, state: dict) -> None:
+        """Restore a custom dual optimizer's state (no-op for the default plain SGD)."""
         if self.dual_optimizer is not None and state:
             self.dual_optimizer.load_state_dict(state)
 

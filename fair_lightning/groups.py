@@ -63,14 +63,17 @@ class GroupSpec:
     # --- shape --------------------------------------------------------------------------
     @property
     def attribute_names(self) -> tuple[str, ...]:
+        """The sensitive attributes, in code order."""
         return tuple(self.attributes)
 
     @property
     def sizes(self) -> tuple[int, ...]:
+        """Number of levels of each attribute."""
         return tuple(len(levels) for levels in self.attributes.values())
 
     @property
     def num_groups(self) -> int:
+        """Number of intersectional groups (the product of the sizes)."""
         return math.prod(self.sizes)
 
     @property
@@ -162,6 +165,7 @@ class GroupSpec:
         return group_weights(counts, scheme=scheme, min_count=min_count)
 
     def small_groups(self, counts: Tensor, min_count: float) -> list[str]:
+        """Names of the groups with fewer than ``min_count`` samples."""
         names = self.names
         return [names[g] for g in torch.nonzero(torch.as_tensor(counts) < min_count).flatten().tolist()]
 

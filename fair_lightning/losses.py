@@ -39,6 +39,7 @@ REDUCTIONS = ("mean", "max")
 
 
 def check_definition(definition: str, name: str = "fairness") -> str:
+    """Return ``definition`` if it is one of :data:`CONDITIONS`, else raise naming ``name``."""
     if definition not in CONDITIONS:
         raise ValueError(f"`{name}` must be one of {list(CONDITIONS)}, got {definition!r}")
     return definition
@@ -214,6 +215,7 @@ class FairnessLoss(nn.Module):
             self.group_weights = None
 
     def check_inputs(self, logits: Tensor, target: Tensor | None, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Validate and flatten a batch; ``target`` may be ``None`` unless the loss needs labels."""
         logits = _check_logits(logits)
         n = logits.numel()
         if target is None:
@@ -236,6 +238,7 @@ class FairnessLoss(nn.Module):
         return group_sums(preds, target, groups, self.num_groups, validate_args=False)
 
     def gaps(self, sums: GroupSums) -> GroupGaps:
+        """Per-group (or pairwise) gaps of the rates this loss equalizes."""
         fn = pairwise_gaps if self.pairwise else rate_gaps
         return fn(sums, self.conditions, self.min_count)
 
@@ -254,6 +257,7 @@ class FairnessLoss(nn.Module):
         return w
 
     def forward(self, logits: Tensor, target: Tensor | None, groups: Tensor) -> Tensor:
+        """The penalty of a batch: a differentiable scalar, 0 when no gap is defined."""
         sums = self.soft_sums(logits, target, groups)
         return aggregate_gaps(self.gaps(sums), self.weights(sums), self.penalty, self.reduction)
 

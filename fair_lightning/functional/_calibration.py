@@ -20,12 +20,14 @@ CALIBRATION_NORMS = ("l1", "max")
 
 
 def check_n_bins(n_bins: object) -> int:
+    """Return ``n_bins`` if it is a positive int, else raise ``ValueError`` naming it."""
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise ValueError(f"`n_bins` must be a positive int, got {n_bins!r}")
     return n_bins
 
 
 def check_probabilities(probs: Tensor, name: str = "preds") -> None:
+    """Raise ``ValueError`` if any value of ``probs`` lies outside ``[0, 1]``."""
     if probs.numel() and (probs.min() < 0 or probs.max() > 1):
         raise ValueError(
             f"`{name}` must be probabilities in [0, 1], got values in [{float(probs.min()):.4g}, {float(probs.max()):.4g}]"
@@ -89,6 +91,7 @@ def group_calibration_error(
 
 
 def calibration_error_summary(ece: Rate) -> dict[str, Tensor]:
+    """``{"per_group", "max", "disparity"}`` of per-group calibration errors (NaN where undefined)."""
     valid = ece.value[ece.valid]
     per_group = torch.where(ece.valid, ece.value, torch.full_like(ece.value, float("nan")))
     if valid.numel() == 0:

@@ -11,6 +11,7 @@ from torch import Tensor
 
 
 def check_num_groups(num_groups: object) -> int:
+    """Return ``num_groups`` if it is a positive int, else raise ``ValueError`` naming it."""
     if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
         raise ValueError(f"`num_groups` must be a positive int, got {num_groups!r}")
     return num_groups
@@ -32,6 +33,7 @@ def as_vector(x: Tensor, name: str) -> Tensor:
 
 
 def check_scores(scores: Tensor, name: str = "preds") -> Tensor:
+    """Flatten ``scores`` to ``(N,)``; raise if it is not floating point or contains NaN."""
     scores = as_vector(scores, name)
     if not scores.is_floating_point():
         raise ValueError(f"`{name}` must be a floating-point tensor, got {_describe(scores)}")
@@ -41,6 +43,7 @@ def check_scores(scores: Tensor, name: str = "preds") -> Tensor:
 
 
 def check_binary_target(target: Tensor, n: int, name: str = "target") -> Tensor:
+    """Flatten ``target`` to ``(N,)``; raise unless it has ``n`` values, all 0 or 1."""
     target = as_vector(target, name)
     if target.numel() != n:
         raise ValueError(f"`{name}` must have the same length as the predictions ({n}), got {target.numel()}")
@@ -54,6 +57,7 @@ def check_binary_target(target: Tensor, n: int, name: str = "target") -> Tensor:
 
 
 def check_groups(groups: Tensor, n: int, num_groups: int, name: str = "groups") -> Tensor:
+    """Flatten ``groups`` to ``(N,)`` long ids; raise unless integer, ``n`` long and in ``[0, num_groups)``."""
     groups = as_vector(groups, name)
     if groups.is_floating_point() or groups.is_complex() or groups.dtype == torch.bool:
         raise ValueError(f"`{name}` must be an integer tensor of group ids, got {_describe(groups)}")

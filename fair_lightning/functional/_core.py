@@ -70,6 +70,7 @@ class GroupSums(NamedTuple):
     # --- construction / arithmetic -------------------------------------------------------
     @classmethod
     def zeros(cls, num_groups: int, *, dtype: torch.dtype = torch.float64, device=None) -> GroupSums:
+        """All-zero sums for ``num_groups`` groups (a running accumulator's start)."""
         z = torch.zeros(4, num_groups, dtype=dtype, device=device)
         return cls.from_stacked(z)
 
@@ -97,25 +98,32 @@ class GroupSums(NamedTuple):
 
     # --- rates ----------------------------------------------------------------------------
     def selection_rate(self) -> Rate:
+        """``pred / count``: the share predicted positive."""
         return masked_divide(self.pred, self.count)
 
     def base_rate(self) -> Rate:
+        """``label / count``: the share of positive labels."""
         return masked_divide(self.label, self.count)
 
     def true_positive_rate(self) -> Rate:
+        """``pred_label / label``: recall among positives."""
         return masked_divide(self.pred_label, self.label)
 
     def false_positive_rate(self) -> Rate:
+        """``(pred - pred_label) / (count - label)``: positives predicted among negatives."""
         return masked_divide(self.pred - self.pred_label, self.count - self.label)
 
     def false_negative_rate(self) -> Rate:
+        """``1 - TPR``, defined where the group has positives."""
         return masked_divide(self.label - self.pred_label, self.label)
 
     def true_negative_rate(self) -> Rate:
+        """``1 - FPR``, defined where the group has negatives."""
         negatives = self.count - self.label
         return masked_divide(negatives - (self.pred - self.pred_label), negatives)
 
     def accuracy(self) -> Rate:
+        """Share of correct thresholded predictions (TP + TN over count)."""
         correct = self.count - self.label - self.pred + 2 * self.pred_label
         return masked_divide(correct, self.count)
 
