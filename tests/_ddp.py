@@ -28,6 +28,20 @@ class _RunOnRanks(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
+class DestroyProcessGroup(pl.Callback):
+    """Close the process group in each ``ddp_spawn`` worker once the trainer is done.
+
+    Workers end with ``os._exit``, which skips the ``atexit`` handler in which Lightning destroys
+    the process group; gloo's threads are then torn down mid-flight and now and then abort the
+    worker ("terminate called without an active exception", SIGABRT) after a successful run.
+    ``teardown`` is the trainer's last step in the worker, after every collective.
+    """
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 def run_on_ranks(fn: Callable, tmp_path: Path, world_size: int = 2) -> list:
     """Call ``fn(rank, world_size, module)`` inside a ``ddp_spawn`` job; return each rank's result."""
     trainer = pl.Trainer(
@@ -39,6 +53,7 @@ def run_on_ranks(fn: Callable, tmp_path: Path, world_size: int = 2) -> list:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[DestroyProcessGroup()],
     )
     data = DataLoader(TensorDataset(torch.ones(8, 1)), batch_size=2)
     trainer.fit(_RunOnRanks(fn, str(tmp_path)), data)

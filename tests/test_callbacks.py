@@ -15,6 +15,7 @@ from fair_lightning.calibration import GroupFairnessCalibrator
 from fair_lightning.callbacks import FairnessDashboard, GroupCalibrationCallback
 from fair_lightning.data import TabularDataModule
 from fair_lightning.module import FairLightningModule
+from tests._ddp import DestroyProcessGroup
 
 NAMES = ["A", "B"]
 
@@ -324,7 +325,8 @@ def test_ddp_calibrator_is_fitted_on_the_union_of_the_ranks(tmp_path):
     trainer = pl.Trainer(
         strategy="ddp_spawn", accelerator="cpu", devices=2, max_epochs=1, num_sanity_val_steps=1,
         use_distributed_sampler=False, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[calibration, _SaveOnRanks(calibration, str(tmp_path)), FairnessDashboard()],
+        enable_model_summary=False,
+        callbacks=[calibration, _SaveOnRanks(calibration, str(tmp_path)), FairnessDashboard(), DestroyProcessGroup()],
     )
     trainer.fit(_module(), datamodule=_UnevenRanks())
 

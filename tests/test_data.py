@@ -27,6 +27,7 @@ from fair_lightning.data import (
 )
 from fair_lightning.data import _datasets
 from fair_lightning.data._batching import no_collate
+from tests._ddp import DestroyProcessGroup
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = ROOT.parent / "shared" / "data"
@@ -438,6 +439,7 @@ def test_ddp_ranks_get_disjoint_shards_that_cover_each_split(tmp_path):
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        callbacks=[DestroyProcessGroup()],
     )
     dm.setup()
     trainer.fit(_RecordRows(dm.num_features, str(tmp_path)), datamodule=dm)

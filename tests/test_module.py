@@ -11,6 +11,7 @@ from fair_lightning.constraints import constraint_violations
 from fair_lightning.functional import GroupSums, ema_update
 from fair_lightning.losses import FairnessLoss
 from fair_lightning.module import FairLightningModule
+from tests._ddp import DestroyProcessGroup
 
 
 
@@ -263,6 +264,7 @@ def test_lagrangian_under_ddp_syncs_hard_violations_and_multipliers(tmp_path):
     trainer = pl.Trainer(
         strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=6, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[DestroyProcessGroup()],
     )
     trainer.fit(module, DataLoader(TensorDataset(x, y, g), batch_size=32, shuffle=True))
     r0, r1 = (torch.load(tmp_path / f"lag{r}.pt") for r in range(2))
