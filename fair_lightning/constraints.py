@@ -31,13 +31,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from fair_lightning.functional import GroupSums
-from fair_lightning.losses import CONDITIONS, _coefficients, check_definition, gaps_from_ratios
+from fair_lightning.functional import GroupSums, label_cells
+from fair_lightning.losses import _RATE_COEFFICIENTS, CONDITIONS, _coefficients, check_definition, gaps_from_ratios
 
 _RATE_NAMES = {None: "selection_rate", 1: "true_positive_rate", 0: "false_positive_rate"}
 
@@ -126,15 +126,59 @@ def _violation_blocks(stacked: Tensor, constraints: Sequence[FairnessConstraint]
         yield (gaps.gap[..., None] * _SIDES.to(gaps.gap) - c.tolerance) * valid, valid
 
 
-def _violation_values(stacked: Tensor, constraints: Sequence[FairnessConstraint], min_count: float) -> Tensor:
-    """The values of :func:`constraint_violations` alone (the dual step's hot path)."""
-    values = [v.reshape(-1) for v, _ in _violation_blocks(stacked, constraints, min_count)]
-    return values[0] if len(values) == 1 else torch.cat(values)
-
-
 _SIDES = torch.tensor([1.0, -1.0])
-# denominators of the selection rate (count), TPR (label) and FPR (count - label) over [count, label]
-_DENOMINATORS = {None: (1.0, 0.0), 1: (0.0, 1.0), 0: (1.0, -1.0)}
+
+
+class _StepPlan(NamedTuple):
+    """Constant matrices that turn the per-step work of :class:`LagrangeMultipliers` into a few
+    tensor calls: the arithmetic of :func:`constraint_violations` (and, for the primal term, of
+    :meth:`LagrangeMultipliers.soft_violations`), tested against them.
+
+    ``C`` rows are the constrained rates of all constraints, in multiplier order;
+    ``K = 2 * C * G`` inequalities (upper and lower side of each rate and group).
+    """
+
+    confusion_to_sums: Tensor  # (4G, 4G): flattened confusion counts [g, y, yhat] -> stacked sums (4, G)
+    rates: Tensor  # (2 * C * (G + 1), 4G): stacked sums -> [numerator, denominator] of each rate, per group + overall
+    gaps: Tensor  # (K, C * (G + 1)): rates -> signed gaps, side by side
+    neg_tolerance: Tensor  # (K,)
+    valid: Tensor  # (K, C * (G + 1)): denominators' validity -> each inequality's
+    label_denominators: Tensor  # (C, 2): a group's [negatives, positives] -> denominator of each rate
+    confusion_denominators: Tensor  # (C, 4): a group's confusion counts [y, yhat] -> denominator of each rate
+    net_and_tolerance: Tensor  # (C, 2, 2): multipliers [upper, lower] -> [upper - lower, tol * (upper + lower)]
+    min_count: float
+
+
+def _step_plan(constraints: Sequence[FairnessConstraint], num_groups: int, min_count: float, dtype, device) -> _StepPlan:
+    G = num_groups
+    conditions = [cond for c in constraints for cond in c.conditions]
+    tolerances = [c.tolerance for c in constraints for _ in c.conditions]
+    C = len(conditions)
+    coef = torch.tensor([[_RATE_COEFFICIENTS[cond][part] for cond in conditions] for part in (0, 1)], dtype=dtype)
+    # stacked sums (4, G) -> per rate, group and "all" (index G): extend the groups by their total
+    extend = torch.cat((torch.eye(G, dtype=dtype), torch.ones(G, 1, dtype=dtype)), 1)  # (G, G + 1)
+    rates = torch.einsum("acf,hg->acgfh", coef, extend).reshape(2 * C * (G + 1), 4 * G)
+    # gap of (rate c, group g) = rate[c, g] - rate[c, G]; the upper side is +gap, the lower -gap
+    gaps = torch.zeros(C, G, 2, C, G + 1, dtype=dtype)
+    valid = torch.zeros(C, G, 2, C, G + 1, dtype=dtype)
+    for c in range(C):
+        for g in range(G):
+            for side, sign in enumerate((1.0, -1.0)):
+                gaps[c, g, side, c, g], gaps[c, g, side, c, G] = sign, -sign
+                valid[c, g, side, c, g] = 1.0
+    eye = torch.eye(4 * G, dtype=dtype).view(4 * G, G, 2, 2)
+    confusion_to_sums = GroupSums.from_confusion(eye).stack().permute(0, 2, 1).reshape(4 * G, 4 * G)
+    # denominators over [count, label] -> over [negatives, positives]: count = neg + pos, label = pos
+    den_rows = coef[1][:, :2]
+    label_denominators = torch.stack((den_rows[:, 0], den_rows[:, 0] + den_rows[:, 1]), 1)
+    net_and_tolerance = torch.tensor([[[1.0, t], [-1.0, t]] for t in tolerances], dtype=dtype)
+    plan = _StepPlan(
+        confusion_to_sums, rates, gaps.reshape(2 * C * G, -1),
+        -torch.tensor(tolerances, dtype=dtype).repeat_interleave(2 * G), valid.reshape(2 * C * G, -1),
+        label_denominators, label_denominators.repeat_interleave(2, 1), net_and_tolerance,
+        min_count if min_count > 0 else torch.finfo(dtype).tiny,
+    )
+    return _StepPlan(*(t.to(device) if isinstance(t, Tensor) else t for t in plan))
 
 
 class LagrangeMultipliers(nn.Module):
@@ -189,7 +233,7 @@ class LagrangeMultipliers(nn.Module):
         self.register_buffer("multipliers", torch.zeros(size))
         self.register_buffer("running_sums", torch.zeros(4, num_groups, dtype=torch.float64))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        self._primal_cache: dict = {}
+        self._plans: dict = {}
         self.dual_lr = dual_lr
         # default: plain projected SGD ascent, done in place (a torch.optim.SGD without momentum
         # does the same arithmetic with several times the per-step overhead, on every step)
@@ -199,86 +243,94 @@ class LagrangeMultipliers(nn.Module):
         """Differentiable violations of the batch, from soft group sums."""
         return constraint_violations(soft_sums, self.constraints, self.min_count)[0]
 
-    def lagrangian_term(self, soft_preds: Tensor, target: Tensor, groups: Tensor, counts: Tensor) -> Tensor:
+    def lagrangian_term(
+        self, soft_preds: Tensor, target: Tensor, groups: Tensor, *, cells: Tensor | None = None,
+        counts: Tensor | None = None,
+    ) -> Tensor:
         """``sum(lambda * soft_violation)`` of the batch, with the multipliers held fixed.
 
         Every constrained rate is linear-fractional in the soft predictions ``p``: its numerator
         is a sum of ``p`` over a (group, label) cell and its denominator a count. With the
         multipliers fixed the whole term is therefore linear in ``p``,
         ``sum_k lambda_k v_k = w @ p - const``, and the per-sample weights ``w`` follow from the
-        multipliers and the batch counts alone. Computing ``w`` without autograd gives exactly
-        the value and gradient of the explicit sum (tested against :meth:`soft_violations`),
-        with a two-node backward instead of one through every group statistic.
+        multipliers and the batch's cell counts alone: one weight per (group, label) cell.
+        Computing them without autograd gives exactly the value and gradient of the explicit sum
+        (tested against :meth:`soft_violations`), with a two-node backward instead of one
+        through every group statistic.
 
         Args:
             soft_preds: ``(N,)`` soft predictions (sigmoid of the logits), differentiable.
             target: ``(N,)`` binary labels.
             groups: ``(N,)`` group ids.
-            counts: ``(2, G)`` batch ``[count, label]`` per group.
+            cells: the batch's :func:`~fair_lightning.functional.label_cells`, if already computed.
+            counts: the batch's :func:`~fair_lightning.functional.confusion_counts` ``(G, 2, 2)``
+                (any predictions: only the label counts are used), if already computed.
         """
+        G = self.num_groups
+        if cells is None:
+            cells = label_cells(target, groups)
         # no autograd context: every input below (counts, multipliers, labels) carries no gradient;
         # few tensor calls on purpose, this runs on every training step
-        den_coef, tolerance, sides = self._primal_constants(counts)
-        den = den_coef @ counts.to(den_coef.dtype)  # (C, G) denominators of the constrained rates
-        valid = den >= (self.min_count if self.min_count > 0 else torch.finfo(den.dtype).tiny)
-        lam = self.multipliers.to(den.dtype).view(den.shape[0], den.shape[1], 2)
-        lam_net = (lam @ sides) * valid  # upper side minus lower side, (C, G)
+        lam = self.multipliers
+        plan = self._plan(lam.dtype, lam.device)
+        if counts is None:
+            counts, rows = torch.bincount(cells, minlength=2 * G).view(G, 2), plan.label_denominators
+        else:
+            counts, rows = counts.view(G, 4), plan.confusion_denominators
+        den = rows @ counts.T.to(lam.dtype)  # (C, G) denominators of the constrained rates
+        lam = lam.view(den.shape[0], G, 2) @ plan.net_and_tolerance
+        net, const = lam.mul_((den >= plan.min_count).unsqueeze(-1)).unbind(-1)  # upper - lower, tol * (upper + lower)
         tiny = torch.finfo(den.dtype).tiny
-        alpha = lam_net / den.clamp_min(tiny)  # d/dp of the group rate's share
-        beta = lam_net.sum(1, keepdim=True) / den.sum(1, keepdim=True).clamp_min(tiny)  # the overall rate's
-        # sample i counts in rate c's denominator with weight a_c + b_c * y_i (rows of den_coef), so
-        # its weight is P[g_i] + y_i * Q[g_i] with [P, Q] = (alpha - beta)^T @ den_coef: (G, 2)
-        table = ((alpha - beta).T @ den_coef).index_select(0, groups)  # (N, 2)
-        weights = torch.addcmul(table[:, 0], target.to(table.dtype), table[:, 1])
-        const = (lam.sum(-1) * valid).mul_(tolerance).sum()
-        return torch.dot(weights.to(soft_preds.dtype), soft_preds) - const.to(soft_preds.dtype)
+        alpha = net / den.clamp_min(tiny)  # d/dp of each group rate's share
+        beta = net.sum(1, keepdim=True) / den.sum(1, keepdim=True).clamp_min(tiny)  # of the overall rate's
+        # a sample of cell (g, y) is in rate c's denominators iff label_denominators[c, y] = 1
+        weights = ((alpha - beta).T @ plan.label_denominators).view(-1).index_select(0, cells)
+        return torch.dot(weights.to(soft_preds.dtype), soft_preds) - const.sum().to(soft_preds.dtype)
 
-    def _primal_constants(self, counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Rows over ``[count, label]`` giving each constrained rate's denominator, its tolerance,
-        and the signs of the two sides."""
-        key = (counts.dtype, counts.device)
-        cached = self._primal_cache.get(key)
-        if cached is None:
-            rows, tols = [], []
-            for c in self.constraints:
-                for cond in c.conditions:
-                    rows.append(_DENOMINATORS[cond])
-                    tols.append(c.tolerance)
-            dtype = counts.dtype if counts.is_floating_point() else torch.float32
-            cached = (
-                torch.tensor(rows, dtype=dtype, device=counts.device),
-                torch.tensor(tols, dtype=dtype, device=counts.device)[:, None],
-                torch.tensor([1.0, -1.0], dtype=dtype, device=counts.device),
-            )
-            self._primal_cache[key] = cached
-        return cached
+    def _plan(self, dtype: torch.dtype, device: torch.device) -> _StepPlan:
+        key = (dtype, device)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = _step_plan(self.constraints, self.num_groups, self.min_count, dtype, device)
+        return plan
 
     @torch.no_grad()
-    def dual_step(self, batch_hard_sums: GroupSums | Tensor) -> Tensor:
-        """Update the running sums with a batch (already all-reduced; ``GroupSums`` or stacked
-        ``(4, G)``) and take one ascent step.
+    def dual_step(self, batch_hard: GroupSums | Tensor) -> Tensor:
+        """Update the running sums with a batch of hard predictions (already all-reduced) and take
+        one ascent step.
+
+        Args:
+            batch_hard: the batch's sums as ``GroupSums`` or stacked ``(4, G)``, or its
+                :func:`~fair_lightning.functional.confusion_counts` ``(G, 2, 2)``.
 
         Returns the hard violations the step used.
         """
-        stacked = (batch_hard_sums if isinstance(batch_hard_sums, Tensor) else batch_hard_sums.stack()).to(self.running_sums)
-        if int(self.num_updates) > 0 and self.ema_decay > 0:
-            self.running_sums.mul_(self.ema_decay).add_(stacked, alpha=1.0 - self.ema_decay)
+        running = self.running_sums
+        plan = self._plan(running.dtype, running.device)
+        batch = (batch_hard if isinstance(batch_hard, Tensor) else batch_hard.stack()).to(running.dtype)
+        flat = torch.mv(plan.confusion_to_sums, batch.reshape(-1)) if batch.dim() == 3 else batch.reshape(-1)
+        if self.ema_decay > 0 and int(self.num_updates) > 0:
+            running.view(-1).lerp_(flat, 1.0 - self.ema_decay)
         else:
-            self.running_sums.copy_(stacked)
-        self.num_updates += 1
-        hard = _violation_values(self.running_sums, self.constraints, self.min_count)
+            running.view(-1).copy_(flat)
+        self.num_updates.add_(1)
+        # the violations of constraint_violations(running), in a few calls (tested against it)
+        num, den = torch.mv(plan.rates, running.view(-1)).view(2, -1)
+        rates = num / den.clamp_min(torch.finfo(den.dtype).tiny)
+        hard = torch.addmv(plan.neg_tolerance, plan.gaps, rates)
+        hard.mul_(torch.mv(plan.valid, (den >= plan.min_count).to(den.dtype)))
+        integral, step = self.integral, hard.to(self.integral.dtype)
         if self.dual_optimizer is None:
-            self.integral.add_(hard.to(self.integral.dtype), alpha=self.dual_lr)
+            integral.add_(step, alpha=self.dual_lr)
         else:  # ascent on the violation = descent on its negative
-            self.integral.grad = -hard.to(self.integral.dtype)
+            integral.grad = -step
             self.dual_optimizer.step()
-            self.integral.grad = None
-        self.integral.clamp_(0.0, self.multiplier_max)
+            integral.grad = None
+        integral.clamp_(0.0, self.multiplier_max)
         if self.dual_damping:
-            torch.add(self.integral, hard.to(self.integral.dtype), alpha=self.dual_damping, out=self.multipliers)
-            self.multipliers.clamp_(0.0, self.multiplier_max)
+            torch.add(integral, step, alpha=self.dual_damping, out=self.multipliers).clamp_(0.0, self.multiplier_max)
         else:
-            self.multipliers.copy_(self.integral)
+            self.multipliers.copy_(integral)
         return hard
 
     def hard_violations(self) -> Tensor:

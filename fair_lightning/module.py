@@ -33,7 +33,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from fair_lightning.adversarial import GradientReversalLayer, make_adversary
 from fair_lightning.constraints import LagrangeMultipliers, constraint_names, parse_constraints
-from fair_lightning.functional import group_sums, grouped_sum
+from fair_lightning.functional import confusion_counts, group_sums, label_cells
 from fair_lightning.functional._checks import check_binary_target, check_groups, check_num_groups
 from fair_lightning.losses import (
     CONDITIONS,
@@ -322,10 +322,32 @@ class FairLightningModule(pl.LightningModule):
         every = trainer.log_every_n_steps if trainer is not None else 50
         return int(self.fair_step) % max(every, 1) == 0
 
-    def _grad_norm(self, term: Tensor, params: list[Tensor]) -> Tensor:
-        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-        norms = [g.norm() for g in grads if g is not None]
-        return torch.linalg.vector_norm(torch.stack(norms)) if norms else term.new_zeros(())
+    def _grad_ratio_start(self, task: Tensor, fairness_term: Tensor) -> list[tuple[Tensor, Tensor]] | None:
+        """``||grad fairness_term|| / ||grad task||`` over the model's parameters, part one.
+
+        On one device the task term's gradient is the one extra backward: the fairness term's is
+        the total gradient (after :meth:`manual_backward`) minus it, see :meth:`_grad_ratio_end`.
+        Under DDP the total gradient is averaged over ranks, so both terms' local gradients are
+        taken here and the ratio logged at once (two extra backwards).
+        """
+        params = self.primal_parameters()
+        task_grads = torch.autograd.grad(task, params, retain_graph=True, allow_unused=True)
+        if self._trainer is None or self._trainer.world_size == 1:
+            return [(p, g) for p, g in zip(params, task_grads) if g is not None]
+        fair_grads = torch.autograd.grad(fairness_term, params, retain_graph=True, allow_unused=True)
+        self._log_grad_ratio([g for g in fair_grads if g is not None], [g for g in task_grads if g is not None])
+        return None
+
+    def _grad_ratio_end(self, task_grads: list[tuple[Tensor, Tensor]]) -> None:
+        """Part two on one device: the fairness gradient is ``p.grad - task_grad``."""
+        fair = [p.grad - g if p.grad is not None else -g for p, g in task_grads]
+        self._log_grad_ratio(fair, [g for _, g in task_grads])
+
+    def _log_grad_ratio(self, fair: list[Tensor], task: list[Tensor]) -> None:
+        def norm(grads: list[Tensor]) -> Tensor:
+            return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else torch.zeros(())
+
+        self._log_detail({"train/grad_norm_ratio": norm(fair) / norm(task).clamp_min(1e-12)})
 
     @staticmethod
     def _check_finite(name: str, value: Tensor, step: int) -> None:
@@ -359,9 +381,10 @@ class FairLightningModule(pl.LightningModule):
             self._log_train_term("train/fairness_loss", fair, detail)
         elif self.mode == "lagrangian":
             soft = torch.sigmoid(logits if self.temperature == 1 else logits / self.temperature)
-            hard_sums = self._hard_sums(logits, target, groups)
+            cells = label_cells(target, groups)
+            confusion = confusion_counts(logits.detach() > self._logit_threshold, None, None, self.num_groups, cells=cells)
             # finite by construction: logits are checked for NaN, multipliers are clamped
-            fairness_term = self.multipliers.lagrangian_term(soft, target, groups, hard_sums[:2])
+            fairness_term = self.multipliers.lagrangian_term(soft, target, groups, cells=cells, counts=confusion)
         elif self.mode == "adversarial":
             self.reversal.strength = eta
             adv_in = (logits.reshape(-1, 1) if not needs_rep else rep.reshape(rep.shape[0], -1))
@@ -374,16 +397,17 @@ class FairLightningModule(pl.LightningModule):
             self._log_train_term("train/adversary_loss", adversary_loss, detail)
 
         total = task if fairness_term is None else task + fairness_term
+        task_grads = None
         if fairness_term is not None and self.grad_ratio_every_n_steps and step % self.grad_ratio_every_n_steps == 0:
-            params = [p for p in self.primal_parameters()]
-            ratio = self._grad_norm(fairness_term, params) / self._grad_norm(task, params).clamp_min(1e-12)
-            self._log_detail({"train/grad_norm_ratio": ratio})
+            task_grads = self._grad_ratio_start(task, fairness_term)
 
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         for opt in optimizers:
             opt.zero_grad()
         self.manual_backward(total)
+        if task_grads is not None:
+            self._grad_ratio_end(task_grads)
         if self.gradient_clip_val is not None:
             self.clip_gradients(optimizers[0], gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm=self.gradient_clip_algorithm)
         for opt in optimizers:
@@ -391,13 +415,13 @@ class FairLightningModule(pl.LightningModule):
 
         if self.mode == "lagrangian":
             # every tensor here is detached or a buffer: no autograd context needed on the hot path
-            hard_violations = self.multipliers.dual_step(self._reduce_sum(hard_sums))
+            hard_violations = self.multipliers.dual_step(self._reduce_sum(confusion))
             if detail:
                 soft_sums = group_sums(soft.detach(), target, groups, self.num_groups, validate_args=False)
                 soft_violations = self.multipliers.soft_violations(soft_sums)
                 self._log_constraints(soft_violations, hard_violations, (task + fairness_term).detach())
 
-        self.fair_step += 1
+        self.fair_step.add_(1)
         if self.lr_scheduler_factory is not None and self.lr_scheduler_interval == "step":
             self.lr_schedulers().step()
         self.log("train/task_loss", task.detach(), on_step=True, on_epoch=True, prog_bar=True)
@@ -405,13 +429,6 @@ class FairLightningModule(pl.LightningModule):
         if self.mode != "erm" and detail:
             self._log_detail({"train/eta": torch.tensor(eta)})
         return total.detach()
-
-    def _hard_sums(self, logits: Tensor, target: Tensor, groups: Tensor) -> Tensor:
-        """``(4, G)`` sums ``[count, label, pred, pred * label]`` of the thresholded predictions."""
-        hard = (logits.detach() > self._logit_threshold).to(logits.dtype)
-        y = target.to(logits.dtype)
-        values = torch.stack((torch.ones_like(hard), y, hard, hard * y), 1)
-        return grouped_sum(values, groups, self.num_groups).T  # float32 sums: exact counts below 2**24
 
     def _log_train_term(self, name: str, value: Tensor, detail: bool) -> None:
         """Log a fairness term on logging steps, and its epoch mean at the end of the epoch.

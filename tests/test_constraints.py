@@ -8,7 +8,7 @@ from fair_lightning.constraints import (
     constraint_violations,
     parse_constraints,
 )
-from fair_lightning.functional import GroupSums, group_sums
+from fair_lightning.functional import GroupSums, confusion_counts, group_sums
 
 
 def _sums():
@@ -58,7 +58,7 @@ def test_default_ascent_equals_torch_sgd_and_projects():
         torch.testing.assert_close(ours.multipliers, ref.multipliers)
     assert (ours.multipliers >= 0).all() and (ours.multipliers <= 0.2).all()
     assert ours.multipliers.max() == pytest.approx(0.2)  # the projection bit
-    assert torch.equal(hard, constraint_violations(sums, cons)[0])
+    torch.testing.assert_close(hard, constraint_violations(sums, cons)[0].double())
 
 
 def test_damping_adds_a_proportional_term():
@@ -121,8 +121,60 @@ def test_linear_lagrangian_term_equals_explicit_sum(definitions, min_count):
     p = torch.sigmoid(logits)
     explicit = (mult.multipliers.double() * mult.soft_violations(group_sums(p, target, groups, G))).sum()
     (g_explicit,) = torch.autograd.grad(explicit, logits)
-    counts = group_sums(p.detach(), target, groups, G).stack()[:2]
-    linear = mult.lagrangian_term(torch.sigmoid(logits), target, groups, counts)
+    linear = mult.lagrangian_term(torch.sigmoid(logits), target, groups)
     (g_linear,) = torch.autograd.grad(linear, logits)
     torch.testing.assert_close(linear, explicit)
     torch.testing.assert_close(g_linear, g_explicit)
+
+
+@pytest.mark.parametrize(
+    ("definitions", "num_groups", "min_count"),
+    [
+        (["demographic_parity"], 2, 1),
+        (["equalized_odds"], 3, 1),
+        ([{"definition": "equalized_odds", "tolerance": 0.0}, {"definition": "demographic_parity", "tolerance": 0.05}], 5, 12),
+        (["equal_opportunity", "demographic_parity"], 6, 0),
+    ],
+)
+def test_dual_step_matches_constraint_violations(definitions, num_groups, min_count):
+    """The dual step's few-call arithmetic equals constraint_violations on the running sums, for
+    confusion-count and GroupSums input, with several constraints, absent and small groups."""
+    gen = torch.Generator().manual_seed(num_groups)
+    cons = parse_constraints(definitions, 0.02)
+    by_confusion = LagrangeMultipliers(cons, num_groups, ema_decay=0.8, min_count=min_count, dual_lr=0.5)
+    by_sums = LagrangeMultipliers(cons, num_groups, ema_decay=0.8, min_count=min_count, dual_lr=0.5)
+    masked_small = False
+    for step in range(4):
+        n = 200
+        target = torch.randint(0, 2, (n,), generator=gen)
+        absent = int(num_groups > 2)  # the last group is absent
+        groups = torch.randint(0, num_groups - absent, (n,), generator=gen)
+        hard = torch.rand(n, generator=gen) < 0.2 + 0.4 * groups / num_groups + 0.05 * step
+        if num_groups > 2:  # group G - 2 is small: 8 or 20 samples, around min_count
+            groups[groups == num_groups - 2] = 0
+            groups[: 8 if step % 2 else 20] = num_groups - 2
+        counts = confusion_counts(hard, target, groups, num_groups)
+        hard_c = by_confusion.dual_step(counts)
+        hard_s = by_sums.dual_step(group_sums(hard.double(), target, groups, num_groups))
+        expected, valid = constraint_violations(by_sums.running_sums, cons, min_count)
+        torch.testing.assert_close(hard_c, expected)
+        torch.testing.assert_close(hard_s, expected)
+        assert (expected[~valid] == 0).all()
+        masked_small |= bool(min_count > 1 and not valid.reshape(-1, num_groups, 2)[:, num_groups - 2].all())
+        torch.testing.assert_close(by_confusion.running_sums, by_sums.running_sums)
+        torch.testing.assert_close(by_confusion.multipliers, by_sums.multipliers)
+    assert (by_sums.multipliers > 0).any()
+    assert masked_small == (min_count > 1)
+
+
+def test_lagrangian_term_from_confusion_counts_equals_default():
+    gen = torch.Generator().manual_seed(3)
+    n, G = 128, 3
+    logits = torch.randn(n, generator=gen)
+    target = torch.randint(0, 2, (n,), generator=gen).float()
+    groups = torch.randint(0, G, (n,), generator=gen)
+    mult = LagrangeMultipliers(parse_constraints(["equalized_odds", "demographic_parity"], 0.01), G)
+    mult.multipliers.copy_(torch.rand(mult.multipliers.shape, generator=gen))
+    p = torch.sigmoid(logits)
+    counts = confusion_counts(logits > 0, target, groups, G)
+    torch.testing.assert_close(mult.lagrangian_term(p, target, groups, counts=counts), mult.lagrangian_term(p, target, groups))

@@ -4,9 +4,11 @@ import torch
 from fair_lightning.functional import (
     GroupSums,
     calibration_sums,
+    confusion_counts,
     group_sums,
     grouped_sum,
     hard_predictions,
+    label_cells,
     masked_divide,
     soft_predictions,
 )
@@ -28,6 +30,27 @@ def test_group_sums_matches_loop():
     sums = group_sums(preds, target, groups, 9)  # two empty groups
     torch.testing.assert_close(sums.stack(), _loop_reference(preds, target, groups, 9))
     assert sums.count[7:].sum() == 0
+
+
+@pytest.mark.parametrize("pred_dtype", [torch.bool, torch.long, torch.float32])
+def test_confusion_counts_give_the_hard_group_sums(pred_dtype):
+    gen = torch.Generator().manual_seed(1)
+    hard = torch.rand(700, generator=gen) > 0.4
+    target = torch.randint(0, 2, (700,), generator=gen).float()
+    groups = torch.randint(0, 5, (700,), generator=gen)
+    counts = confusion_counts(hard.to(pred_dtype), target, groups, 6)  # group 5 empty
+    assert counts.shape == (6, 2, 2) and counts.dtype == torch.float64
+    for g in range(6):
+        for y in range(2):
+            for h in range(2):
+                assert counts[g, y, h] == ((groups == g) & (target == y) & (hard == h)).sum()
+    torch.testing.assert_close(GroupSums.from_confusion(counts).stack(), _loop_reference(hard, target, groups, 6))
+    # precomputed cells give the same counts; leading dimensions are kept by from_confusion
+    cells = label_cells(target, groups)
+    assert torch.equal(cells, 2 * groups + target.long())
+    assert torch.equal(confusion_counts(hard, None, None, 6, cells=cells), counts)
+    batched = GroupSums.from_confusion(torch.stack((counts, 2 * counts)))
+    torch.testing.assert_close(batched.stack()[:, 1], 2 * GroupSums.from_confusion(counts).stack())
 
 
 def test_weighted_group_sums():

@@ -280,3 +280,32 @@ def test_lagrangian_under_ddp_syncs_hard_violations_and_multipliers(tmp_path):
         torch.testing.assert_close(a["hard"], expected)
         torch.testing.assert_close(b["hard"], expected)
         assert not torch.equal(a["local"], b["local"])  # the ranks really saw different batches
+
+
+@pytest.mark.parametrize("mode", ["penalty", "adversarial"])
+def test_grad_norm_ratio_is_the_ratio_of_the_terms_gradients(mode):
+    """The logged ratio (one extra backward, the fairness gradient as total minus task) equals
+    the ratio of the two terms' gradient norms taken separately."""
+    pl.seed_everything(0)
+    x, y, g = _data(n=64)
+    module = FairLightningModule(_mlp(), num_groups=2, mode=mode, grad_ratio_every_n_steps=1, **MODE_KWARGS[mode])
+    reference = FairLightningModule(_mlp(), num_groups=2, mode=mode, **MODE_KWARGS[mode])
+    reference.load_state_dict(module.state_dict())
+    _trainer(max_steps=1).fit(module, DataLoader(TensorDataset(x, y, g), batch_size=64))
+
+    logits = reference(x).squeeze(-1)
+    task = reference.task_loss(logits, y)
+    if mode == "penalty":
+        fair = 2.0 * reference.fairness_loss(logits, y, g)
+    else:
+        _, rep = reference.forward_with_representation(x)
+        fair = nn.functional.cross_entropy(reference.adversary(torch.cat((reference.reversal(rep), y[:, None]), 1)), g)
+    params = reference.primal_parameters()
+
+    def norm(term):
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        return torch.linalg.vector_norm(torch.stack([gr.norm() for gr in grads if gr is not None]))
+
+    expected = (norm(fair) / norm(task)).item()
+    assert expected > 1e-3
+    assert module.last_detail_metrics["train/grad_norm_ratio"] == pytest.approx(expected, rel=1e-4)

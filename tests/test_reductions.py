@@ -38,7 +38,7 @@ from sklearn.utils.estimator_checks import (
 )
 from threadpoolctl import threadpool_limits
 
-from tests._sklearn_checks import _MISSING_SF, EXPECTED_FAILED_CHECKS, _chain, _check_name, _rows
+from tests._sklearn_checks import EXPECTED_FAILED_CHECKS, _chain, _check_name, _rows
 from fair_lightning.reductions import CONSTRAINTS, ReductionsWrapper
 
 # fairlearn 0.15 writes to pandas objects in ways pandas 3 deprecates; not ours to fix here.

@@ -1,8 +1,9 @@
 """The statistics core and functional metrics of fair-lightning.
 
 Everything that measures or penalises unfairness (losses, constraints, metrics, calibration)
-calls :func:`group_sums` or :func:`grouped_sum`: one vectorized implementation of per-group
-statistics.
+calls :func:`group_sums` or :func:`grouped_sum` (or, for thresholded predictions,
+:func:`confusion_counts`, whose counts :meth:`GroupSums.from_confusion` turns into the same sums):
+one vectorized implementation of per-group statistics.
 """
 
 from fair_lightning.functional._calibration import (
@@ -21,10 +22,12 @@ from fair_lightning.functional._checks import (
 from fair_lightning.functional._core import (
     GroupSums,
     Rate,
+    confusion_counts,
     ema_update,
     group_sums,
     grouped_sum,
     hard_predictions,
+    label_cells,
     masked_divide,
     soft_predictions,
 )
@@ -51,6 +54,7 @@ __all__ = [
     "check_groups",
     "check_num_groups",
     "check_scores",
+    "confusion_counts",
     "demographic_parity_difference",
     "demographic_parity_ratio",
     "ema_update",
@@ -63,6 +67,7 @@ __all__ = [
     "grouped_sum",
     "hard_group_sums",
     "hard_predictions",
+    "label_cells",
     "masked_divide",
     "rate_difference",
     "rate_ratio",

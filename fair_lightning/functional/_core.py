@@ -79,6 +79,16 @@ class GroupSums(NamedTuple):
         """Inverse of :meth:`stack`: a ``(4, G)`` tensor."""
         return cls(*stacked.unbind(0))
 
+    @classmethod
+    def from_confusion(cls, counts: Tensor) -> GroupSums:
+        """The sums of hard predictions from per-group confusion counts.
+
+        Args:
+            counts: ``(..., G, 2, 2)`` counts indexed ``[group, label, prediction]``, as returned
+                by :func:`confusion_counts`; leading dimensions are kept.
+        """
+        return cls(counts.sum((-2, -1)), counts[..., 1, :].sum(-1), counts[..., :, 1].sum(-1), counts[..., 1, 1])
+
     def stack(self) -> Tensor:
         """All sums as one ``(4, G)`` tensor (one all-reduce, one buffer)."""
         return torch.stack(tuple(self), 0)
@@ -126,6 +136,47 @@ class GroupSums(NamedTuple):
         """Share of correct thresholded predictions (TP + TN over count)."""
         correct = self.count - self.label - self.pred + 2 * self.pred_label
         return masked_divide(correct, self.count)
+
+
+def label_cells(target: Tensor, groups: Tensor) -> Tensor:
+    """Index ``2 * group + label`` of each sample's (group, label) cell, as ``int64``.
+
+    ``target`` must be binary and ``groups`` valid ids (not checked: see :func:`confusion_counts`).
+    """
+    return torch.add(target.reshape(-1).long(), groups.reshape(-1).long(), alpha=2)
+
+
+def confusion_counts(
+    hard_preds: Tensor,
+    target: Tensor | None,
+    groups: Tensor | None,
+    num_groups: int,
+    *,
+    cells: Tensor | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
+    """Per-group confusion counts of hard predictions, in one ``bincount``.
+
+    The unweighted, thresholded case of :func:`group_sums` (``GroupSums.from_confusion`` gives
+    the same sums), for metrics and the dual step of the constraints: counting cells is cheaper
+    than summing an ``(N, 4)`` matrix, and exact.
+
+    Args:
+        hard_preds: ``(N,)`` 0/1 predictions (bool, integer or float).
+        target: ``(N,)`` binary labels (unused when ``cells`` is given).
+        groups: ``(N,)`` group ids in ``[0, num_groups)`` (unused when ``cells`` is given).
+        num_groups: number of groups ``G``.
+        cells: precomputed :func:`label_cells` of ``(target, groups)``.
+        dtype: dtype of the counts (float64 keeps them exact up to ``2**53``).
+
+    Returns:
+        ``(G, 2, 2)`` counts indexed ``[group, label, prediction]``. Inputs are not validated
+        (callers check them once per batch, see :func:`check_group_inputs`).
+    """
+    if cells is None:
+        cells = label_cells(target, groups)
+    key = torch.add(hard_preds.reshape(-1).long(), cells, alpha=2)
+    return torch.bincount(key, minlength=4 * num_groups).to(dtype).view(num_groups, 2, 2)
 
 
 def hard_predictions(scores: Tensor, threshold: float = 0.5) -> Tensor:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from fair_lightning.functional._checks import as_vector, check_group_inputs
-from fair_lightning.functional._core import GroupSums, Rate, group_sums, hard_predictions
+from fair_lightning.functional._core import GroupSums, Rate, confusion_counts, hard_predictions
 
 RATE_NAMES = ("selection_rate", "true_positive_rate", "false_positive_rate", "false_negative_rate", "accuracy")
 EO_AGGREGATIONS = ("worst_case", "mean")
@@ -58,9 +58,14 @@ def hard_group_sums(
     from_logits: bool = False,
     validate_args: bool = True,
 ) -> GroupSums:
-    """Per-group sums of thresholded predictions, in float64 so that counts stay exact."""
-    hard = format_predictions(preds, from_logits=from_logits, threshold=threshold).double()
-    return group_sums(hard, target, groups, num_groups, validate_args=validate_args)
+    """Per-group sums of thresholded predictions, in float64 so that counts stay exact.
+
+    Counted with :func:`confusion_counts` (one ``bincount``).
+    """
+    hard = format_predictions(preds, from_logits=from_logits, threshold=threshold)
+    if validate_args:
+        hard, target, groups = check_group_inputs(hard, target, groups, num_groups)
+    return GroupSums.from_confusion(confusion_counts(hard, target, groups, num_groups))
 
 
 def _as_nan(rate: Rate) -> Tensor:
