@@ -142,7 +142,7 @@ class _StepPlan(NamedTuple):
     rates: Tensor  # (2 * C * (G + 1), 4G): stacked sums -> [numerator, denominator] of each rate, per group + overall
     gaps: Tensor  # (K, C * (G + 1)): rates -> signed gaps, side by side
     neg_tolerance: Tensor  # (K,)
-    valid: Tensor  # (K, C * (G + 1)): denominators' validity -> each inequality's
+    denominators: Tensor  # (K, 4G): stacked sums -> the denominator of each inequality's group rate
     label_denominators: Tensor  # (C, 2): a group's [negatives, positives] -> denominator of each rate
     confusion_denominators: Tensor  # (C, 4): a group's confusion counts [y, yhat] -> denominator of each rate
     net_and_tolerance: Tensor  # (C, 2, 2): multipliers [upper, lower] -> [upper - lower, tol * (upper + lower)]
@@ -174,7 +174,8 @@ def _step_plan(constraints: Sequence[FairnessConstraint], num_groups: int, min_c
     net_and_tolerance = torch.tensor([[[1.0, t], [-1.0, t]] for t in tolerances], dtype=dtype)
     plan = _StepPlan(
         confusion_to_sums, rates, gaps.reshape(2 * C * G, -1),
-        -torch.tensor(tolerances, dtype=dtype).repeat_interleave(2 * G), valid.reshape(2 * C * G, -1),
+        -torch.tensor(tolerances, dtype=dtype).repeat_interleave(2 * G),
+        valid.reshape(2 * C * G, -1) @ rates[C * (G + 1):],
         label_denominators, label_denominators.repeat_interleave(2, 1), net_and_tolerance,
         min_count if min_count > 0 else torch.finfo(dtype).tiny,
     )
@@ -277,7 +278,8 @@ class LagrangeMultipliers(nn.Module):
             counts, rows = torch.bincount(cells, minlength=2 * G).view(G, 2), plan.label_denominators
         else:
             counts, rows = counts.view(G, 4), plan.confusion_denominators
-        den = rows @ counts.T.to(lam.dtype)  # (C, G) denominators of the constrained rates
+        counts = counts if counts.dtype == lam.dtype else counts.to(lam.dtype)
+        den = rows @ counts.T  # (C, G) denominators of the constrained rates
         lam = lam.view(den.shape[0], G, 2) @ plan.net_and_tolerance
         net, const = lam.mul_((den >= plan.min_count).unsqueeze(-1)).unbind(-1)  # upper - lower, tol * (upper + lower)
         tiny = torch.finfo(den.dtype).tiny
@@ -285,7 +287,10 @@ class LagrangeMultipliers(nn.Module):
         beta = net.sum(1, keepdim=True) / den.sum(1, keepdim=True).clamp_min(tiny)  # of the overall rate's
         # a sample of cell (g, y) is in rate c's denominators iff label_denominators[c, y] = 1
         weights = ((alpha - beta).T @ plan.label_denominators).view(-1).index_select(0, cells)
-        return torch.dot(weights.to(soft_preds.dtype), soft_preds) - const.sum().to(soft_preds.dtype)
+        const = const.sum()
+        if soft_preds.dtype != weights.dtype:
+            weights, const = weights.to(soft_preds.dtype), const.to(soft_preds.dtype)
+        return torch.dot(weights, soft_preds) - const
 
     def _plan(self, dtype: torch.dtype, device: torch.device) -> _StepPlan:
         key = (dtype, device)
@@ -294,7 +299,6 @@ class LagrangeMultipliers(nn.Module):
             plan = self._plans[key] = _step_plan(self.constraints, self.num_groups, self.min_count, dtype, device)
         return plan
 
-    @torch.no_grad()
     def dual_step(self, batch_hard: GroupSums | Tensor) -> Tensor:
         """Update the running sums with a batch of hard predictions (already all-reduced) and take
         one ascent step.
@@ -305,9 +309,12 @@ class LagrangeMultipliers(nn.Module):
 
         Returns the hard violations the step used.
         """
+        # every tensor below is a buffer or detached: no autograd graph (and no no_grad context
+        # to enter, on every step)
         running = self.running_sums
         plan = self._plan(running.dtype, running.device)
-        batch = (batch_hard if isinstance(batch_hard, Tensor) else batch_hard.stack()).to(running.dtype)
+        batch = (batch_hard if isinstance(batch_hard, Tensor) else batch_hard.stack()).detach()
+        batch = batch if batch.dtype == running.dtype else batch.to(running.dtype)
         flat = torch.mv(plan.confusion_to_sums, batch.reshape(-1)) if batch.dim() == 3 else batch.reshape(-1)
         if self.ema_decay > 0 and int(self.num_updates) > 0:
             running.view(-1).lerp_(flat, 1.0 - self.ema_decay)
@@ -318,7 +325,7 @@ class LagrangeMultipliers(nn.Module):
         num, den = torch.mv(plan.rates, running.view(-1)).view(2, -1)
         rates = num / den.clamp_min(torch.finfo(den.dtype).tiny)
         hard = torch.addmv(plan.neg_tolerance, plan.gaps, rates)
-        hard.mul_(torch.mv(plan.valid, (den >= plan.min_count).to(den.dtype)))
+        hard.mul_(torch.mv(plan.denominators, running.view(-1)) >= plan.min_count)
         integral, step = self.integral, hard.to(self.integral.dtype)
         if self.dual_optimizer is None:
             integral.add_(step, alpha=self.dual_lr)

@@ -450,17 +450,18 @@ class FairLightningModule(pl.LightningModule):
         self._epoch_terms: dict[str, Tensor] = {}
 
     def _log_constraints(self, soft: Tensor, hard: Tensor, lagrangian: Tensor) -> None:
-        values = {"train/lagrangian": lagrangian}
         lam = self.multipliers.multipliers
-        for k, name in enumerate(self.constraint_names):
-            values[f"fairness/violation_soft/{name}"] = soft[k]
-            values[f"fairness/violation_hard/{name}"] = hard[k]
-            values[f"fairness/multiplier/{name}"] = lam[k]
-        values["fairness/violation_hard_max"] = hard.max()
-        values["fairness/multiplier_max"] = lam.max()
-        self._log_detail(values)
+        names = [
+            *(f"fairness/violation_soft/{name}" for name in self.constraint_names),
+            *(f"fairness/violation_hard/{name}" for name in self.constraint_names),
+            *(f"fairness/multiplier/{name}" for name in self.constraint_names),
+            "fairness/violation_hard_max", "fairness/multiplier_max", "train/lagrangian",
+        ]
+        parts = (soft, hard, lam, hard.max(), lam.max(), lagrangian)
+        values = torch.cat([p.detach().double().reshape(-1) for p in parts])  # one conversion to floats
+        self._log_detail(dict(zip(names, values.tolist())))
 
-    def _log_detail(self, values: dict[str, Tensor]) -> None:
+    def _log_detail(self, values: dict[str, Tensor | float]) -> None:
         """Write per-step diagnostics straight to the loggers, on logging steps only.
 
         Like Lightning's ``LearningRateMonitor``: the values are identical on every rank (the
@@ -468,9 +469,7 @@ class FairLightningModule(pl.LightningModule):
         uses for ``self.log``. Going through ``self.log`` would cost about a millisecond per
         scalar per step. The latest values stay in :attr:`last_detail_metrics`.
         """
-        names = list(values)
-        numbers = torch.stack([torch.as_tensor(v).detach().double().reshape(()) for v in values.values()]).tolist()
-        metrics = dict(zip(names, numbers))
+        metrics = {k: float(v) for k, v in values.items()}
         self.last_detail_metrics.update(metrics)
         trainer = self._trainer
         if trainer is None or not trainer.loggers or not trainer.is_global_zero or trainer.sanity_checking:

@@ -106,6 +106,13 @@ def test_logged_names_are_stable(tmp_path):
     logged = pd.read_csv(os.path.join(logger.log_dir, "metrics.csv"))
     keys = set(logged.columns)
     assert set(module.last_detail_metrics) <= keys
+    # the last step logged the multipliers and hard violations it ended with
+    lam, hard = module.multipliers.multipliers, module.multipliers.hard_violations()
+    for k, name in enumerate(module.constraint_names):
+        assert module.last_detail_metrics[f"fairness/multiplier/{name}"] == pytest.approx(lam[k].item())
+        assert module.last_detail_metrics[f"fairness/violation_hard/{name}"] == pytest.approx(hard[k].item(), abs=1e-7)
+    assert module.last_detail_metrics["fairness/multiplier_max"] == pytest.approx(lam.max().item())
+    assert logged["fairness/multiplier_max"].dropna().iloc[-1] == pytest.approx(lam.max().item())
     for k in (
         "fairness/multiplier/demographic_parity/selection_rate/A/upper",
         "fairness/violation_hard/demographic_parity/selection_rate/B/lower",

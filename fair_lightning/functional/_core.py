@@ -143,7 +143,12 @@ def label_cells(target: Tensor, groups: Tensor) -> Tensor:
 
     ``target`` must be binary and ``groups`` valid ids (not checked: see :func:`confusion_counts`).
     """
-    return torch.add(target.reshape(-1).long(), groups.reshape(-1).long(), alpha=2)
+    # no-op conversions skipped in Python: this runs on every step of the Lagrangian mode
+    target = target if target.dim() == 1 else target.reshape(-1)
+    groups = groups if groups.dim() == 1 else groups.reshape(-1)
+    target = target.long() if target.is_floating_point() else target
+    groups = groups if groups.dtype == torch.long else groups.long()
+    return torch.add(target, groups, alpha=2)
 
 
 def confusion_counts(
@@ -175,7 +180,8 @@ def confusion_counts(
     """
     if cells is None:
         cells = label_cells(target, groups)
-    key = torch.add(hard_preds.reshape(-1).long(), cells, alpha=2)
+    hard = hard_preds if hard_preds.dim() == 1 else hard_preds.reshape(-1)
+    key = torch.add(hard if hard.dtype == torch.bool else hard.long(), cells, alpha=2)
     return torch.bincount(key, minlength=4 * num_groups).to(dtype).view(num_groups, 2, 2)
 
 
