@@ -23,12 +23,18 @@ oscillate around the constraint (the classic behaviour of gradient descent-ascen
 (Stooke et al. 2020; Sohrabi et al. 2024, "nuPI"), which reacts as soon as a violation changes
 sign and damps the oscillation. ``kappa = 0`` is plain projected ascent.
 
-Both violations come from :func:`fair_lightning.losses.gaps_from_ratios` on
-:class:`~fair_lightning.functional.GroupSums`: the same core as the losses and metrics.
+Both violations are :func:`constraint_violations` of
+:class:`~fair_lightning.functional.GroupSums` (the same core as the losses and metrics; hard
+sums from :func:`~fair_lightning.functional.confusion_counts`), with each rate's numerator and
+denominator taken from the losses' rate coefficients. Because every step runs them, the
+arithmetic is laid out once per set of constraints as a few constant matrices (a private
+``_StepPlan``), so that a step costs a handful of tensor calls whatever the number of
+constraints and groups; the primal term uses the same plan (:meth:`LagrangeMultipliers.lagrangian_term`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -37,9 +43,10 @@ import torch
 from torch import Tensor, nn
 
 from fair_lightning.functional import GroupSums, label_cells
-from fair_lightning.losses import _RATE_COEFFICIENTS, CONDITIONS, _coefficients, check_definition, gaps_from_ratios
+from fair_lightning.losses import _RATE_COEFFICIENTS, CONDITIONS, check_definition
 
-_RATE_NAMES = {None: "selection_rate", 1: "true_positive_rate", 0: "false_positive_rate"}
+#: the name of each constrained rate in logged keys, by label condition
+RATE_NAMES = {None: "selection_rate", 1: "true_positive_rate", 0: "false_positive_rate"}
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,7 @@ def parse_constraints(constraints: Any, tolerance: float = 0.01) -> tuple[Fairne
 def constraint_names(constraints: Sequence[FairnessConstraint], group_names: Sequence[str]) -> list[str]:
     """Stable names of the inequalities, ``"{definition}/{rate}/{group}/{upper|lower}"``, in multiplier order."""
     return [
-        f"{c.definition}/{_RATE_NAMES[cond]}/{group}/{side}"
+        f"{c.definition}/{RATE_NAMES[cond]}/{group}/{side}"
         for c in constraints
         for cond in c.conditions
         for group in group_names
@@ -102,37 +109,28 @@ def constraint_violations(
 ) -> tuple[Tensor, Tensor]:
     """Violations ``(K,)`` (``<= 0`` means satisfied) and the mask of those that are defined.
 
-    ``sums`` is a :class:`GroupSums` or its stacked ``(4, G)`` form. Order matches
-    :func:`constraint_names`. Undefined ones (a group absent, or below ``min_count``) are 0:
-    they neither push the model nor move a multiplier.
+    ``sums`` is a :class:`GroupSums` or its stacked ``(4, G)`` form (hard or soft; differentiable
+    in soft sums). Order matches :func:`constraint_names`. Undefined ones (a group absent, or
+    with fewer than ``min_count`` samples behind the rate) are 0: they neither push the model nor
+    move a multiplier. The overall rate counts every group, masked or not.
     """
     stacked = sums if isinstance(sums, Tensor) else sums.stack()
-    values, valids = [], []
-    for v, valid in _violation_blocks(stacked, constraints, min_count):
-        values.append(v.reshape(-1))
-        valids.append(valid.expand_as(v).reshape(-1))
-    if len(values) == 1:
-        return values[0], valids[0]
-    return torch.cat(values), torch.cat(valids)
+    plan = _step_plan(tuple(constraints), stacked.shape[-1], min_count, stacked.dtype, stacked.device)
+    return _violations(plan, stacked.reshape(-1))
 
 
-def _violation_blocks(stacked: Tensor, constraints: Sequence[FairnessConstraint], min_count: float):
-    """Per constraint: violations ``(C, G, 2)`` (upper ``gap - tol``, lower ``-gap - tol``; 0 where
-    undefined) and the validity mask ``(C, G, 1)``."""
-    for c in constraints:
-        num, den = _coefficients(c.conditions, stacked) @ stacked
-        gaps = gaps_from_ratios(num, den, min_count)
-        valid = gaps.valid[..., None]
-        yield (gaps.gap[..., None] * _SIDES.to(gaps.gap) - c.tolerance) * valid, valid
-
-
-_SIDES = torch.tensor([1.0, -1.0])
+def _violations(plan: _StepPlan, flat_sums: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`constraint_violations` of flattened ``(4 * G,)`` stacked sums, in five tensor calls."""
+    num, den = torch.mv(plan.rates, flat_sums).view(2, -1)
+    rates = num / den.clamp_min(torch.finfo(den.dtype).tiny)  # empty groups: 0 / tiny = 0
+    valid = torch.mv(plan.denominators, flat_sums) >= plan.min_count
+    return torch.addmv(plan.neg_tolerance, plan.gaps, rates).mul_(valid), valid
 
 
 class _StepPlan(NamedTuple):
-    """Constant matrices that turn the per-step work of :class:`LagrangeMultipliers` into a few
-    tensor calls: the arithmetic of :func:`constraint_violations` (and, for the primal term, of
-    :meth:`LagrangeMultipliers.soft_violations`), tested against them.
+    """Constant matrices that turn the violations of a set of constraints, and the per-step
+    work of :class:`LagrangeMultipliers`, into a few tensor calls (tested against plain per-group
+    rates and the explicit soft sums).
 
     ``C`` rows are the constrained rates of all constraints, in multiplier order;
     ``K = 2 * C * G`` inequalities (upper and lower side of each rate and group).
@@ -149,7 +147,12 @@ class _StepPlan(NamedTuple):
     min_count: float
 
 
-def _step_plan(constraints: Sequence[FairnessConstraint], num_groups: int, min_count: float, dtype, device) -> _StepPlan:
+@functools.lru_cache(maxsize=64)
+def _step_plan(
+    constraints: tuple[FairnessConstraint, ...], num_groups: int, min_count: float, dtype: torch.dtype, device
+) -> _StepPlan:
+    """The matrices of a set of constraints (cached: built once per constraints, groups, dtype
+    and device)."""
     G = num_groups
     conditions = [cond for c in constraints for cond in c.conditions]
     tolerances = [c.tolerance for c in constraints for _ in c.conditions]
@@ -234,7 +237,6 @@ class LagrangeMultipliers(nn.Module):
         self.register_buffer("multipliers", torch.zeros(size))
         self.register_buffer("running_sums", torch.zeros(4, num_groups, dtype=torch.float64))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        self._plans: dict = {}
         self.dual_lr = dual_lr
         # default: plain projected SGD ascent, done in place (a torch.optim.SGD without momentum
         # does the same arithmetic with several times the per-step overhead, on every step)
@@ -293,11 +295,7 @@ class LagrangeMultipliers(nn.Module):
         return torch.dot(weights, soft_preds) - const
 
     def _plan(self, dtype: torch.dtype, device: torch.device) -> _StepPlan:
-        key = (dtype, device)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plans[key] = _step_plan(self.constraints, self.num_groups, self.min_count, dtype, device)
-        return plan
+        return _step_plan(self.constraints, self.num_groups, self.min_count, dtype, device)
 
     def dual_step(self, batch_hard: GroupSums | Tensor) -> Tensor:
         """Update the running sums with a batch of hard predictions (already all-reduced) and take
@@ -321,11 +319,7 @@ class LagrangeMultipliers(nn.Module):
         else:
             running.view(-1).copy_(flat)
         self.num_updates.add_(1)
-        # the violations of constraint_violations(running), in a few calls (tested against it)
-        num, den = torch.mv(plan.rates, running.view(-1)).view(2, -1)
-        rates = num / den.clamp_min(torch.finfo(den.dtype).tiny)
-        hard = torch.addmv(plan.neg_tolerance, plan.gaps, rates)
-        hard.mul_(torch.mv(plan.denominators, running.view(-1)) >= plan.min_count)
+        hard, _ = _violations(plan, running.view(-1))
         integral, step = self.integral, hard.to(self.integral.dtype)
         if self.dual_optimizer is None:
             integral.add_(step, alpha=self.dual_lr)
@@ -357,6 +351,7 @@ class LagrangeMultipliers(nn.Module):
 __all__ = [
     "FairnessConstraint",
     "LagrangeMultipliers",
+    "RATE_NAMES",
     "constraint_names",
     "constraint_violations",
     "parse_constraints",

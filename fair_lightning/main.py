@@ -42,7 +42,7 @@ DEFAULT_OVERRIDES: dict[str, str] = {
 #: The main job's sweeps: name (subdirectory) -> the method and its axis.
 DEFAULT_SWEEPS: dict[str, dict[str, str]] = {
     "penalty": {"fairness": "penalty_dp", "fairness.eta": "0,0.25,0.5,1,2,4,8,64"},
-    "lagrangian": {"fairness": "lagrangian_dp", "fairness.tolerance": "0.0025,0.005,0.01,0.06"},
+    "lagrangian": {"fairness": "lagrangian_dp", "fairness.tolerance": "0.0025,0.005,0.01,0.02,0.03,0.06"},
 }
 #: Fairness requirement drawn on the frontier (demographic-parity difference).
 THRESHOLD = 0.05

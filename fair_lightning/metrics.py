@@ -17,11 +17,14 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from fair_lightning.functional import GroupSums, calibration_sums, check_num_groups, hard_group_sums
 from fair_lightning.functional._calibration import (
@@ -125,8 +128,20 @@ class GroupRates(_GroupSumsMetric):
         return {f"{rate}/{name}": values[g] for rate, values in table.items() for g, name in enumerate(self.group_names)}
 
     def compute_table(self) -> dict[str, Tensor]:
-        """The same rates as ``(G,)`` tensors keyed by rate name."""
+        """The same rates as ``(G,)`` tensors keyed by rate name (of this process's states)."""
         return _group_rates_compute(self.group_sums)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The rates as a ``pandas.DataFrame``: one row per group (index: the group names), one
+        column per rate, like fairlearn's ``MetricFrame.by_group``. Synced across processes like
+        :meth:`compute`; undefined rates are NaN."""
+        import pandas as pd
+
+        values = self.compute()
+        rates = list(_group_rates_compute(GroupSums.zeros(1)))
+        data = {rate: [float(values[f"{rate}/{name}"]) for name in self.group_names] for rate in rates}
+        frame = pd.DataFrame(data, index=pd.Index(self.group_names, name="group"))
+        return frame.astype({"count": "int64"})
 
 
 class DemographicParityDifference(_GroupSumsMetric):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from fair_lightning.adversarial import GradientReversalLayer, make_adversary
-from fair_lightning.constraints import LagrangeMultipliers, constraint_names, parse_constraints
+from fair_lightning.constraints import RATE_NAMES, LagrangeMultipliers, constraint_names, parse_constraints
 from fair_lightning.functional import confusion_counts, group_sums, label_cells
 from fair_lightning.functional._checks import check_binary_target, check_groups, check_num_groups
 from fair_lightning.losses import (
@@ -44,6 +44,9 @@ from fair_lightning.losses import (
 )
 from fair_lightning.metrics import fairness_metrics
 from fair_lightning.schedules import EtaSchedule
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MODES = ("erm", "penalty", "lagrangian", "adversarial")
 ADVERSARY_INPUTS = ("logit", "representation")
@@ -271,6 +274,32 @@ class FairLightningModule(pl.LightningModule):
             if part is not None:
                 skip.update(id(p) for p in part.parameters())
         return [p for p in self.parameters() if id(p) not in skip and p.requires_grad]
+
+    def constraint_state(self) -> pd.DataFrame:
+        """The Lagrangian state by constraint, as a ``pandas.DataFrame``.
+
+        One row per inequality (index: the logged names, ``"{definition}/{rate}/{group}/{side}"``)
+        with its ``definition``, ``rate``, ``group``, ``side``, ``tolerance``, ``multiplier``
+        and ``violation_hard`` (of the running sums; ``<= 0`` is satisfied). Only in
+        ``mode="lagrangian"``.
+        """
+        import pandas as pd
+
+        if self.multipliers is None:
+            raise ValueError(f"`constraint_state` needs mode='lagrangian', this module has mode={self.mode!r}")
+        mult = self.multipliers
+        rows = [  # the order of constraint_names (and of the multipliers)
+            (c.definition, RATE_NAMES[cond], group, side, c.tolerance)
+            for c in mult.constraints
+            for cond in c.conditions
+            for group in self.group_names
+            for side in ("upper", "lower")
+        ]
+        columns = ["definition", "rate", "group", "side", "tolerance"]
+        frame = pd.DataFrame(rows, columns=columns, index=pd.Index(self.constraint_names, name="constraint"))
+        frame["multiplier"] = mult.multipliers.detach().double().cpu().numpy()
+        frame["violation_hard"] = mult.hard_violations().detach().double().cpu().numpy()
+        return frame
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self):

@@ -61,9 +61,9 @@ SECTIONS = {
 }
 NOTES = """## How to read these numbers
 
-- **Metrics**: ours keeps per-group sums (one `index_add` per update); torchmetrics'
-  `BinaryGroupStatRates` and fairlearn's `MetricFrame` give the same numbers (checked to 1e-6
-  before timing) at the throughput ratios shown.
+- **Metrics**: ours keeps per-group sums (one `bincount` of the (group, label, prediction)
+  cells per update); torchmetrics' `BinaryGroupStatRates` and fairlearn's `MetricFrame` give the
+  same numbers (checked to 1e-6 before timing) at the throughput ratios shown.
 - **Data path**: the target is Lightning + `TabularDataModule` <= 1.5x the raw loop; "Lightning +
   pre-made batches" is the floor that Lightning's own per-step cost sets.
 - **Fairness**: the table is the median over seeds on the official test split. Checks (a)-(e) are

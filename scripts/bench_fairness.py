@@ -182,7 +182,7 @@ INCLUDE_SENSITIVE = True
 PEER_SWEEPS: dict[str, tuple[float, ...]] = {"fairret": (0.1, 0.3, 1, 3), "gap": (1, 10, 100)}
 #: Tolerances of the Lagrangian (DP) sweep: with erm and the penalty sweep, the main job's
 #: (``python -m fair_lightning.main``) sweeps, whose frontier check (e) compares with the peers.
-TOLERANCE_SWEEP: tuple[float, ...] = (0.0025, 0.005, 0.06)
+TOLERANCE_SWEEP: tuple[float, ...] = (0.0025, 0.005, 0.02, 0.03, 0.06)
 
 #: ``--dataset`` choices -> (display name, default ``--sensitive``)
 DATASETS: dict[str, tuple[str, str]] = {"adult": ("Adult", "sex"), "compas": ("COMPAS", "race")}

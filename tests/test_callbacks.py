@@ -348,3 +348,24 @@ def test_ddp_calibrator_is_fitted_on_the_union_of_the_ranks(tmp_path):
     events = _events(log_dir)
     for tag in ("figures/val/group_rates", "figures/val/reliability"):  # drawn once, by rank zero, from summed sums
         assert len(events.Images(tag)) == 1
+
+
+def test_reliability_figure_draws_on_a_given_axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fair_lightning.callbacks import reliability_figure
+    from fair_lightning.functional import calibration_sums
+
+    gen = torch.Generator().manual_seed(0)
+    probs, target, groups = torch.rand(200, generator=gen), torch.randint(0, 2, (200,), generator=gen), torch.randint(0, 2, (200,), generator=gen)
+    sums = calibration_sums(probs, target, groups, 2, n_bins=5)
+    figure, (left, right) = plt.subplots(1, 2)
+    assert reliability_figure(sums, ["a", "b"], title="before", ax=right) is figure
+    assert len(right.lines) == 3 and not left.lines  # the diagonal and one curve per group
+    assert right.get_title() == "Reliability (before)"
+    plt.close(figure)
+    alone = reliability_figure(sums, ["a", "b"])
+    assert alone is not figure and len(alone.axes) == 1

@@ -127,6 +127,23 @@ def test_linear_lagrangian_term_equals_explicit_sum(definitions, min_count):
     torch.testing.assert_close(g_linear, g_explicit)
 
 
+def _reference_violations(stacked, constraints, min_count):
+    """Plain per-group loop: rate(g) - rate(all) from GroupSums' own rates, 0 where undefined."""
+    sums = GroupSums.from_stacked(stacked.double())
+    values, valid = [], []
+    for c in constraints:
+        for cond in c.conditions:
+            cell = sums if cond is None else sums.conditioned_on_label(cond)
+            overall = float(cell.pred.sum() / cell.count.sum()) if cell.count.sum() > 0 else 0.0
+            for g in range(len(sums.count)):
+                ok = bool(cell.count[g] > 0 and cell.count[g] >= min_count)
+                gap = float(cell.pred[g] / cell.count[g]) - overall if ok else 0.0
+                for sign in (1.0, -1.0):
+                    values.append(sign * gap - c.tolerance if ok else 0.0)
+                    valid.append(ok)
+    return torch.tensor(values, dtype=torch.float64), torch.tensor(valid)
+
+
 @pytest.mark.parametrize(
     ("definitions", "num_groups", "min_count"),
     [
@@ -137,8 +154,9 @@ def test_linear_lagrangian_term_equals_explicit_sum(definitions, min_count):
     ],
 )
 def test_dual_step_matches_constraint_violations(definitions, num_groups, min_count):
-    """The dual step's few-call arithmetic equals constraint_violations on the running sums, for
-    confusion-count and GroupSums input, with several constraints, absent and small groups."""
+    """The dual step's few-call arithmetic (and constraint_violations) equals a plain per-group
+    loop on the running sums, for confusion-count and GroupSums input, with several constraints,
+    absent and small groups."""
     gen = torch.Generator().manual_seed(num_groups)
     cons = parse_constraints(definitions, 0.02)
     by_confusion = LagrangeMultipliers(cons, num_groups, ema_decay=0.8, min_count=min_count, dual_lr=0.5)
@@ -156,7 +174,10 @@ def test_dual_step_matches_constraint_violations(definitions, num_groups, min_co
         counts = confusion_counts(hard, target, groups, num_groups)
         hard_c = by_confusion.dual_step(counts)
         hard_s = by_sums.dual_step(group_sums(hard.double(), target, groups, num_groups))
-        expected, valid = constraint_violations(by_sums.running_sums, cons, min_count)
+        expected, valid = _reference_violations(by_sums.running_sums, cons, min_count)
+        values, mask = constraint_violations(by_sums.running_sums, cons, min_count)
+        torch.testing.assert_close(values, expected)
+        assert torch.equal(mask, valid)
         torch.testing.assert_close(hard_c, expected)
         torch.testing.assert_close(hard_s, expected)
         assert (expected[~valid] == 0).all()

@@ -458,3 +458,21 @@ def test_ddp_ranks_get_disjoint_shards_that_cover_each_split(tmp_path):
             torch.testing.assert_close(torch.sort(torch.cat(shards)).values, torch.sort(rows).values)  # cover, once
         orders.append(ranks[0]["train"])
     assert not torch.equal(orders[0], orders[1])  # reshuffled between epochs
+
+
+def test_group_ids_audit_other_columns_aligned_with_the_split():
+    dm = TabularDataModule("german", sensitive="sex", batch_size=64, seed=0)
+    dm.setup("fit")
+    # the training groups again: the same ids as the tensors
+    spec, ids = dm.group_ids("sex", split="val")
+    assert spec.names == dm.group_names and torch.equal(ids, dm.val_tensors[2])
+    # another attribute and an intersection, for the test rows
+    spec, ids = dm.group_ids(["age_group", "sex"], split="test")
+    assert len(ids) == len(dm.test_tensors[1]) and ids.dtype == torch.int64
+    frame = dm.data.frame.iloc[dm.split_indices["test"]]
+    names = [f"age_group={a}&sex={s}" for a, s in zip(frame["age_group"], frame["sex"])]
+    assert [spec.names[i] for i in ids.tolist()] == names
+    with pytest.raises(ValueError, match="`columns` must name columns of the 'german' data, got \\['colour'\\]"):
+        dm.group_ids("colour")
+    with pytest.raises(ValueError, match="`split` must be one of"):
+        dm.group_ids("sex", split="holdout")

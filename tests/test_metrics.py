@@ -80,6 +80,19 @@ def test_group_rates_match_metricframe_over_batches_with_missing_groups(data):
     for rate in frame.columns:
         for g in range(NUM_GROUPS):
             assert result[f"{rate}/group_{g}"].item() == pytest.approx(frame.loc[g, rate], abs=TOL), (rate, g)
+    # the DataFrame view: MetricFrame.by_group's layout, the group names as index
+    table = metric.to_frame()
+    assert list(table.index) == [f"group_{g}" for g in range(NUM_GROUPS)] and table.index.name == "group"
+    assert table["count"].dtype == np.int64
+    np.testing.assert_allclose(table[list(frame.columns)].to_numpy(), frame.to_numpy(dtype=float), atol=TOL)
+
+
+def test_group_rates_frame_has_nan_for_undefined_rates():
+    metric = GroupRates(3, group_names=["a", "b", "c"])
+    metric.update(torch.tensor([0.9, 0.2, 0.7]), torch.tensor([1, 0, 0]), torch.tensor([0, 0, 1]))
+    table = metric.to_frame()
+    assert table.loc["c", "count"] == 0 and table.loc["c"].drop("count").isna().all()
+    assert np.isnan(table.loc["b", "true_positive_rate"]) and table.loc["b", "false_positive_rate"] == 1.0
 
 
 def test_disparities_match_fairlearn(data):

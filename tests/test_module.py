@@ -316,3 +316,21 @@ def test_grad_norm_ratio_is_the_ratio_of_the_terms_gradients(mode):
     expected = (norm(fair) / norm(task)).item()
     assert expected > 1e-3
     assert module.last_detail_metrics["train/grad_norm_ratio"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_constraint_state_names_each_multiplier():
+    module = FairLightningModule(
+        _mlp(), num_groups=2, mode="lagrangian", group_names=["A", "B"],
+        constraints=[{"definition": "equalized_odds", "tolerance": 0.02}, "demographic_parity"], tolerance=0.05,
+    )
+    module.multipliers.multipliers.copy_(torch.arange(12.0))
+    state = module.constraint_state()
+    assert list(state.index) == module.constraint_names and state.index.name == "constraint"
+    row = state.loc["equalized_odds/false_positive_rate/B/lower"]
+    assert (row["definition"], row["rate"], row["group"], row["side"]) == ("equalized_odds", "false_positive_rate", "B", "lower")
+    assert row["tolerance"] == 0.02 and row["multiplier"] == 7.0
+    assert state.loc["demographic_parity/selection_rate/A/upper", "tolerance"] == 0.05
+    assert state["multiplier"].tolist() == list(range(12))
+    torch.testing.assert_close(torch.tensor(state["violation_hard"].to_numpy()), module.multipliers.hard_violations().double())
+    with pytest.raises(ValueError, match="`constraint_state` needs mode='lagrangian'"):
+        FairLightningModule(_mlp(), num_groups=2, mode="penalty").constraint_state()

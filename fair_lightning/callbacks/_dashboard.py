@@ -290,21 +290,25 @@ def group_rates_figure(sums: GroupSums, names: Sequence[str], *, title: str = ""
     return figure
 
 
-def reliability_figure(sums: Tensor, names: Sequence[str], *, title: str = ""):
+def reliability_figure(sums: Tensor, names: Sequence[str], *, title: str = "", ax=None):
     """Per-group reliability diagram: mean probability vs. frequency of positives in each bin.
 
     Args:
         sums: ``(G, n_bins, 3)`` calibration sums (``fair_lightning.functional.calibration_sums``).
         names: group names.
         title: figure title.
+        ax: a matplotlib ``Axes`` to draw on (for side-by-side panels); default a new figure.
 
     Returns:
-        A matplotlib ``Figure``; the legend gives each group's ECE.
+        The matplotlib ``Figure`` (``ax``'s when given); the legend gives each group's ECE.
     """
     count, conf, label = sums.double().unbind(-1)
     ece = calibration_error_from_sums(sums)
-    figure = _figure(4.6, 4.0)
-    ax = figure.add_subplot()
+    if ax is None:
+        figure = _figure(4.6, 4.0)
+        ax = figure.add_subplot()
+    else:
+        figure = ax.figure
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="perfect")
     for g, name in enumerate(names):
         seen = count[g] > 0

@@ -366,6 +366,30 @@ class TabularDataModule(pl.LightningDataModule):
         """Rows per group in a split, ``(num_groups,)`` int64 (for ``GroupSpec.weights``)."""
         return torch.bincount(self.tensors(split)[2], minlength=self.num_groups)
 
+    def group_ids(self, columns: str | Sequence[str], split: str = "test") -> tuple[GroupSpec, Tensor]:
+        """Group ids of a split by other columns than the training groups', for auditing.
+
+        ``dm.group_ids("race")`` on a module trained with ``sensitive="sex"`` gives the race
+        groups of the test rows, aligned with ``dm.test_tensors``, to pass to any metric (with
+        ``spec.num_groups`` and ``spec.names``). Levels come from all rows, so every split
+        numbers them alike.
+
+        Returns:
+            ``(spec, ids)``: the :class:`~fair_lightning.groups.GroupSpec` and ``(N,)`` int64 ids.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"`split` must be one of {list(SPLITS)}, got {split!r}")
+        self._require_setup()
+        columns = (columns,) if isinstance(columns, str) else tuple(columns)
+        missing = [c for c in columns if c not in self.data.frame.columns]
+        if not columns or missing:
+            raise ValueError(
+                f"`columns` must name columns of the {self.data.name!r} data, got {list(columns)}; "
+                f"available: {list(self.data.frame.columns)}"
+            )
+        spec, ids = GroupSpec.from_frame(self.data.frame, columns)
+        return spec, ids[torch.as_tensor(self.split_indices[split])].contiguous()
+
     # --- loaders ------------------------------------------------------------------------------
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         """Move an ``(x, y, groups)`` batch: a no-op for tensors already on ``device``.
