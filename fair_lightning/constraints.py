@@ -274,13 +274,15 @@ class LagrangeMultipliers(nn.Module):
             cells = label_cells(target, groups)
         # no autograd context: every input below (counts, multipliers, labels) carries no gradient;
         # few tensor calls on purpose, this runs on every training step
-        lam = self.multipliers
-        plan = self._plan(lam.dtype, lam.device)
+        # in the predictions' precision (float32 at least)
+        dtype = soft_preds.dtype if soft_preds.dtype in (torch.float32, torch.float64) else torch.float32
+        lam = self.multipliers if self.multipliers.dtype == dtype else self.multipliers.to(dtype)
+        plan = self._plan(dtype, lam.device)
         if counts is None:
             counts, rows = torch.bincount(cells, minlength=2 * G).view(G, 2), plan.label_denominators
         else:
             counts, rows = counts.view(G, 4), plan.confusion_denominators
-        counts = counts if counts.dtype == lam.dtype else counts.to(lam.dtype)
+        counts = counts if counts.dtype == dtype else counts.to(dtype)
         den = rows @ counts.T  # (C, G) denominators of the constrained rates
         lam = lam.view(den.shape[0], G, 2) @ plan.net_and_tolerance
         net, const = lam.mul_((den >= plan.min_count).unsqueeze(-1)).unbind(-1)  # upper - lower, tol * (upper + lower)

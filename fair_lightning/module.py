@@ -96,7 +96,7 @@ class FairLightningModule(pl.LightningModule):
         group_names: names of the groups in logged keys (default ``group_0``, ...).
         threshold: probability threshold of the hard predictions (metrics and dual step).
         grad_ratio_every_n_steps: how often to log the ratio of the fairness term's gradient norm
-            to the task term's (costs one extra backward pass on those steps; 0 disables).
+            to the task term's (costs one extra backward pass on those steps, two under DDP; 0 disables).
         validate_args: check batches (shapes, binary targets, group ids) on every step.
     """
 

@@ -199,3 +199,20 @@ def test_lagrangian_term_from_confusion_counts_equals_default():
     p = torch.sigmoid(logits)
     counts = confusion_counts(logits > 0, target, groups, G)
     torch.testing.assert_close(mult.lagrangian_term(p, target, groups, counts=counts), mult.lagrangian_term(p, target, groups))
+
+
+def test_lagrangian_term_gradcheck_and_float64_precision():
+    gen = torch.Generator().manual_seed(5)
+    n, G = 40, 3
+    logits = torch.randn(n, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 2, (n,), generator=gen)
+    groups = torch.randint(0, G, (n,), generator=gen)
+    mult = LagrangeMultipliers(parse_constraints(["equalized_odds", "demographic_parity"], 0.03), G)
+    mult.multipliers.copy_(torch.rand(mult.multipliers.shape, generator=gen) * 2)
+    torch.autograd.gradcheck(lambda z: mult.lagrangian_term(torch.sigmoid(z), target, groups), (logits,))
+    # float64 predictions get a float64 term equal to the explicit sum to float64 precision
+    p = torch.sigmoid(logits)
+    explicit = (mult.multipliers.double() * mult.soft_violations(group_sums(p, target, groups, G))).sum()
+    term = mult.lagrangian_term(p, target, groups)
+    assert term.dtype == torch.float64
+    torch.testing.assert_close(term, explicit, rtol=1e-12, atol=1e-12)
