@@ -356,12 +356,14 @@ class FairLightningModule(pl.LightningModule):
 
         On one device the task term's gradient is the one extra backward: the fairness term's is
         the total gradient (after :meth:`manual_backward`) minus it, see :meth:`_grad_ratio_end`.
-        Under DDP the total gradient is averaged over ranks, so both terms' local gradients are
-        taken here and the ratio logged at once (two extra backwards).
+        Under DDP the total gradient is averaged over ranks, and with a gradient scaler (fp16
+        mixed precision) it is scaled, so there both terms' local gradients are taken here and the
+        ratio logged at once (two extra backwards).
         """
         params = self.primal_parameters()
         task_grads = torch.autograd.grad(task, params, retain_graph=True, allow_unused=True)
-        if self._trainer is None or self._trainer.world_size == 1:
+        trainer = self._trainer
+        if trainer is None or (trainer.world_size == 1 and getattr(trainer.precision_plugin, "scaler", None) is None):
             return [(p, g) for p, g in zip(params, task_grads) if g is not None]
         fair_grads = torch.autograd.grad(fairness_term, params, retain_graph=True, allow_unused=True)
         self._log_grad_ratio([g for g in fair_grads if g is not None], [g for g in task_grads if g is not None])
