@@ -1,9 +1,21 @@
 """Rate constraints and their Lagrange multipliers (the proxy-Lagrangian of Cotter et al. 2019).
 
-A constraint says that, for every group ``g``, ``|rate(g) - rate(all)| <= tolerance`` for the
-rate(s) of a fairness definition (selection rate for demographic parity, TPR for equal
-opportunity, TPR and FPR for equalized odds). Each group and side (``upper``: ``gap - tol <= 0``,
-``lower``: ``-gap - tol <= 0``) is one inequality with its own multiplier.
+A constraint bounds the disparity of the rate(s) of a fairness definition (selection rate for
+demographic parity, TPR for equal opportunity, TPR and FPR for equalized odds, accuracy for
+accuracy parity; the one rate table, :mod:`fair_lightning.functional._rates`), in one of two
+forms:
+
+* ``bound="difference"`` (the default, what a reader of "tolerance 0.02" expects):
+  ``max_g rate(g) - min_g rate(g) <= tolerance``, as one inequality
+  ``rate(g) - rate(h) - tolerance <= 0`` per ordered pair of groups (``G * (G - 1)``);
+* ``bound="gap"``: ``|rate(g) - rate(all)| <= tolerance`` for every group, two inequalities per
+  group (``upper``: ``gap - tol <= 0``, ``lower``: ``-gap - tol <= 0``); the max - min
+  difference may then reach ``2 * tolerance``.
+
+A constraint may also be stated over a coarser partition of the groups (``partition``: the
+coarse group of each group), so that several constraints cover an attribute's marginal groups
+and their intersections at once, each with its own tolerance (:func:`hierarchical_constraints`).
+Each inequality has its own multiplier.
 
 The two players of the proxy-Lagrangian see different violations:
 
@@ -35,6 +47,7 @@ constraints and groups; the primal term uses the same plan (:meth:`LagrangeMulti
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -43,37 +56,107 @@ import torch
 from torch import Tensor, nn
 
 from fair_lightning.functional import GroupSums, label_cells
-from fair_lightning.losses import _RATE_COEFFICIENTS, CONDITIONS, check_definition
+from fair_lightning.functional._rates import DEFINITIONS, check_definition, rate_coefficients
 
-#: the name of each constrained rate in logged keys, by label condition
-RATE_NAMES = {None: "selection_rate", 1: "true_positive_rate", 0: "false_positive_rate"}
+BOUNDS = ("difference", "gap")
+_CONSTRAINT_KEYS = ("definition", "tolerance", "bound", "partition", "partition_names", "name")
 
 
 @dataclass(frozen=True)
 class FairnessConstraint:
-    """``|rate(g) - rate(all)| <= tolerance`` for every group, for one fairness definition.
+    """A bound on the disparity of one fairness definition's rates across groups.
 
     Args:
-        definition: ``"demographic_parity"``, ``"equal_opportunity"`` or ``"equalized_odds"``.
-        tolerance: allowed gap, ``>= 0``.
+        definition: ``"demographic_parity"``, ``"equal_opportunity"``, ``"equalized_odds"`` or
+            ``"accuracy_parity"``.
+        tolerance: allowed disparity, in ``[0, 1)`` (a rate difference of 1 or more is vacuous).
+        bound: ``"difference"`` (``max - min <= tolerance``, the default) or ``"gap"``
+            (``|rate(g) - rate(all)| <= tolerance`` for every group).
+        partition: optional coarse group of each group (length ``num_groups``): the constraint
+            then holds between the coarse groups (e.g. an attribute's marginal groups when the
+            groups are intersections). ``None``: the groups themselves.
+        partition_names: names of the coarse groups (default ``part_0``, ...).
+        name: a prefix for the logged names of the inequalities (default: the definition).
     """
 
     definition: str
-    tolerance: float = 0.01
+    tolerance: float = 0.02
+    bound: str = "difference"
+    partition: tuple[int, ...] | None = None
+    partition_names: tuple[str, ...] | None = None
+    name: str | None = None
 
     def __post_init__(self) -> None:
         check_definition(self.definition, "constraints")
-        if not self.tolerance >= 0:
-            raise ValueError(f"`tolerance` must be >= 0, got {self.tolerance}")
+        tol = self.tolerance
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1:
+            raise ValueError(
+                f"`tolerance` must be a number in [0, 1) (a rate difference of 1 or more bounds nothing), got {tol!r}"
+            )
+        if self.bound not in BOUNDS:
+            raise ValueError(f"`bound` must be one of {list(BOUNDS)}, got {self.bound!r}")
+        if self.partition is not None:
+            part = tuple(int(p) for p in self.partition)
+            if not part or min(part) < 0:
+                raise ValueError(f"`partition` must be non-negative coarse group ids, one per group, got {self.partition!r}")
+            object.__setattr__(self, "partition", part)
+            n = max(part) + 1
+            if self.partition_names is not None and len(self.partition_names) != n:
+                raise ValueError(f"`partition_names` must have {n} entries (one per coarse group), got {len(self.partition_names)}")
+        if self.partition_names is not None:
+            object.__setattr__(self, "partition_names", tuple(str(n) for n in self.partition_names))
 
     @property
-    def conditions(self) -> tuple[int | None, ...]:
-        """The label conditions of the constrained rates (``None``: selection rate, 1: TPR, 0: FPR)."""
-        return CONDITIONS[self.definition]
+    def rates(self) -> tuple[str, ...]:
+        """The constrained rates (names of the rate table)."""
+        return DEFINITIONS[self.definition]
+
+    @property
+    def label(self) -> str:
+        """The prefix of the inequalities' logged names."""
+        return self.name or self.definition
+
+    def num_parts(self, num_groups: int) -> int:
+        """Number of groups the constraint compares (coarse groups with a partition)."""
+        return num_groups if self.partition is None else max(self.partition) + 1
+
+    def part_names(self, group_names: Sequence[str]) -> list[str]:
+        """Names of the compared groups."""
+        if self.partition is None:
+            return list(group_names)
+        if self.partition_names is not None:
+            return list(self.partition_names)
+        return [f"part_{k}" for k in range(max(self.partition) + 1)]
+
+    def matrix(self, num_groups: int, dtype: torch.dtype = torch.float64) -> Tensor:
+        """The ``(num_parts, num_groups)`` 0/1 matrix summing groups into the compared groups."""
+        if self.partition is None:
+            return torch.eye(num_groups, dtype=dtype)
+        if len(self.partition) != num_groups:
+            raise ValueError(
+                f"`partition` of constraint {self.label!r} must have one entry per group ({num_groups}), "
+                f"got {len(self.partition)}"
+            )
+        out = torch.zeros(max(self.partition) + 1, num_groups, dtype=dtype)
+        out[list(self.partition), list(range(num_groups))] = 1.0
+        return out
+
+    def inequalities(self, num_groups: int) -> list[tuple[int, int | None, str]]:
+        """``(g, h, side)`` per inequality of one rate: ``rate(g) - rate(h) <= tol`` (``h`` None: the
+        overall rate, with ``side`` ``"upper"`` or ``"lower"``)."""
+        n = self.num_parts(num_groups)
+        if self.bound == "gap":
+            return [(g, None, side) for g in range(n) for side in ("upper", "lower")]
+        return [(g, h, "pair") for g in range(n) for h in range(n) if g != h]
 
 
-def parse_constraints(constraints: Any, tolerance: float = 0.01) -> tuple[FairnessConstraint, ...]:
-    """Accept a name, a ``FairnessConstraint``, a mapping ``{definition, tolerance}`` or a list of them."""
+def parse_constraints(constraints: Any, tolerance: float = 0.02) -> tuple[FairnessConstraint, ...]:
+    """Accept a name, a ``FairnessConstraint``, a mapping of its arguments, or a list of them.
+
+    A mapping takes the keys of :class:`FairnessConstraint` (``definition``, ``tolerance``,
+    ``bound``, ``partition``, ``partition_names``, ``name``); an unknown key is an error, never
+    dropped.
+    """
     if isinstance(constraints, (str, FairnessConstraint, Mapping)):
         constraints = [constraints]
     if not isinstance(constraints, Iterable):
@@ -85,7 +168,19 @@ def parse_constraints(constraints: Any, tolerance: float = 0.01) -> tuple[Fairne
         elif isinstance(c, str):
             out.append(FairnessConstraint(c, tolerance))
         elif isinstance(c, Mapping):
-            out.append(FairnessConstraint(c["definition"], c.get("tolerance", tolerance)))
+            unknown = sorted(set(c) - set(_CONSTRAINT_KEYS))
+            if unknown:
+                raise ValueError(
+                    f"`constraints` mapping has unknown key(s) {unknown}; expected keys {list(_CONSTRAINT_KEYS)}, got {dict(c)!r}"
+                )
+            if "definition" not in c:
+                raise ValueError(f"`constraints` mapping needs a 'definition' key, got {dict(c)!r}")
+            kwargs = {k: v for k, v in c.items()}
+            kwargs.setdefault("tolerance", tolerance)
+            for key in ("partition", "partition_names"):
+                if kwargs.get(key) is not None:
+                    kwargs[key] = tuple(kwargs[key])
+            out.append(FairnessConstraint(**kwargs))
         else:
             raise ValueError(f"`constraints` entries must be names, mappings or FairnessConstraint, got {c!r}")
     if not out:
@@ -93,15 +188,63 @@ def parse_constraints(constraints: Any, tolerance: float = 0.01) -> tuple[Fairne
     return tuple(out)
 
 
+def hierarchical_constraints(
+    spec: Any, tolerances: Mapping[str, float], definition: str = "demographic_parity", bound: str = "difference"
+) -> tuple[FairnessConstraint, ...]:
+    """Constraints over the marginal groups of each attribute and over their intersections.
+
+    Args:
+        spec: a :class:`~fair_lightning.groups.GroupSpec` whose groups are the intersections.
+        tolerances: ``{attribute: tolerance}`` for marginal constraints and, under the key
+            ``"intersection"``, the (usually looser) tolerance between the intersections.
+        definition: the fairness definition of every constraint.
+        bound: ``"difference"`` or ``"gap"``.
+
+    Example: ``hierarchical_constraints(spec, {"sex": 0.02, "race": 0.05, "intersection": 0.1})``.
+    """
+    unknown = sorted(set(tolerances) - {*spec.attribute_names, "intersection"})
+    if unknown:
+        raise ValueError(
+            f"`tolerances` keys must be attributes of the GroupSpec {list(spec.attribute_names)} or 'intersection', got {unknown}"
+        )
+    ids = torch.arange(spec.num_groups)
+    out = []
+    for attribute in spec.attribute_names:
+        if attribute in tolerances:
+            partition = tuple(spec.marginal(ids, attribute).tolist())
+            names = [f"{attribute}={level}" for level in spec.attributes[attribute]]
+            out.append(FairnessConstraint(definition, tolerances[attribute], bound, partition, tuple(names), f"{definition}[{attribute}]"))
+    if "intersection" in tolerances:
+        out.append(FairnessConstraint(definition, tolerances["intersection"], bound, None, None, f"{definition}[intersection]"))
+    if not out:
+        raise ValueError("`tolerances` must name at least one attribute or 'intersection'")
+    return tuple(out)
+
+
 def constraint_names(constraints: Sequence[FairnessConstraint], group_names: Sequence[str]) -> list[str]:
-    """Stable names of the inequalities, ``"{definition}/{rate}/{group}/{upper|lower}"``, in multiplier order."""
-    return [
-        f"{c.definition}/{RATE_NAMES[cond]}/{group}/{side}"
-        for c in constraints
-        for cond in c.conditions
-        for group in group_names
-        for side in ("upper", "lower")
-    ]
+    """Stable names of the inequalities, in multiplier order: ``"{definition}/{rate}/{g}-{h}"``
+    (``bound="difference"``: ``rate(g) - rate(h) <= tol``) or ``"{definition}/{rate}/{g}/{upper|lower}"``
+    (``bound="gap"``)."""
+    names = []
+    for c in constraints:
+        parts = c.part_names(group_names)
+        for rate in c.rates:
+            for g, h, side in c.inequalities(len(group_names)):
+                tail = f"{parts[g]}/{side}" if h is None else f"{parts[g]}-{parts[h]}"
+                names.append(f"{c.label}/{rate}/{tail}")
+    return names
+
+
+def constraint_table(constraints: Sequence[FairnessConstraint], group_names: Sequence[str]) -> list[tuple]:
+    """One row ``(name, definition, rate, group, other, side, tolerance)`` per inequality, in multiplier order."""
+    names = iter(constraint_names(constraints, group_names))
+    rows = []
+    for c in constraints:
+        parts = c.part_names(group_names)
+        for rate in c.rates:
+            for g, h, side in c.inequalities(len(group_names)):
+                rows.append((next(names), c.definition, rate, parts[g], "all" if h is None else parts[h], side, c.tolerance))
+    return rows
 
 
 def constraint_violations(
@@ -110,9 +253,9 @@ def constraint_violations(
     """Violations ``(K,)`` (``<= 0`` means satisfied) and the mask of those that are defined.
 
     ``sums`` is a :class:`GroupSums` or its stacked ``(4, G)`` form (hard or soft; differentiable
-    in soft sums). Order matches :func:`constraint_names`. Undefined ones (a group absent, or
-    with fewer than ``min_count`` samples behind the rate) are 0: they neither push the model nor
-    move a multiplier. The overall rate counts every group, masked or not.
+    in soft sums). Order matches :func:`constraint_names`. Undefined ones (a compared group
+    absent, or with fewer than ``min_count`` samples behind the rate) are 0: they neither push
+    the model nor move a multiplier. The overall rate counts every group, masked or not.
     """
     stacked = sums if isinstance(sums, Tensor) else sums.stack()
     plan = _step_plan(tuple(constraints), stacked.shape[-1], min_count, stacked.dtype, stacked.device)
@@ -120,10 +263,14 @@ def constraint_violations(
 
 
 def _violations(plan: _StepPlan, flat_sums: Tensor) -> tuple[Tensor, Tensor]:
-    """:func:`constraint_violations` of flattened ``(4 * G,)`` stacked sums, in five tensor calls."""
+    """:func:`constraint_violations` of flattened ``(4 * G,)`` stacked sums, in a few tensor calls."""
     num, den = torch.mv(plan.rates, flat_sums).view(2, -1)
     rates = num / den.clamp_min(torch.finfo(den.dtype).tiny)  # empty groups: 0 / tiny = 0
-    valid = torch.mv(plan.denominators, flat_sums) >= plan.min_count
+    ok = (den >= plan.unit_min_count).to(den.dtype)
+    valid = torch.mv(plan.first, ok)
+    if plan.second is not None:
+        valid = valid * torch.mv(plan.second, ok)
+    valid = valid > 0.5
     return torch.addmv(plan.neg_tolerance, plan.gaps, rates).mul_(valid), valid
 
 
@@ -132,19 +279,24 @@ class _StepPlan(NamedTuple):
     work of :class:`LagrangeMultipliers`, into a few tensor calls (tested against plain per-group
     rates and the explicit soft sums).
 
-    ``C`` rows are the constrained rates of all constraints, in multiplier order;
-    ``K = 2 * C * G`` inequalities (upper and lower side of each rate and group).
+    A *unit* is one rate of one constraint over one compared group, or over everyone (the
+    overall rate): ``U = sum over constraint rates of (parts + 1)``. ``K`` inequalities.
     """
 
     confusion_to_sums: Tensor  # (4G, 4G): flattened confusion counts [g, y, yhat] -> stacked sums (4, G)
-    rates: Tensor  # (2 * C * (G + 1), 4G): stacked sums -> [numerator, denominator] of each rate, per group + overall
-    gaps: Tensor  # (K, C * (G + 1)): rates -> signed gaps, side by side
+    rates: Tensor  # (2U, 4G): stacked sums -> [numerators, denominators] of every unit
+    gaps: Tensor  # (K, U): unit rates -> the left-hand side of each inequality
     neg_tolerance: Tensor  # (K,)
-    denominators: Tensor  # (K, 4G): stacked sums -> the denominator of each inequality's group rate
-    label_denominators: Tensor  # (C, 2): a group's [negatives, positives] -> denominator of each rate
-    confusion_denominators: Tensor  # (C, 4): a group's confusion counts [y, yhat] -> denominator of each rate
-    net_and_tolerance: Tensor  # (C, 2, 2): multipliers [upper, lower] -> [upper - lower, tol * (upper + lower)]
-    min_count: float
+    tolerance: Tensor  # (K,)
+    first: Tensor  # (K, U): the unit of the inequality's first group (its validity)
+    second: Tensor | None  # (K, U): the second compared group's unit (None: no pairwise constraint)
+    unit_min_count: Tensor  # (U,): min_count for group units, -1 for overall units (always valid)
+    cell_denominators: Tensor  # (U, 2G): a batch's (group, label) counts -> each unit's denominator
+    cell_slopes: Tensor  # (U, 2G): d numerator(unit) / d p of one sample of each (group, label) cell
+    cell_constants: Tensor | None  # (U, 2G): the numerators' parts that do not depend on p
+    confusion_to_cells: Tensor  # (2G, 4G): confusion counts -> (group, label) counts
+    gaps_t: Tensor  # (U, K): gaps transposed, contiguous
+    cell_slopes_t: Tensor  # (2G, U)
 
 
 @functools.lru_cache(maxsize=64)
@@ -152,35 +304,73 @@ def _step_plan(
     constraints: tuple[FairnessConstraint, ...], num_groups: int, min_count: float, dtype: torch.dtype, device
 ) -> _StepPlan:
     """The matrices of a set of constraints (cached: built once per constraints, groups, dtype
-    and device)."""
+    and device; never inference tensors, so that a plan first built under ``torch.inference_mode``
+    still serves training)."""
+    with torch.inference_mode(False):
+        return _build_step_plan(constraints, num_groups, min_count, dtype, device)
+
+
+def _build_step_plan(
+    constraints: tuple[FairnessConstraint, ...], num_groups: int, min_count: float, dtype: torch.dtype, device
+) -> _StepPlan:
     G = num_groups
-    conditions = [cond for c in constraints for cond in c.conditions]
-    tolerances = [c.tolerance for c in constraints for _ in c.conditions]
-    C = len(conditions)
-    coef = torch.tensor([[_RATE_COEFFICIENTS[cond][part] for cond in conditions] for part in (0, 1)], dtype=dtype)
-    # stacked sums (4, G) -> per rate, group and "all" (index G): extend the groups by their total
-    extend = torch.cat((torch.eye(G, dtype=dtype), torch.ones(G, 1, dtype=dtype)), 1)  # (G, G + 1)
-    rates = torch.einsum("acf,hg->acgfh", coef, extend).reshape(2 * C * (G + 1), 4 * G)
-    # gap of (rate c, group g) = rate[c, g] - rate[c, G]; the upper side is +gap, the lower -gap
-    gaps = torch.zeros(C, G, 2, C, G + 1, dtype=dtype)
-    valid = torch.zeros(C, G, 2, C, G + 1, dtype=dtype)
-    for c in range(C):
-        for g in range(G):
-            for side, sign in enumerate((1.0, -1.0)):
-                gaps[c, g, side, c, g], gaps[c, g, side, c, G] = sign, -sign
-                valid[c, g, side, c, g] = 1.0
+    rate_rows, gap_rows, tol, first, second = [], [], [], [], []
+    unit_min, units = [], 0
+    pairwise = any(c.bound == "difference" for c in constraints)
+    unit_parts = []  # per unit: (rate name, (G,) 0/1 membership of the groups)
+    for c in constraints:
+        member = c.matrix(G, dtype)  # (P, G)
+        P = member.shape[0]
+        ineq = c.inequalities(G)
+        for rate in c.rates:
+            base = units
+            for p in range(P):
+                unit_parts.append((rate, member[p]))
+                unit_min.append(float(min_count) if min_count > 0 else torch.finfo(dtype).tiny)
+            unit_parts.append((rate, torch.ones(G, dtype=dtype)))
+            unit_min.append(-1.0)
+            units += P + 1
+            for g, h, side in ineq:
+                row = {}
+                if h is None:
+                    sign = 1.0 if side == "upper" else -1.0
+                    row = {base + g: sign, base + P: -sign}
+                    first.append(base + g)
+                    second.append(base + g)
+                else:
+                    row = {base + g: 1.0, base + h: -1.0}
+                    first.append(base + g)
+                    second.append(base + h)
+                gap_rows.append(row)
+                tol.append(c.tolerance)
+    U, K = units, len(gap_rows)
+    gaps = torch.zeros(K, U, dtype=dtype)
+    for k, row in enumerate(gap_rows):
+        for u, v in row.items():
+            gaps[k, u] = v
+    first_m = torch.zeros(K, U, dtype=dtype)
+    first_m[torch.arange(K), first] = 1.0
+    second_m = torch.zeros(K, U, dtype=dtype)
+    second_m[torch.arange(K), second] = 1.0
+    # unit rows over the stacked sums (4, G) flattened field-major: coefficient (field) x membership (group)
+    coef = rate_coefficients(tuple(r for r, _ in unit_parts), dtype=dtype)  # (2, U, 4)
+    membership = torch.stack([m for _, m in unit_parts])  # (U, G)
+    rates = torch.einsum("auf,ug->aufg", coef, membership).reshape(2 * U, 4 * G)
+    # per (group, label) cell: label 0 has count 1, label 1 has count 1 and label 1
+    cell_fields = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=dtype)  # [y] -> [count, label] contribution
+    den_by_label = coef[1][:, :2] @ cell_fields.T  # (U, 2): denominator per sample of label y
+    slope_by_label = coef[0][:, 2:] @ cell_fields.T  # (U, 2): d numerator / d p: pred + y * pred_label
+    const_by_label = coef[0][:, :2] @ cell_fields.T  # (U, 2): numerator part independent of p
+    cell = lambda by_label: torch.einsum("uy,ug->ugy", by_label, membership).reshape(U, 2 * G)  # noqa: E731
     eye = torch.eye(4 * G, dtype=dtype).view(4 * G, G, 2, 2)
     confusion_to_sums = GroupSums.from_confusion(eye).stack().permute(0, 2, 1).reshape(4 * G, 4 * G)
-    # denominators over [count, label] -> over [negatives, positives]: count = neg + pos, label = pos
-    den_rows = coef[1][:, :2]
-    label_denominators = torch.stack((den_rows[:, 0], den_rows[:, 0] + den_rows[:, 1]), 1)
-    net_and_tolerance = torch.tensor([[[1.0, t], [-1.0, t]] for t in tolerances], dtype=dtype)
+    confusion_to_cells = eye.sum(-1).reshape(4 * G, 2 * G).T.contiguous()  # (2G, 4G)
+    tolerance = torch.tensor(tol, dtype=dtype)
     plan = _StepPlan(
-        confusion_to_sums, rates, gaps.reshape(2 * C * G, -1),
-        -torch.tensor(tolerances, dtype=dtype).repeat_interleave(2 * G),
-        valid.reshape(2 * C * G, -1) @ rates[C * (G + 1):],
-        label_denominators, label_denominators.repeat_interleave(2, 1), net_and_tolerance,
-        min_count if min_count > 0 else torch.finfo(dtype).tiny,
+        confusion_to_sums, rates, gaps, -tolerance, tolerance, first_m, second_m if pairwise else None,
+        torch.tensor(unit_min, dtype=dtype), cell(den_by_label), cell(slope_by_label),
+        cell(const_by_label) if bool(const_by_label.any()) else None, confusion_to_cells,
+        gaps.T.contiguous(), cell(slope_by_label).T.contiguous(),
     )
     return _StepPlan(*(t.to(device) if isinstance(t, Tensor) else t for t in plan))
 
@@ -216,10 +406,12 @@ class LagrangeMultipliers(nn.Module):
         dual_damping: float = 0.0,
     ) -> None:
         super().__init__()
-        if not dual_lr > 0:
-            raise ValueError(f"`dual_lr` must be > 0, got {dual_lr}")
-        if not multiplier_max > 0:
-            raise ValueError(f"`multiplier_max` must be > 0, got {multiplier_max}")
+        if not 0 < dual_lr < math.inf:
+            raise ValueError(f"`dual_lr` must be a finite number > 0, got {dual_lr}")
+        if not 0 < multiplier_max < math.inf:
+            raise ValueError(f"`multiplier_max` must be a finite number > 0, got {multiplier_max}")
+        if not 0 <= min_count < math.inf:
+            raise ValueError(f"`min_count` must be a finite number >= 0, got {min_count}")
         if not 0 <= ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1), got {ema_decay}")
         if not dual_damping >= 0:
@@ -228,7 +420,10 @@ class LagrangeMultipliers(nn.Module):
         self.constraints = tuple(constraints)
         self.num_groups = num_groups
         self.multiplier_max, self.ema_decay, self.min_count = multiplier_max, ema_decay, min_count
-        size = sum(2 * len(c.conditions) * num_groups for c in self.constraints)
+        for c in self.constraints:
+            if c.partition is not None:
+                c.matrix(num_groups)  # checks the partition's length
+        size = sum(len(c.rates) * len(c.inequalities(num_groups)) for c in self.constraints)
         # buffers, not Parameters: DDP must not all-reduce (or expect) a gradient for them; every
         # rank computes the same ascent step from the same all-reduced sums.
         # `integral` is what the dual optimizer ascends; `multipliers` is what the model sees
@@ -269,7 +464,6 @@ class LagrangeMultipliers(nn.Module):
             counts: the batch's :func:`~fair_lightning.functional.confusion_counts` ``(G, 2, 2)``
                 (any predictions: only the label counts are used), if already computed.
         """
-        G = self.num_groups
         if cells is None:
             cells = label_cells(target, groups)
         # no autograd context: every input below (counts, multipliers, labels) carries no gradient;
@@ -279,19 +473,22 @@ class LagrangeMultipliers(nn.Module):
         lam = self.multipliers if self.multipliers.dtype == dtype else self.multipliers.to(dtype)
         plan = self._plan(dtype, lam.device)
         if counts is None:
-            counts, rows = torch.bincount(cells, minlength=2 * G).view(G, 2), plan.label_denominators
+            cell_counts = torch.bincount(cells, minlength=2 * self.num_groups).to(dtype)
         else:
-            counts, rows = counts.view(G, 4), plan.confusion_denominators
-        counts = counts if counts.dtype == dtype else counts.to(dtype)
-        den = rows @ counts.T  # (C, G) denominators of the constrained rates
-        lam = lam.view(den.shape[0], G, 2) @ plan.net_and_tolerance
-        net, const = lam.mul_((den >= plan.min_count).unsqueeze(-1)).unbind(-1)  # upper - lower, tol * (upper + lower)
-        tiny = torch.finfo(den.dtype).tiny
-        alpha = net / den.clamp_min(tiny)  # d/dp of each group rate's share
-        beta = net.sum(1, keepdim=True) / den.sum(1, keepdim=True).clamp_min(tiny)  # of the overall rate's
-        # a sample of cell (g, y) is in rate c's denominators iff label_denominators[c, y] = 1
-        weights = ((alpha - beta).T @ plan.label_denominators).view(-1).index_select(0, cells)
-        const = const.sum()
+            cell_counts = torch.mv(plan.confusion_to_cells, counts.reshape(-1).to(dtype))
+        den = torch.mv(plan.cell_denominators, cell_counts)  # (U,) denominators of the batch's unit rates
+        ok = (den >= plan.unit_min_count).to(dtype)
+        valid = torch.mv(plan.first, ok)
+        if plan.second is not None:
+            valid = valid * torch.mv(plan.second, ok)
+        lam = lam * valid  # undefined inequalities neither push the model nor count
+        # d(sum_k lam_k v_k)/d rate(unit), divided by the unit's denominator: d/d numerator
+        share = torch.mv(plan.gaps_t, lam).div_(den.clamp_min(torch.finfo(dtype).tiny))
+        # one weight per (group, label) cell: how much a sample's p moves the term
+        weights = torch.mv(plan.cell_slopes_t, share).index_select(0, cells)
+        const = torch.dot(lam, plan.tolerance)
+        if plan.cell_constants is not None:  # rates whose numerators have p-free parts (accuracy)
+            const = const - torch.dot(share, torch.mv(plan.cell_constants, cell_counts))
         if soft_preds.dtype != weights.dtype:
             weights, const = weights.to(soft_preds.dtype), const.to(soft_preds.dtype)
         return torch.dot(weights, soft_preds) - const
@@ -353,8 +550,10 @@ class LagrangeMultipliers(nn.Module):
 __all__ = [
     "FairnessConstraint",
     "LagrangeMultipliers",
-    "RATE_NAMES",
+    "BOUNDS",
     "constraint_names",
+    "constraint_table",
     "constraint_violations",
+    "hierarchical_constraints",
     "parse_constraints",
 ]

@@ -49,7 +49,8 @@ from fair_lightning.data._batching import (
     no_collate,
 )
 from fair_lightning.groups import GroupSpec
-from fair_lightning.losses import CONDITIONS, LOSSES, FairnessLoss
+from fair_lightning.functional._rates import DEFINITIONS
+from fair_lightning.losses import LOSSES, FairnessLoss
 from fair_lightning.module import MODES, FairLightningModule
 from fair_lightning.reductions import _is_int, _is_real, check_sensitive_features
 
@@ -79,8 +80,8 @@ _MODULE_DEFAULTS: dict[str, Any] = {"grad_ratio_every_n_steps": 0, "validate_arg
 #: Valid ``constraints`` names for each mode that uses them.
 _CONSTRAINT_NAMES: dict[str, tuple[str, ...]] = {
     "penalty": tuple(LOSSES),
-    "lagrangian": tuple(CONDITIONS),
-    "adversarial": tuple(CONDITIONS),
+    "lagrangian": tuple(DEFINITIONS),
+    "adversarial": tuple(d for d in DEFINITIONS if d != "accuracy_parity"),
 }
 
 _MESSAGE_UNKNOWN_CONSTRAINT = (
@@ -187,7 +188,8 @@ class FairNeuralClassifier(ClassifierMixin, BaseEstimator):
             logistic regression).
         eta: Fairness strength, ``>= 0``: weight of the penalty, or strength of the gradient
             reversal. Unused by ``"erm"`` and ``"lagrangian"``.
-        tolerance: Allowed gap of each constrained rate (``"lagrangian"``), ``>= 0``.
+        tolerance: Allowed max - min difference across groups of each constrained rate
+            (``"lagrangian"``), in ``[0, 1)``.
         dual_lr: Learning rate of the multipliers' ascent (``"lagrangian"``), ``> 0``.
         max_epochs: Number of training epochs, ``>= 1``.
         batch_size: Largest training batch, ``>= 1`` (an epoch is split into near-equal
@@ -384,21 +386,22 @@ class FairNeuralClassifier(ClassifierMixin, BaseEstimator):
         for d_in, d_out in zip(widths[:-1], widths[1:]):
             layers += [nn.Linear(d_in, d_out), nn.ReLU()]
         layers.append(nn.Linear(widths[-1], 1))
+        # each method gets only its own arguments (the estimator's others do not apply to it)
         fairness: dict[str, Any] = {}
         if self.mode in ("penalty", "adversarial"):
             # A loss instance is copied, as clone() would: every fit starts from a fresh one, and
             # the fitted module never shares it with the parameter.
             fairness["fairness"] = copy.deepcopy(self.constraints)
+            fairness["eta"] = float(self.eta)
         elif self.mode == "lagrangian":
             fairness["constraints"] = self.constraints
+            fairness["tolerance"] = float(self.tolerance)
+            fairness["dual_lr"] = float(self.dual_lr)
         return FairLightningModule(
             nn.Sequential(*layers),
             num_groups=spec.num_groups,
             group_names=spec.names,
             mode=self.mode,
-            eta=float(self.eta),
-            tolerance=float(self.tolerance),
-            dual_lr=float(self.dual_lr),
             lr=float(self.lr),
             weight_decay=float(self.weight_decay),
             **fairness,

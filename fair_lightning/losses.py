@@ -22,31 +22,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fair_lightning.functional import GroupSums, Rate, group_sums, grouped_sum, soft_predictions
+from fair_lightning.functional import GroupSums, Rate, group_sums, grouped_sum, masked_divide, soft_predictions
+from fair_lightning.functional._rates import DEFINITIONS, check_definition
 from fair_lightning.functional._checks import check_binary_target, check_groups, check_num_groups, check_scores
 from fair_lightning.groups import WEIGHT_SCHEMES, group_weights
 
-#: Which rate each fairness definition equalizes: ``None`` = selection rate over everyone,
-#: ``1`` = among positives (TPR), ``0`` = among negatives (FPR).
-CONDITIONS: dict[str, tuple[int | None, ...]] = {
-    "demographic_parity": (None,),
-    "equal_opportunity": (1,),
-    "equalized_odds": (1, 0),
-}
-FAIRNESS_DEFINITIONS = tuple(CONDITIONS)
+#: The fairness definitions a loss can equalize (the one rate table's, see
+#: :data:`fair_lightning.functional.DEFINITIONS`) and the rates of each.
+FAIRNESS_DEFINITIONS = tuple(DEFINITIONS)
 PENALTIES = ("abs", "squared")
 REDUCTIONS = ("mean", "max")
 
 
-def check_definition(definition: str, name: str = "fairness") -> str:
-    """Return ``definition`` if it is one of :data:`CONDITIONS`, else raise naming ``name``."""
-    if definition not in CONDITIONS:
-        raise ValueError(f"`{name}` must be one of {list(CONDITIONS)}, got {definition!r}")
-    return definition
-
-
 class GroupGaps(NamedTuple):
-    """Signed gaps ``rate(group) - rate(reference)``, shape ``(C, G)`` (``C`` conditions).
+    """Signed gaps ``rate(group) - rate(reference)``, shape ``(C, G)`` (``C`` rates).
 
     ``valid`` masks the gaps that are defined and rest on at least ``min_count`` samples;
     ``count`` is the number of samples behind each group's rate.
@@ -57,44 +46,18 @@ class GroupGaps(NamedTuple):
     count: Tensor
 
 
-def _condition(sums: GroupSums, condition: int | None) -> GroupSums:
-    return sums if condition is None else sums.conditioned_on_label(condition)
+def rate_gaps(sums: GroupSums, rates: Sequence[str], min_count: float = 1) -> GroupGaps:
+    """Gap of each group's rate to the overall one, for every rate in ``rates`` at once.
 
-
-# numerator and denominator of each conditional selection rate as rows over the stacked sums
-# [count, label, pred, pred_label]: selection rate pred/count, TPR pred_label/label,
-# FPR (pred - pred_label)/(count - label)
-_RATE_COEFFICIENTS = {
-    None: ((0.0, 0.0, 1.0, 0.0), (1.0, 0.0, 0.0, 0.0)),
-    1: ((0.0, 0.0, 0.0, 1.0), (0.0, 1.0, 0.0, 0.0)),
-    0: ((0.0, 0.0, 1.0, -1.0), (1.0, -1.0, 0.0, 0.0)),
-}
-_COEFFICIENT_CACHE: dict = {}
-
-
-def _coefficients(conditions: Sequence[int | None], like: Tensor) -> Tensor:
-    key = (tuple(conditions), like.dtype, like.device)
-    coeffs = _COEFFICIENT_CACHE.get(key)
-    if coeffs is None:
-        rows = [_RATE_COEFFICIENTS[c] for c in conditions]
-        coeffs = torch.tensor([[num for num, _ in rows], [den for _, den in rows]], dtype=like.dtype, device=like.device)
-        _COEFFICIENT_CACHE[key] = coeffs
-    return coeffs  # (2, C, 4)
-
-
-def rate_gaps(sums: GroupSums, conditions: Sequence[int | None], min_count: float = 1) -> GroupGaps:
-    """Gap of each group's (conditional) selection rate to the overall one.
-
-    All conditions at once: the numerators and denominators of the rates are one small matmul
-    over the stacked sums (this runs on every training step of the Lagrangian mode).
+    The numerators and denominators are one small matmul over the stacked sums (the rate table's
+    coefficients), which runs on every training step.
 
     Args:
         sums: per-group sums (soft or hard).
-        conditions: ``None`` for the selection rate, ``1`` for TPR, ``0`` for FPR.
+        rates: names of the rate table (``"selection_rate"``, ``"true_positive_rate"``, ...).
         min_count: groups with fewer samples behind the rate are masked.
     """
-    stacked = sums.stack()
-    num, den = _coefficients(conditions, stacked) @ stacked  # each (C, G)
+    num, den = sums.numerators_denominators(tuple(rates))  # each (C, G)
     return gaps_from_ratios(num, den, min_count)
 
 
@@ -128,20 +91,16 @@ def aggregate_gaps(gaps: GroupGaps, weights: Tensor, penalty: str = "abs", reduc
     return (w * value).sum() / w.sum().clamp_min(torch.finfo(value.dtype).tiny)
 
 
-def pairwise_gaps(sums: GroupSums, conditions: Sequence[int | None], min_count: float = 1) -> GroupGaps:
+def pairwise_gaps(sums: GroupSums, rates: Sequence[str], min_count: float = 1) -> GroupGaps:
     """Gaps between every pair of groups ``rate(g) - rate(h)``, ``g < h``: shape ``(C, G*(G-1)/2)``."""
     G = sums.count.numel()
     i, j = torch.triu_indices(G, G, offset=1, device=sums.count.device)
-    gaps, valids, counts = [], [], []
-    for condition in conditions:
-        cond = _condition(sums, condition)
-        rate = cond.selection_rate()
-        ok = rate.valid & (cond.count >= min_count)
-        valid = ok[i] & ok[j]
-        gaps.append(torch.where(valid, rate.value[i] - rate.value[j], torch.zeros_like(rate.value[i])))
-        valids.append(valid)
-        counts.append(torch.minimum(cond.count[i], cond.count[j]))
-    return GroupGaps(torch.stack(gaps), torch.stack(valids), torch.stack(counts))
+    num, den = sums.numerators_denominators(tuple(rates))
+    rate = masked_divide(num, den)
+    ok = rate.valid & (den >= min_count)
+    valid = ok[:, i] & ok[:, j]
+    gap = torch.where(valid, rate.value[:, i] - rate.value[:, j], torch.zeros_like(rate.value[:, i]))
+    return GroupGaps(gap, valid, torch.minimum(den[:, i], den[:, j]))
 
 
 def _check_logits(logits: Tensor, name: str = "logits") -> Tensor:
@@ -156,7 +115,8 @@ def _check_logits(logits: Tensor, name: str = "logits") -> Tensor:
 class FairnessLoss(nn.Module):
     """Base class: ``forward(logits, target, groups) -> penalty`` (a differentiable scalar).
 
-    Subclasses choose the rate(s) to equalize through :attr:`conditions`. The penalty is the
+    Subclasses choose the rate(s) to equalize through :attr:`rates` (names of the rate table,
+    :data:`fair_lightning.functional.RATES`). The penalty is the
     weighted mean (``reduction="mean"``) or the max (``"max"``) over groups of ``|gap|``
     (``penalty="abs"``) or ``gap**2`` (``"squared"``), where ``gap`` is the group's soft rate minus
     the overall soft rate, or, with ``pairwise=True``, the difference between every two groups.
@@ -173,7 +133,7 @@ class FairnessLoss(nn.Module):
         validate_args: check inputs on every call.
     """
 
-    conditions: tuple[int | None, ...] = (None,)
+    rates: tuple[str, ...] = DEFINITIONS["demographic_parity"]
     requires_target: bool = False
 
     def __init__(
@@ -240,7 +200,7 @@ class FairnessLoss(nn.Module):
     def gaps(self, sums: GroupSums) -> GroupGaps:
         """Per-group (or pairwise) gaps of the rates this loss equalizes."""
         fn = pairwise_gaps if self.pairwise else rate_gaps
-        return fn(sums, self.conditions, self.min_count)
+        return fn(sums, self.rates, self.min_count)
 
     def weights(self, sums: GroupSums) -> Tensor:
         """Per-group weights, or per-pair weights (the product) with ``pairwise=True``."""
@@ -265,20 +225,27 @@ class FairnessLoss(nn.Module):
 class DemographicParityLoss(FairnessLoss):
     """Gap between each group's soft selection rate and the overall one. ``target`` may be ``None``."""
 
-    conditions = CONDITIONS["demographic_parity"]
+    rates = DEFINITIONS["demographic_parity"]
 
 
 class EqualOpportunityLoss(FairnessLoss):
     """Gap between each group's soft true-positive rate and the overall one."""
 
-    conditions = CONDITIONS["equal_opportunity"]
+    rates = DEFINITIONS["equal_opportunity"]
     requires_target = True
 
 
 class EqualizedOddsLoss(FairnessLoss):
     """Gaps of soft TPR and FPR to the overall ones (both conditions averaged, or the max)."""
 
-    conditions = CONDITIONS["equalized_odds"]
+    rates = DEFINITIONS["equalized_odds"]
+    requires_target = True
+
+
+class AccuracyParityLoss(FairnessLoss):
+    """Gap between each group's soft accuracy and the overall one (equal error rates)."""
+
+    rates = DEFINITIONS["accuracy_parity"]
     requires_target = True
 
 
@@ -297,10 +264,10 @@ class MutualInformationLoss(FairnessLoss):
         self.eps = eps
 
     def forward(self, logits: Tensor, target: Tensor | None, groups: Tensor) -> Tensor:
-        sums = self.soft_sums(logits, target, groups)
-        keep = sums.count >= max(self.min_count, 1)
-        count = torch.where(keep, sums.count, torch.zeros_like(sums.count))
-        pred = torch.where(keep, sums.pred, torch.zeros_like(sums.pred))
+        num, den = self.soft_sums(logits, target, groups).numerators_denominators(self.rates)
+        keep = den[0] >= max(self.min_count, 1)
+        count = torch.where(keep, den[0], torch.zeros_like(den[0]))
+        pred = torch.where(keep, num[0], torch.zeros_like(num[0]))
         n = count.sum().clamp_min(1)  # no kept group: every term below is 0
         r_g = (pred / count.clamp_min(1)).clamp(self.eps, 1 - self.eps)
         r = (pred.sum() / n).clamp(self.eps, 1 - self.eps)
@@ -375,6 +342,7 @@ LOSSES: dict[str, type[FairnessLoss]] = {
     "demographic_parity": DemographicParityLoss,
     "equal_opportunity": EqualOpportunityLoss,
     "equalized_odds": EqualizedOddsLoss,
+    "accuracy_parity": AccuracyParityLoss,
     "mutual_information": MutualInformationLoss,
 }
 
@@ -422,7 +390,6 @@ def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor) -> Tensor:
 
 __all__ = [
     "BoundedGroupLoss",
-    "CONDITIONS",
     "DemographicParityLoss",
     "EqualOpportunityLoss",
     "EqualizedOddsLoss",
@@ -433,7 +400,9 @@ __all__ = [
     "LOSSES",
     "MutualInformationLoss",
     "RegularizedLoss",
+    "AccuracyParityLoss",
     "aggregate_gaps",
+    "check_definition",
     "binary_cross_entropy_with_logits",
     "make_fairness_loss",
     "gaps_from_ratios",

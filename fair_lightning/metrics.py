@@ -34,6 +34,7 @@ from fair_lightning.functional._calibration import (
     check_n_bins,
 )
 from fair_lightning.functional._checks import as_vector
+from fair_lightning.functional._checks import check_group_names as _check_group_names
 from fair_lightning.functional._fairness import (
     _check_agg,
     _demographic_parity_difference_compute,
@@ -42,17 +43,6 @@ from fair_lightning.functional._fairness import (
     _equalized_odds_difference_compute,
     _group_rates_compute,
 )
-
-
-def _check_group_names(group_names: Sequence[str] | None, num_groups: int) -> list[str]:
-    if group_names is None:
-        return [f"group_{g}" for g in range(num_groups)]
-    names = [str(n) for n in group_names]
-    if len(names) != num_groups:
-        raise ValueError(f"`group_names` must have num_groups={num_groups} entries, got {len(names)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"`group_names` must be unique, got {names}")
-    return names
 
 
 class _GroupSumsMetric(Metric):

@@ -1,57 +1,61 @@
-"""``FairLightningModule``: fair-by-design training with manual optimization.
+"""``FairLightningModule``: the batteries-included shell around one fairness method.
 
-Four modes share one training step:
+The method (:mod:`fair_lightning.methods`) decides what is added to the task loss and what
+happens after each optimizer step; the module does the rest: manual optimization of the model
+(and of the method's own parameters, such as the adversary), the learning-rate schedulers the
+user returns from ``configure_optimizers`` (stepped by their own ``interval`` and
+``frequency``), gradient clipping, the gradient-norm ratio of the fairness term, group metrics on
+validation and test, per-group calibration and thresholds at prediction time, and checkpoints.
 
-* ``"erm"``: task loss only (the baseline).
-* ``"penalty"``: ``task + eta * fairness_loss`` with a loss of :mod:`fair_lightning.losses`.
-* ``"lagrangian"``: ``task + sum(lambda * soft_violation)`` for the primal step, then projected
-  ascent of the multipliers on the *hard* violation of running, DDP-synced group sums
-  (:mod:`fair_lightning.constraints`).
-* ``"adversarial"``: an adversary predicts the group from the logit (or a representation, and
-  the label for equalized odds) through a :class:`~fair_lightning.adversarial.GradientReversalLayer`
-  of strength ``eta``.
+* ``mode="erm"``: task loss only (the baseline).
+* ``mode="penalty"``: ``task + eta * fairness_loss`` (:class:`~fair_lightning.methods.Penalty`).
+* ``mode="lagrangian"``: rate constraints with multipliers ascending on the hard violation
+  (:class:`~fair_lightning.methods.Lagrangian`).
+* ``mode="adversarial"``: an adversary through gradient reversal
+  (:class:`~fair_lightning.methods.Adversarial`).
 
-Use it by wrapping a model, ``FairLightningModule(model, num_groups=2, mode="lagrangian")``, or
-by subclassing and overriding the hooks :meth:`unpack_batch`, :meth:`forward`,
-:meth:`forward_with_representation` and :meth:`task_loss`.
+``mode`` is a registered name (the method's arguments follow as keywords, or in
+``method_args``) or a ready method instance. An argument the method does not take is an error
+that names it.
+
+Subclassing: override :meth:`unpack_batch`, :meth:`forward`, :meth:`forward_with_representation`
+and :meth:`task_loss`. A subclass that overrides ``training_step`` gets Lightning's automatic
+optimization (its optimizers and schedulers run as Lightning runs them) and must add
+``self.method(logits, target, groups)`` to its loss; if it does not, the first training batch
+raises an error that says so.
 
 ``trainer.global_step`` counts the steps of the optimizers Lightning manages: the model's (and
-the adversary's in ``"adversarial"`` mode, which therefore advances it twice per batch). The
-multipliers' ascent is not a Lightning optimizer and does not count.
+the adversary's, which therefore advances it twice per batch). The multipliers' ascent does not
+count.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
-from fair_lightning.adversarial import GradientReversalLayer, make_adversary
-from fair_lightning.constraints import RATE_NAMES, LagrangeMultipliers, constraint_names, parse_constraints
-from fair_lightning.functional import confusion_counts, group_sums, label_cells
-from fair_lightning.functional._checks import check_binary_target, check_groups, check_num_groups
-from fair_lightning.losses import (
-    CONDITIONS,
-    FairnessLoss,
-    _check_logits,
-    binary_cross_entropy_with_logits,
-    make_fairness_loss,
-)
+from fair_lightning.functional._checks import check_binary_target, check_group_names, check_groups, check_num_groups
+from fair_lightning.losses import _check_logits, binary_cross_entropy_with_logits
+from fair_lightning.methods import ERM, METHODS, FairnessMethod, make_method
+from fair_lightning.methods._base import check_number
 from fair_lightning.metrics import fairness_metrics
-from fair_lightning.schedules import EtaSchedule
 
 if TYPE_CHECKING:
     import pandas as pd
 
-MODES = ("erm", "penalty", "lagrangian", "adversarial")
-ADVERSARY_INPUTS = ("logit", "representation")
+MODES = tuple(METHODS)
 OptimizerFactory = Callable[[Iterable[Tensor]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+#: share of validation samples in one class above which the end of fit warns of a near-constant model
+CONSTANT_SHARE = 0.99
 
 
 class FairLightningModule(pl.LightningModule):
@@ -61,43 +65,23 @@ class FairLightningModule(pl.LightningModule):
         model: any ``nn.Module`` mapping the features to one logit per sample (``(N,)`` or
             ``(N, 1)``). Optional when subclassing and overriding :meth:`forward`.
         num_groups: number of (possibly intersectional) groups; ids in ``[0, num_groups)``.
-        mode: one of ``"erm"``, ``"penalty"``, ``"lagrangian"``, ``"adversarial"``.
-        fairness: for ``"penalty"``: a loss name (``"demographic_parity"``, ``"equalized_odds"``,
-            ``"equal_opportunity"``, ``"mutual_information"``) or a ``FairnessLoss``; for
-            ``"adversarial"``: the definition the adversary targets (equalized odds and equal
-            opportunity give it the label as extra input).
-        eta: fairness strength (penalty weight, or gradient-reversal strength), ``>= 0``.
-        eta_schedule: ``"constant"``, ``"linear"`` (warm-up from 0) or ``"step"``.
-        eta_warmup_steps: length of the warm-up in primal steps.
-        constraints: for ``"lagrangian"``: a definition name, a mapping ``{definition, tolerance}``,
-            a :class:`~fair_lightning.constraints.FairnessConstraint`, or a list of them.
-        tolerance: default tolerance of the constraints, ``>= 0``.
-        dual_lr: learning rate of the multipliers' ascent (much smaller steps than the model's
-            are rarely needed: the hard violations are already averages).
-        multiplier_max: multipliers are projected onto ``[0, multiplier_max]``.
-        ema_decay: decay of the running group sums behind the hard violations.
-        dual_optimizer: ``params -> optimizer`` for the multipliers; default SGD(``dual_lr``).
-        dual_damping: proportional gain of a PI update of the multipliers (0: plain projected
-            ascent); damps the oscillation of the constrained rates, see
-            :mod:`fair_lightning.constraints`.
-        temperature: temperature of the smooth indicator in losses and soft violations.
-        penalty, reduction, pairwise, weighting, min_count: passed to the fairness loss;
-            ``min_count`` also masks small groups in the constraints.
+        mode: the fairness method: a registered name (``"erm"``, ``"penalty"``,
+            ``"lagrangian"``, ``"adversarial"``) or a :class:`~fair_lightning.methods.FairnessMethod`.
+        method_args: the method's arguments as a mapping (for configs and LightningCLI); the
+            same may be given as keyword arguments (``tolerance=0.02``).
+        group_names: names of the groups in logged keys (default ``group_0``, ...).
         lr, weight_decay: of the default Adam optimizer.
         optimizer: ``params -> optimizer`` for the model (overrides ``lr``/``weight_decay``).
-        lr_scheduler: ``optimizer -> scheduler``, stepped every epoch (or every step with
-            ``lr_scheduler_interval="step"``).
+        lr_scheduler: ``optimizer -> scheduler`` or ``optimizer -> {"scheduler": ...,
+            "interval": "step" | "epoch", "frequency": n, "monitor": key}`` (Lightning's
+            scheduler config), stepped as Lightning would.
         gradient_clip_val, gradient_clip_algorithm: clipping of the model's gradients (with manual
             optimization, ``Trainer(gradient_clip_val=...)`` is refused by Lightning).
-        adversary: the adversary module (group logits out); default a small MLP.
-        adversary_input: ``"logit"`` or ``"representation"`` (see :meth:`forward_with_representation`).
-        adversary_lr: learning rate of the adversary's Adam.
-        adversary_hidden: hidden width of the default adversary.
-        group_names: names of the groups in logged keys (default ``group_0``, ...).
-        threshold: probability threshold of the hard predictions (metrics and dual step).
+        threshold: probability threshold of the hard predictions (metrics and the dual step).
         grad_ratio_every_n_steps: how often to log the ratio of the fairness term's gradient norm
             to the task term's (costs one extra backward pass on those steps, two under DDP; 0 disables).
         validate_args: check batches (shapes, binary targets, group ids) on every step.
+        **method_kwargs: the method's own arguments (see each method class).
     """
 
     def __init__(
@@ -105,120 +89,93 @@ class FairLightningModule(pl.LightningModule):
         model: nn.Module | None = None,
         *,
         num_groups: int,
-        mode: str = "erm",
-        fairness: str | FairnessLoss = "demographic_parity",
-        eta: float = 1.0,
-        eta_schedule: str = "constant",
-        eta_warmup_steps: int = 0,
-        constraints: Any = "demographic_parity",
-        tolerance: float = 0.01,
-        dual_lr: float = 0.05,
-        multiplier_max: float = 100.0,
-        ema_decay: float = 0.9,
-        dual_optimizer: OptimizerFactory | None = None,
-        dual_damping: float = 0.0,
-        temperature: float = 1.0,
-        penalty: str = "abs",
-        reduction: str = "mean",
-        pairwise: bool = False,
-        weighting: str = "uniform",
-        min_count: float = 1,
+        mode: str | FairnessMethod = "erm",
+        method_args: Mapping[str, Any] | None = None,
+        group_names: Sequence[str] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         optimizer: OptimizerFactory | None = None,
         lr_scheduler: SchedulerFactory | None = None,
-        lr_scheduler_interval: str = "epoch",
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
-        adversary: nn.Module | None = None,
-        adversary_input: str = "logit",
-        adversary_lr: float = 1e-3,
-        adversary_hidden: int = 32,
-        group_names: Sequence[str] | None = None,
         threshold: float = 0.5,
         grad_ratio_every_n_steps: int = 50,
         validate_args: bool = True,
+        **method_kwargs: Any,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "adversary", "optimizer", "lr_scheduler", "dual_optimizer", "fairness"])
-        self.automatic_optimization = False
-        if mode not in MODES:
-            raise ValueError(f"`mode` must be one of {list(MODES)}, got {mode!r}")
+        kwargs = {**dict(method_args or {}), **method_kwargs}
+        overlap = sorted(set(method_args or {}) & set(method_kwargs))
+        if overlap:
+            raise ValueError(f"{overlap} given both in `method_args` and as keyword arguments")
+        ignore = ["model", "optimizer", "lr_scheduler"] + [
+            k for k, v in kwargs.items() if callable(v) or isinstance(v, nn.Module)
+        ]
+        if not isinstance(mode, str):
+            ignore.append("mode")
+        self.save_hyperparameters(ignore=ignore)
         self.num_groups = check_num_groups(num_groups)
-        if not tolerance >= 0:
-            raise ValueError(f"`tolerance` must be >= 0, got {tolerance}")
-        if not 0 < threshold < 1:
+        self.group_names = check_group_names(group_names, num_groups)
+        self.lr = check_number(lr, "lr", low=0, low_open=True)
+        self.weight_decay = check_number(weight_decay, "weight_decay", low=0)
+        self.threshold = check_number(threshold, "threshold", low=0, low_open=True)
+        if not self.threshold < 1:
             raise ValueError(f"`threshold` must be in (0, 1), got {threshold}")
-        if lr_scheduler_interval not in ("epoch", "step"):
-            raise ValueError(f"`lr_scheduler_interval` must be 'epoch' or 'step', got {lr_scheduler_interval!r}")
-        if gradient_clip_val is not None and not gradient_clip_val > 0:
-            raise ValueError(f"`gradient_clip_val` must be > 0 or None, got {gradient_clip_val}")
-        if adversary_input not in ADVERSARY_INPUTS:
-            raise ValueError(f"`adversary_input` must be one of {list(ADVERSARY_INPUTS)}, got {adversary_input!r}")
-        self.mode = mode
+        self._logit_threshold = math.log(self.threshold / (1 - self.threshold))
+        if gradient_clip_val is not None:
+            gradient_clip_val = check_number(gradient_clip_val, "gradient_clip_val", low=0, low_open=True)
+        if gradient_clip_algorithm not in ("norm", "value"):
+            raise ValueError(f"`gradient_clip_algorithm` must be 'norm' or 'value', got {gradient_clip_algorithm!r}")
+        if isinstance(grad_ratio_every_n_steps, bool) or not isinstance(grad_ratio_every_n_steps, int) or grad_ratio_every_n_steps < 0:
+            raise ValueError(f"`grad_ratio_every_n_steps` must be an int >= 0, got {grad_ratio_every_n_steps!r}")
         self.model = model
-        self.eta_schedule = EtaSchedule(eta, eta_schedule, eta_warmup_steps)
-        self.threshold = threshold
-        self._logit_threshold = math.log(threshold / (1 - threshold))
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
-        self.lr_scheduler_interval = lr_scheduler_interval
         self.gradient_clip_val, self.gradient_clip_algorithm = gradient_clip_val, gradient_clip_algorithm
         self.grad_ratio_every_n_steps = grad_ratio_every_n_steps
         self.validate_args = validate_args
-        self.group_names = list(group_names) if group_names is not None else [f"group_{g}" for g in range(num_groups)]
-        if len(self.group_names) != num_groups:
-            raise ValueError(f"`group_names` must have num_groups={num_groups} entries, got {len(self.group_names)}")
-        # primal steps taken: the position of the eta schedule (a buffer, so it is checkpointed)
-        self.register_buffer("fair_step", torch.zeros((), dtype=torch.long))
 
-        loss_kwargs = dict(
-            temperature=temperature, penalty=penalty, reduction=reduction, pairwise=pairwise,
-            weighting=weighting, min_count=min_count,
-        )
-        self.fairness_loss: FairnessLoss | None = None
-        self.multipliers: LagrangeMultipliers | None = None
-        self.adversary: nn.Module | None = None
-        self.constraint_names: list[str] = []
-        self.needs_target_in_penalty = False
-        if mode == "penalty":
-            if isinstance(fairness, nn.Module):
-                self.fairness_loss = fairness
-            else:
-                if fairness == "mutual_information":
-                    loss_kwargs = {"temperature": temperature, "min_count": min_count}
-                # the module checks each batch itself (`validate_args`); the loss need not again
-                self.fairness_loss = make_fairness_loss(fairness, num_groups, validate_args=False, **loss_kwargs)
-        elif mode == "lagrangian":
-            parsed = parse_constraints(constraints, tolerance)
-            self.temperature = temperature
-            self.multipliers = LagrangeMultipliers(
-                parsed, num_groups, dual_lr=dual_lr, multiplier_max=multiplier_max,
-                ema_decay=ema_decay, min_count=min_count, dual_optimizer=dual_optimizer,
-                dual_damping=dual_damping,
-            )
-            self.constraint_names = constraint_names(parsed, self.group_names)
-        elif mode == "adversarial":
-            if not isinstance(fairness, str) or fairness not in CONDITIONS:
-                raise ValueError(f"`fairness` for mode='adversarial' must be one of {list(CONDITIONS)}, got {fairness!r}")
-            self.adversary_uses_label = fairness != "demographic_parity"
-            self.adversary_input = adversary_input
-            self.reversal = GradientReversalLayer(eta)
-            if adversary is None:
-                in_features = 1 if adversary_input == "logit" else self._representation_features()
-                adversary = make_adversary(in_features + int(self.adversary_uses_label), num_groups, adversary_hidden)
-            self.adversary = adversary
-            self.adversary_lr = adversary_lr
+        context: dict[str, Any] = {"num_groups": num_groups, "group_names": self.group_names, "threshold": self.threshold}
+        if (
+            mode == "adversarial" and kwargs.get("adversary_input") == "representation"
+            and kwargs.get("adversary") is None and "representation_features" not in kwargs
+        ):
+            context["representation_features"] = self._representation_features()
+        self.method: FairnessMethod = make_method(mode, context, **kwargs)
+        self.method.validate_args = False  # the module checks each batch itself
+        self.mode = self.method.name or type(self.method).__name__
 
-        self.val_metrics = fairness_metrics(num_groups, group_names=self.group_names, from_logits=True, threshold=threshold, prefix="val/")
+        # manual optimization: the model's and the method's optimizers, clipping, schedulers and the
+        # method's update after each step are ours. A subclass's own training_step keeps working:
+        # see __init_subclass__ and _optimize_user_loss.
+        self.automatic_optimization = False
+        self._user_step_depth = 0
+        self._fair_step_ran = False
+
+        self.val_metrics = fairness_metrics(num_groups, group_names=self.group_names, from_logits=True, threshold=self.threshold, prefix="val/")
         self.test_metrics = self.val_metrics.clone(prefix="test/")
-        self.val_accuracy, self.test_accuracy = BinaryAccuracy(threshold=threshold), BinaryAccuracy(threshold=threshold)
+        self.val_accuracy, self.test_accuracy = BinaryAccuracy(threshold=self.threshold), BinaryAccuracy(threshold=self.threshold)
         self.val_auroc, self.test_auroc = BinaryAUROC(), BinaryAUROC()
+        # sample-weighted means, summed across DDP ranks: equal to the single-process value
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         #: the latest per-step diagnostics (violations, multipliers, grad-norm ratio, eta), also
         #: written to the loggers every ``log_every_n_steps``
         self.last_detail_metrics: dict[str, float] = {}
         #: optional object with ``transform(probs, groups)`` applied by ``predict_step``
-        #: (set by :class:`~fair_lightning.callbacks.GroupCalibrationCallback`).
+        #: (set by :class:`~fair_lightning.callbacks.GroupCalibrationCallback`; in the checkpoint).
         self.prediction_calibrator: Any = None
+        #: optional object with ``predict(probs, groups) -> 0/1`` applied by ``predict_step``
+        #: when ``predict_labels`` is true (set by :class:`~fair_lightning.callbacks.GroupThresholdCallback`).
+        self.prediction_thresholds: Any = None
+        self._epoch_sums: dict[str, Tensor] = {}
+        self._val_selection_share: float | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Wrap a subclass's own ``training_step`` so that the loss it returns is optimized (under
+        manual optimization Lightning would silently ignore it)."""
+        super().__init_subclass__(**kwargs)
+        user = cls.__dict__.get("training_step")
+        if user is not None and not getattr(user, "_fair_lightning_wrapped", False):
+            cls.training_step = _wrap_user_training_step(user)
 
     # ------------------------------------------------------------------ hooks for users
     def unpack_batch(self, batch: Any) -> tuple[Any, Tensor | None, Tensor | None]:
@@ -228,7 +185,12 @@ class FairLightningModule(pl.LightningModule):
         prediction) or a mapping with keys ``"x"``, ``"target"``, ``"groups"``. Override for other
         layouts.
         """
-        if isinstance(batch, dict):
+        if isinstance(batch, Mapping):
+            if "x" not in batch:
+                raise ValueError(
+                    f"a dict batch must have the keys 'x', 'target' and 'groups', got keys {sorted(batch)}; "
+                    "override `unpack_batch` for other layouts"
+                )
             return batch["x"], batch.get("target"), batch.get("groups")
         if isinstance(batch, (tuple, list)):
             if len(batch) == 3:
@@ -267,39 +229,33 @@ class FairLightningModule(pl.LightningModule):
         """The task loss; binary cross-entropy on logits by default."""
         return binary_cross_entropy_with_logits(logits, target)
 
-    def primal_parameters(self) -> Iterable[Tensor]:
-        """Parameters of the model's optimizer: all but the multipliers' and the adversary's."""
-        skip = set()
-        for part in (self.multipliers, self.adversary):
-            if part is not None:
-                skip.update(id(p) for p in part.parameters())
+    def primal_parameters(self) -> list[Tensor]:
+        """Parameters of the model's optimizer: all but the method's own (multipliers, adversary)."""
+        skip = {id(p) for p in self.method.parameters()}
         return [p for p in self.parameters() if id(p) not in skip and p.requires_grad]
 
+    # ------------------------------------------------------------------ method access
+    @property
+    def multipliers(self):
+        """The Lagrange multipliers of a Lagrangian method (``None`` otherwise)."""
+        return getattr(self.method, "multipliers", None)
+
+    @property
+    def constraint_names(self) -> list[str]:
+        """The inequalities' logged names (a Lagrangian method; empty otherwise)."""
+        return list(getattr(self.method, "constraint_names", []))
+
+    @property
+    def eta(self) -> float:
+        """``eta`` of a penalty or adversarial method at the current step (0 otherwise)."""
+        return float(getattr(self.method, "eta", 0.0))
+
     def constraint_state(self) -> pd.DataFrame:
-        """The Lagrangian state by constraint, as a ``pandas.DataFrame``.
-
-        One row per inequality (index: the logged names, ``"{definition}/{rate}/{group}/{side}"``)
-        with its ``definition``, ``rate``, ``group``, ``side``, ``tolerance``, ``multiplier``
-        and ``violation_hard`` (of the running sums; ``<= 0`` is satisfied). Only in
-        ``mode="lagrangian"``.
-        """
-        import pandas as pd
-
-        if self.multipliers is None:
-            raise ValueError(f"`constraint_state` needs mode='lagrangian', this module has mode={self.mode!r}")
-        mult = self.multipliers
-        rows = [  # the order of constraint_names (and of the multipliers)
-            (c.definition, RATE_NAMES[cond], group, side, c.tolerance)
-            for c in mult.constraints
-            for cond in c.conditions
-            for group in self.group_names
-            for side in ("upper", "lower")
-        ]
-        columns = ["definition", "rate", "group", "side", "tolerance"]
-        frame = pd.DataFrame(rows, columns=columns, index=pd.Index(self.constraint_names, name="constraint"))
-        frame["multiplier"] = mult.multipliers.detach().double().cpu().numpy()
-        frame["violation_hard"] = mult.hard_violations().detach().double().cpu().numpy()
-        return frame
+        """The method's state by constraint, as a ``pandas.DataFrame`` (Lagrangian methods)."""
+        try:
+            return self.method.state_table()
+        except ValueError:
+            raise ValueError(f"`constraint_state` needs a constrained method, this module has mode={self.mode!r}") from None
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self):
@@ -307,20 +263,49 @@ class FairLightningModule(pl.LightningModule):
         if self.optimizer_factory is not None:
             opt = self.optimizer_factory(params)
         else:
-            opt = torch.optim.Adam(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        optimizers = [opt]
-        if self.adversary is not None:
-            optimizers.append(torch.optim.Adam(self.adversary.parameters(), lr=self.adversary_lr))
-        if self.lr_scheduler_factory is None:
-            return optimizers if len(optimizers) > 1 else opt
-        return optimizers, [self.lr_scheduler_factory(opt)]
+            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        extra = self.method.configure_optimizers()
+        if self.automatic_optimization and extra:
+            # Lightning's automatic optimization takes one optimizer: the method's parameters
+            # join it with their own settings (one backward trains both through gradient reversal)
+            for other in extra:
+                for group in other.param_groups:
+                    opt.add_param_group({k: v for k, v in group.items()})
+            extra = []
+        first: dict[str, Any] = {"optimizer": opt}
+        if self.lr_scheduler_factory is not None:
+            scheduler = self.lr_scheduler_factory(opt)
+            first["lr_scheduler"] = scheduler if isinstance(scheduler, Mapping) else {"scheduler": scheduler, "interval": "epoch"}
+        if not extra:
+            return first
+        return [first, *({"optimizer": o} for o in extra)]
+
+    def _step_schedulers(self, interval: str) -> None:
+        """Step the schedulers of ``interval`` as Lightning does under automatic optimization."""
+        trainer = self._trainer
+        if trainer is None:
+            return
+        for config in trainer.lr_scheduler_configs:
+            if config.interval != interval:
+                continue
+            count = trainer.fit_loop.epoch_loop.batch_progress.current.ready if interval == "step" else trainer.current_epoch + 1
+            if count % config.frequency != 0:
+                continue
+            if config.reduce_on_plateau:
+                monitor = config.monitor
+                value = trainer.callback_metrics.get(monitor) if monitor else None
+                if value is None:
+                    if config.strict:
+                        raise ValueError(
+                            f"the ReduceLROnPlateau scheduler monitors {monitor!r}, which is not among the logged "
+                            f"metrics {sorted(trainer.callback_metrics)}; set `monitor` to one of them"
+                        )
+                    continue
+                config.scheduler.step(value)
+            else:
+                config.scheduler.step()
 
     # ------------------------------------------------------------------ helpers
-    @property
-    def eta(self) -> float:
-        """``eta`` at the current position of the schedule."""
-        return self.eta_schedule(int(self.fair_step))
-
     def _representation_features(self) -> int:
         if isinstance(self.model, nn.Sequential):
             last = self.model[-1]
@@ -328,7 +313,7 @@ class FairLightningModule(pl.LightningModule):
                 return last.in_features
         raise ValueError(
             "adversary_input='representation' with the default adversary needs an nn.Sequential model ending in "
-            "nn.Linear (to size the adversary); pass `adversary=` yourself"
+            "nn.Linear (to size the adversary); pass `adversary=` or `representation_features=`"
         )
 
     def _check_batch(self, logits: Tensor, target: Tensor | None, groups: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -346,10 +331,10 @@ class FairLightningModule(pl.LightningModule):
             return tensor
         return trainer.strategy.reduce(tensor, reduce_op="sum")
 
-    def _detail_step(self) -> bool:
+    def _detail_step(self, step: int) -> bool:
         trainer = self._trainer
         every = trainer.log_every_n_steps if trainer is not None else 50
-        return int(self.fair_step) % max(every, 1) == 0
+        return step % max(every, 1) == 0
 
     def _grad_ratio_start(self, task: Tensor, fairness_term: Tensor) -> list[tuple[Tensor, Tensor]] | None:
         """``||grad fairness_term|| / ||grad task||`` over the model's parameters, part one.
@@ -388,49 +373,40 @@ class FairLightningModule(pl.LightningModule):
                 "learning rate, or clip gradients (`gradient_clip_val`)."
             )
 
+    def _accumulate(self, name: str, value: Tensor, weight: float) -> None:
+        """Add to a sample-weighted epoch mean (logged, summed across ranks, at epoch end).
+
+        ``self.log`` costs about a millisecond on CPU, more than a fairness term itself; the
+        epoch means come from running sums instead of Lightning's per-step accumulation.
+        """
+        value = value.detach().double() * weight
+        running = self._epoch_sums.get(name)
+        if running is None:
+            self._epoch_sums[name] = torch.stack((value, value.new_tensor(float(weight))))
+        else:
+            running[0] += value
+            running[1] += weight
+
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        self._fair_step_ran = True
         x, target, groups = self.unpack_batch(batch)
-        needs_rep = self.mode == "adversarial" and self.adversary_input == "representation"
-        if needs_rep:
+        rep = None
+        if self.method.needs_representation:
             logits, rep = self.forward_with_representation(x)
         else:
             logits = self(x)
         logits, target, groups = self._check_batch(logits, target, groups)
-        step = int(self.fair_step)
-        eta = self.eta_schedule(step)
-        detail = self._detail_step()
+        step = int(self.method.num_steps)
+        detail = self._detail_step(step)
 
         task = self.task_loss(logits, target)
         self._check_finite("task loss", task, step)
-        fairness_term = None
-        hard_violations = None
-        if self.mode == "penalty":
-            fair = self.fairness_loss(logits, target, groups)
-            self._check_finite("fairness loss", fair, step)
-            fairness_term = eta * fair
-            self._log_train_term("train/fairness_loss", fair, detail)
-        elif self.mode == "lagrangian":
-            soft = torch.sigmoid(logits if self.temperature == 1 else logits / self.temperature)
-            cells = label_cells(target, groups)
-            confusion = confusion_counts(logits.detach() > self._logit_threshold, None, None, self.num_groups, cells=cells)
-            # finite by construction: logits are checked for NaN, multipliers are clamped
-            fairness_term = self.multipliers.lagrangian_term(soft, target, groups, cells=cells, counts=confusion)
-        elif self.mode == "adversarial":
-            self.reversal.strength = eta
-            adv_in = (logits.reshape(-1, 1) if not needs_rep else rep.reshape(rep.shape[0], -1))
-            adv_in = self.reversal(adv_in)
-            if self.adversary_uses_label:
-                adv_in = torch.cat((adv_in, target.reshape(-1, 1).to(adv_in.dtype)), 1)
-            adversary_loss = nn.functional.cross_entropy(self.adversary(adv_in), groups)
-            self._check_finite("adversary loss", adversary_loss, step)
-            fairness_term = adversary_loss  # the reversal layer turns it into -eta * grad for the model
-            self._log_train_term("train/adversary_loss", adversary_loss, detail)
-
-        total = task if fairness_term is None else task + fairness_term
+        term = None if isinstance(self.method, ERM) else self.method(logits, target, groups, rep)
+        total = task if term is None else task + term
         task_grads = None
-        if fairness_term is not None and self.grad_ratio_every_n_steps and step % self.grad_ratio_every_n_steps == 0:
-            task_grads = self._grad_ratio_start(task, fairness_term)
+        if term is not None and self.grad_ratio_every_n_steps and step % self.grad_ratio_every_n_steps == 0 and term.requires_grad:
+            task_grads = self._grad_ratio_start(task, term)
 
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
@@ -443,54 +419,61 @@ class FairLightningModule(pl.LightningModule):
             self.clip_gradients(optimizers[0], gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm=self.gradient_clip_algorithm)
         for opt in optimizers:
             opt.step()
-
-        if self.mode == "lagrangian":
-            # every tensor here is detached or a buffer: no autograd context needed on the hot path
-            hard_violations = self.multipliers.dual_step(self._reduce_sum(confusion))
-            if detail:
-                soft_sums = group_sums(soft.detach(), target, groups, self.num_groups, validate_args=False)
-                soft_violations = self.multipliers.soft_violations(soft_sums)
-                self._log_constraints(soft_violations, hard_violations, (task + fairness_term).detach())
-
-        self.fair_step.add_(1)
-        if self.lr_scheduler_factory is not None and self.lr_scheduler_interval == "step":
-            self.lr_schedulers().step()
-        self.log("train/task_loss", task.detach(), on_step=True, on_epoch=True, prog_bar=True)
-        self.log("train/loss", total.detach(), on_step=True, on_epoch=True)
-        if self.mode != "erm" and detail:
-            self._log_detail({"train/eta": torch.tensor(eta)})
+        self.method.after_optimizer_step()
+        self._step_schedulers("step")
+        self._log_step(task, total, logits.numel(), detail)
         return total.detach()
 
-    def _log_train_term(self, name: str, value: Tensor, detail: bool) -> None:
-        """Log a fairness term on logging steps, and its epoch mean at the end of the epoch.
+    def _log_step(self, task: Tensor, total: Tensor, n: int, detail: bool) -> None:
+        self.log("train/task_loss", task.detach(), on_step=True, on_epoch=False, prog_bar=True)
+        self._accumulate("train/task_loss", task, n)
+        self._accumulate("train/loss", total, n)
+        name = self.method.term_name
+        last = self.method._last
+        if name is not None and name in last:
+            self._accumulate(name, last[name], n)
+        if detail and not isinstance(self.method, ERM):
+            values = dict(self.method.diagnostics())
+            if self.method.name == "lagrangian":
+                values["train/lagrangian"] = total.detach()
+            self._log_detail(values)
 
-        ``self.log`` costs about a millisecond on CPU, more than the fairness term itself; the
-        epoch mean comes from a running sum instead of Lightning's per-step accumulation.
-        """
-        value = value.detach()
-        if detail:
-            self.log(name, value, on_step=True, on_epoch=False)
-        running = self._epoch_terms.get(name)
-        if running is None:
-            self._epoch_terms[name] = torch.stack((value.double(), value.new_ones((), dtype=torch.float64)))
-        else:
-            running[0] += value
-            running[1] += 1
+    def _optimize_user_loss(self, output: Any, method_steps_before: int) -> Any:
+        """Optimize the loss a subclass's own ``training_step`` returned, as Lightning's automatic
+        optimization would: zero the gradients, backward, clip, step every optimizer, update the
+        method (dual step), step the schedulers."""
+        loss = output.get("loss") if isinstance(output, Mapping) else output
+        if loss is None:
+            return output  # the user skipped the batch
+        if not isinstance(loss, Tensor) or not loss.requires_grad:
+            raise ValueError(
+                f"{type(self).__name__}.training_step must return the loss (a tensor with a gradient) or a dict "
+                f"with 'loss', got {type(loss).__name__}"
+            )
+        if not isinstance(self.method, ERM) and int(self.method.num_steps) == method_steps_before:
+            raise RuntimeError(
+                f"{type(self).__name__}.training_step never called `self.method(logits, target, groups)`, so the "
+                f"{self.mode!r} fairness method was not applied. Add `loss = loss + self.method(logits, target, "
+                "groups)` to your training_step, or call `super().training_step(batch, batch_idx)`."
+            )
+        self._check_finite("training loss", loss.detach(), int(self.method.num_steps))
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        for opt in optimizers:
+            opt.zero_grad()
+        self.manual_backward(loss)
+        if self.gradient_clip_val is not None:
+            self.clip_gradients(optimizers[0], gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm=self.gradient_clip_algorithm)
+        for opt in optimizers:
+            opt.step()
+        self.method.after_optimizer_step()
+        self._step_schedulers("step")
+        self._accumulate("train/loss", loss, 1.0)
+        return loss.detach() if isinstance(output, Tensor) else {**output, "loss": loss.detach()}
 
-    def on_train_epoch_start(self) -> None:
-        self._epoch_terms: dict[str, Tensor] = {}
-
-    def _log_constraints(self, soft: Tensor, hard: Tensor, lagrangian: Tensor) -> None:
-        lam = self.multipliers.multipliers
-        names = [
-            *(f"fairness/violation_soft/{name}" for name in self.constraint_names),
-            *(f"fairness/violation_hard/{name}" for name in self.constraint_names),
-            *(f"fairness/multiplier/{name}" for name in self.constraint_names),
-            "fairness/violation_hard_max", "fairness/multiplier_max", "train/lagrangian",
-        ]
-        parts = (soft, hard, lam, hard.max(), lam.max(), lagrangian)
-        values = torch.cat([p.detach().double().reshape(-1) for p in parts])  # one conversion to floats
-        self._log_detail(dict(zip(names, values.tolist())))
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.automatic_optimization:  # a user who switched to Lightning's own optimization
+            self.method.after_optimizer_step()
 
     def _log_detail(self, values: dict[str, Tensor | float]) -> None:
         """Write per-step diagnostics straight to the loggers, on logging steps only.
@@ -509,15 +492,23 @@ class FairLightningModule(pl.LightningModule):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_sums = {}
+
     def on_train_epoch_end(self) -> None:
-        for name, (total, count) in getattr(self, "_epoch_terms", {}).items():
-            self.log(f"{name}_epoch", (total / count).float(), on_step=False, on_epoch=True, sync_dist=True)
-        self._epoch_terms = {}
-        if self.lr_scheduler_factory is not None and self.lr_scheduler_interval == "epoch":
-            self.lr_schedulers().step()
-        if self.multipliers is not None:
-            hard = self.multipliers.hard_violations()
-            self.log("fairness/violation_hard_max_epoch", hard.max(), on_step=False, on_epoch=True)
+        if self._epoch_sums:
+            names = sorted(self._epoch_sums)
+            sums = self._reduce_sum(torch.stack([self._epoch_sums[n] for n in names]))  # one all-reduce
+            for name, (total, weight) in zip(names, sums):
+                self.log(f"{name}_epoch", (total / weight.clamp_min(1e-12)).float(), on_step=False, on_epoch=True)
+        self._epoch_sums = {}
+        if not self.automatic_optimization:
+            self._step_schedulers("epoch")
+        hard = getattr(self.method, "hard_violations", None)
+        if hard is not None:
+            values = hard()
+            if values.numel():
+                self.log("fairness/violation_hard_max_epoch", values.max().float(), on_step=False, on_epoch=True)
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
@@ -529,19 +520,27 @@ class FairLightningModule(pl.LightningModule):
         probs = torch.sigmoid(logits)
         (self.val_accuracy if stage == "val" else self.test_accuracy).update(probs, target)
         (self.val_auroc if stage == "val" else self.test_auroc).update(probs, target)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val")
-        # callbacks (calibration, dashboard) reuse these instead of a second forward pass
+        (self.val_loss if stage == "val" else self.test_loss).update(loss.detach(), weight=logits.numel())
+        # callbacks (calibration, dashboard, selection, thresholds) reuse these instead of a second forward pass
         return {"loss": loss, "logits": logits.detach(), "target": target, "groups": groups}
 
     def _eval_epoch_end(self, stage: str) -> None:
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         accuracy = self.val_accuracy if stage == "val" else self.test_accuracy
         auroc = self.val_auroc if stage == "val" else self.test_auroc
+        loss = self.val_loss if stage == "val" else self.test_loss
+        if accuracy.update_count == 0:
+            return  # a user's own evaluation step: it logs what it wants
         values = {k: v.float() for k, v in metrics.compute().items()}
         values[f"{stage}/accuracy"] = accuracy.compute()
         values[f"{stage}/auroc"] = auroc.compute()
-        self.log_dict(values)
-        for m in (metrics, accuracy, auroc):
+        values[f"{stage}/loss"] = loss.compute()
+        group = metrics["group"]
+        count, pred = float(group.count.sum()), float(group.pred.sum())
+        if stage == "val" and count > 0:
+            self._val_selection_share = pred / count
+        self.log_dict(values, prog_bar=False)
+        for m in (metrics, accuracy, auroc, loss):
             m.reset()
 
     def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
@@ -555,6 +554,16 @@ class FairLightningModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+
+    def on_fit_end(self) -> None:
+        share = self._val_selection_share
+        if share is not None and (share >= CONSTANT_SHARE or share <= 1 - CONSTANT_SHARE):
+            cls = 1 if share >= 0.5 else 0
+            rank_zero_warn(
+                f"the trained model predicts class {cls} for {100 * max(share, 1 - share):.1f}% of the validation "
+                f"samples: a (near-)constant classifier (mode={self.mode!r}). Its fairness metrics are trivially "
+                "small; lower the learning rate or loosen the fairness strength, and compare with mode='erm'."
+            )
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """Probabilities of the positive class (calibrated per group when a calibrator is set)."""
@@ -572,13 +581,68 @@ class FairLightningModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpointing
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.multipliers is not None:
-            checkpoint["fair_lightning"] = {"dual_optimizer": self.multipliers.dual_state_dict()}
+        state: dict[str, Any] = {"version": 2, "mode": self.mode}
+        calibrator = self.prediction_calibrator
+        if calibrator is not None and hasattr(calibrator, "state_dict"):
+            state["calibrator"] = calibrator.state_dict()
+        thresholds = self.prediction_thresholds
+        if thresholds is not None and hasattr(thresholds, "state_dict"):
+            state["thresholds"] = {"class": f"{type(thresholds).__module__}.{type(thresholds).__qualname__}", "state": thresholds.state_dict()}
+        checkpoint["fair_lightning"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("fair_lightning", {})
-        if self.multipliers is not None and "dual_optimizer" in state:
-            self.multipliers.load_dual_state_dict(state["dual_optimizer"])
+        weights = checkpoint.get("state_dict")
+        if state.get("version", 1) < 2 and isinstance(weights, dict):
+            _upgrade_v1_state_dict(weights)
+        if state.get("calibrator") is not None:
+            from fair_lightning.calibration import GroupFairnessCalibrator
+
+            self.prediction_calibrator = GroupFairnessCalibrator.from_state_dict(state["calibrator"])
+        if state.get("thresholds") is not None:
+            import importlib
+
+            module_name, _, cls_name = state["thresholds"]["class"].rpartition(".")
+            cls = getattr(importlib.import_module(module_name), cls_name)
+            thresholds = cls.__new__(cls) if not hasattr(cls, "from_state_dict") else None
+            if thresholds is None:
+                self.prediction_thresholds = cls.from_state_dict(state["thresholds"]["state"])
+            else:
+                cls.__init__(thresholds)
+                thresholds.load_state_dict(state["thresholds"]["state"])
+                self.prediction_thresholds = thresholds
 
 
-__all__ = ["ADVERSARY_INPUTS", "FairLightningModule", "MODES"]
+def _wrap_user_training_step(fn: Callable) -> Callable:
+    import functools
+
+    @functools.wraps(fn)
+    def training_step(self: FairLightningModule, *args: Any, **kwargs: Any) -> Any:
+        depth = self._user_step_depth
+        if depth == 0:
+            self._fair_step_ran = False
+            steps_before = int(self.method.num_steps)
+        self._user_step_depth = depth + 1
+        try:
+            output = fn(self, *args, **kwargs)
+        finally:
+            self._user_step_depth = depth
+        if depth > 0 or self._fair_step_ran or self.automatic_optimization:
+            return output
+        return self._optimize_user_loss(output, steps_before)
+
+    training_step._fair_lightning_wrapped = True
+    return training_step
+
+
+def _upgrade_v1_state_dict(weights: dict[str, Any]) -> None:
+    """Rename the keys of a fair-lightning 0.1 checkpoint (state outside ``method``)."""
+    renames = {"fair_step": "method.num_steps"}
+    for key in list(weights):
+        if key.startswith(("multipliers.", "adversary.")):
+            weights[f"method.{key}"] = weights.pop(key)
+        elif key in renames:
+            weights[renames[key]] = weights.pop(key)
+
+
+__all__ = ["FairLightningModule", "MODES"]

@@ -21,8 +21,12 @@ class EtaSchedule:
     warmup_steps: int = 0
 
     def __post_init__(self) -> None:
-        if not self.eta >= 0:
+        if isinstance(self.eta, bool) or not isinstance(self.eta, (int, float)):
+            raise ValueError(f"`eta` must be a number >= 0, got {self.eta!r} ({type(self.eta).__name__})")
+        if not 0 <= self.eta < float("inf"):
             raise ValueError(f"`eta` must be >= 0, got {self.eta}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int):
+            raise ValueError(f"`eta_warmup_steps` must be an int >= 0, got {self.warmup_steps!r}")
         if self.kind not in SCHEDULES:
             raise ValueError(f"`eta_schedule` must be one of {list(SCHEDULES)}, got {self.kind!r}")
         if self.warmup_steps < 0:

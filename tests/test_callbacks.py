@@ -116,8 +116,16 @@ def test_checkpoint_round_trip_gives_identical_calibrated_predictions(tmp_path, 
     torch.testing.assert_close(restored, expected, rtol=0, atol=0)
     _equal_states(fresh_callback.calibrator.state_dict(), stored.state_dict())
 
-    uncalibrated = torch.cat(_trainer().predict(_module(), test, ckpt_path=path))
-    assert not torch.allclose(uncalibrated, expected)
+    # the calibrator travels with the module: no callback needed to predict calibrated
+    without_callback = torch.cat(_trainer().predict(_module(), test, ckpt_path=path))
+    torch.testing.assert_close(without_callback, expected, rtol=0, atol=0)
+    loaded = FairLightningModule.load_from_checkpoint(path, model=_module().model)
+    assert loaded.prediction_calibrator is not None
+    torch.testing.assert_close(torch.cat(_trainer().predict(loaded, test)), expected, rtol=0, atol=0)
+    bare = _module()
+    bare.load_state_dict(raw["state_dict"])  # weights alone: uncalibrated, and visibly so
+    assert bare.prediction_calibrator is None
+    assert not torch.allclose(torch.cat(_trainer().predict(bare, test)), expected)
 
 
 class _Probe(Callback):

@@ -9,6 +9,18 @@ from fair_lightning.constraints import (
     parse_constraints,
 )
 from fair_lightning.functional import GroupSums, confusion_counts, group_sums
+from fair_lightning.functional._rates import RATES
+
+
+def _gap(definitions, tolerance=0.02):
+    """Constraints in the gap-to-overall form (``bound="gap"``)."""
+    if isinstance(definitions, (str, dict)):
+        definitions = [definitions]
+    out = []
+    for d in definitions:
+        d = {"definition": d} if isinstance(d, str) else dict(d)
+        out.append({"tolerance": tolerance, "bound": "gap", **d})
+    return parse_constraints(out, tolerance)
 
 
 def _sums():
@@ -20,7 +32,7 @@ def _sums():
 
 def test_violations_match_a_hand_computation():
     sums, preds, target, groups = _sums()
-    cons = parse_constraints([{"definition": "demographic_parity", "tolerance": 0.05}, "equal_opportunity"], 0.0)
+    cons = _gap([{"definition": "demographic_parity", "tolerance": 0.05}, "equal_opportunity"], 0.0)
     values, valid = constraint_violations(sums, cons)
     names = constraint_names(cons, ["a", "b", "c"])
     assert len(names) == values.numel() == 6 + 6
@@ -39,8 +51,23 @@ def test_absent_group_gives_zero_violation():
     sums, *_ = _sums()
     stacked = sums.stack().clone()
     stacked[:, 2] = 0
-    values, valid = constraint_violations(GroupSums.from_stacked(stacked), parse_constraints("equalized_odds"))
-    names = constraint_names(parse_constraints("equalized_odds"), ["a", "b", "c"])
+    for cons in (_gap("equalized_odds"), parse_constraints("equalized_odds")):
+        values, valid = constraint_violations(GroupSums.from_stacked(stacked), cons)
+        names = constraint_names(cons, ["a", "b", "c"])
+        assert len(names) == values.numel()
+        for k, name in enumerate(names):
+            if "/c/" in name or "/c-" in name or name.endswith("-c"):
+                assert values[k] == 0 and not valid[k]
+            else:
+                assert valid[k]
+
+
+def test_absent_group_gap_form():
+    sums, *_ = _sums()
+    stacked = sums.stack().clone()
+    stacked[:, 2] = 0
+    values, valid = constraint_violations(GroupSums.from_stacked(stacked), _gap("equalized_odds"))
+    names = constraint_names(_gap("equalized_odds"), ["a", "b", "c"])
     for k, name in enumerate(names):
         if "/c/" in name:
             assert values[k] == 0 and not valid[k]
@@ -93,11 +120,11 @@ def test_running_sums_are_an_ema():
     ("call", "match"),
     [
         (lambda: FairnessConstraint("parity"), "`constraints` must be one of"),
-        (lambda: FairnessConstraint("demographic_parity", -0.1), "`tolerance` must be >= 0, got -0.1"),
+        (lambda: FairnessConstraint("demographic_parity", -0.1), "`tolerance` must be a number in \\[0, 1\\)"),
         (lambda: parse_constraints([]), "at least one constraint"),
         (lambda: parse_constraints(3), "`constraints` must be a name"),
         (lambda: LagrangeMultipliers(parse_constraints("demographic_parity"), 2, dual_damping=-1), "`dual_damping` must be >= 0"),
-        (lambda: LagrangeMultipliers(parse_constraints("demographic_parity"), 2, multiplier_max=0), "`multiplier_max` must be > 0"),
+        (lambda: LagrangeMultipliers(parse_constraints("demographic_parity"), 2, multiplier_max=0), "`multiplier_max` must be a finite number > 0"),
     ],
 )
 def test_bad_arguments(call, match):
@@ -105,7 +132,15 @@ def test_bad_arguments(call, match):
         call()
 
 
-@pytest.mark.parametrize("definitions", [["demographic_parity"], ["equalized_odds", "equal_opportunity"]])
+@pytest.mark.parametrize(
+    "definitions",
+    [
+        ["demographic_parity"],
+        ["equalized_odds", "equal_opportunity"],
+        [{"definition": "demographic_parity", "bound": "gap"}, {"definition": "equalized_odds", "bound": "gap"}],
+        [{"definition": "accuracy_parity"}, {"definition": "demographic_parity", "partition": (0, 1, 1, 0)}],
+    ],
+)
 @pytest.mark.parametrize("min_count", [1, 15])
 def test_linear_lagrangian_term_equals_explicit_sum(definitions, min_count):
     gen = torch.Generator().manual_seed(0)
@@ -127,20 +162,37 @@ def test_linear_lagrangian_term_equals_explicit_sum(definitions, min_count):
     torch.testing.assert_close(g_linear, g_explicit)
 
 
+def _plain_rate(sums, rate, members):
+    """num / den of a rate over the groups in ``members``, from the rate table's own coefficients."""
+    spec = RATES[rate]
+    stacked = sums.stack()[:, members].sum(1)
+    num = float(sum(c * v for c, v in zip(spec.numerator, stacked)))
+    den = float(sum(c * v for c, v in zip(spec.denominator, stacked)))
+    return num, den
+
+
 def _reference_violations(stacked, constraints, min_count):
-    """Plain per-group loop: rate(g) - rate(all) from GroupSums' own rates, 0 where undefined."""
+    """Plain loop: every inequality's left-hand side from per-group rates, 0 where undefined."""
     sums = GroupSums.from_stacked(stacked.double())
+    G = sums.count.numel()
     values, valid = [], []
     for c in constraints:
-        for cond in c.conditions:
-            cell = sums if cond is None else sums.conditioned_on_label(cond)
-            overall = float(cell.pred.sum() / cell.count.sum()) if cell.count.sum() > 0 else 0.0
-            for g in range(len(sums.count)):
-                ok = bool(cell.count[g] > 0 and cell.count[g] >= min_count)
-                gap = float(cell.pred[g] / cell.count[g]) - overall if ok else 0.0
-                for sign in (1.0, -1.0):
-                    values.append(sign * gap - c.tolerance if ok else 0.0)
-                    valid.append(ok)
+        part = list(range(G)) if c.partition is None else list(c.partition)
+        P = max(part) + 1
+        for rate in c.rates:
+            per = [_plain_rate(sums, rate, [g for g in range(G) if part[g] == p]) for p in range(P)]
+            num_all, den_all = _plain_rate(sums, rate, list(range(G)))
+            overall = num_all / den_all if den_all > 0 else 0.0
+            ok = [den > 0 and den >= min_count for _, den in per]
+            r = [num / den if den > 0 else 0.0 for num, den in per]
+            for g, h, side in c.inequalities(G):
+                good = ok[g] and (h is None or ok[h])
+                if h is None:
+                    lhs = (r[g] - overall) * (1 if side == "upper" else -1)
+                else:
+                    lhs = r[g] - r[h]
+                values.append(lhs - c.tolerance if good else 0.0)
+                valid.append(good)
     return torch.tensor(values, dtype=torch.float64), torch.tensor(valid)
 
 
@@ -151,6 +203,9 @@ def _reference_violations(stacked, constraints, min_count):
         (["equalized_odds"], 3, 1),
         ([{"definition": "equalized_odds", "tolerance": 0.0}, {"definition": "demographic_parity", "tolerance": 0.05}], 5, 12),
         (["equal_opportunity", "demographic_parity"], 6, 0),
+        ([{"definition": "equalized_odds", "bound": "gap"}, {"definition": "accuracy_parity", "bound": "gap"}], 4, 12),
+        ([{"definition": "demographic_parity", "partition": (0, 0, 1, 1, 1), "tolerance": 0.01}, "equal_opportunity"], 5, 3),
+        ([{"definition": "accuracy_parity", "bound": "gap", "partition": (1, 0, 1, 0)}, "demographic_parity"], 4, 1),
     ],
 )
 def test_dual_step_matches_constraint_violations(definitions, num_groups, min_count):
@@ -181,11 +236,14 @@ def test_dual_step_matches_constraint_violations(definitions, num_groups, min_co
         torch.testing.assert_close(hard_c, expected)
         torch.testing.assert_close(hard_s, expected)
         assert (expected[~valid] == 0).all()
-        masked_small |= bool(min_count > 1 and not valid.reshape(-1, num_groups, 2)[:, num_groups - 2].all())
+        small = [k for k, name in enumerate(constraint_names(cons, [f"g{i}" for i in range(num_groups)]))
+                 if f"g{num_groups - 2}" in name.split("/")[-1] or f"g{num_groups - 2}/" in name]
+        masked_small |= bool(min_count > 1 and small and not valid[small].all())
         torch.testing.assert_close(by_confusion.running_sums, by_sums.running_sums)
         torch.testing.assert_close(by_confusion.multipliers, by_sums.multipliers)
     assert (by_sums.multipliers > 0).any()
-    assert masked_small == (min_count > 1)
+    if all(c.partition is None for c in cons):
+        assert masked_small == (min_count > 1)
 
 
 def test_lagrangian_term_from_confusion_counts_equals_default():
@@ -216,3 +274,66 @@ def test_lagrangian_term_gradcheck_and_float64_precision():
     term = mult.lagrangian_term(p, target, groups)
     assert term.dtype == torch.float64
     torch.testing.assert_close(term, explicit, rtol=1e-12, atol=1e-12)
+
+
+def test_difference_bound_is_max_minus_min():
+    """``bound="difference"``: every pairwise violation <= 0 iff max - min <= tolerance."""
+    sums, preds, _, groups = _sums()
+    rates = [float(preds[groups == g].mean()) for g in range(3)]
+    spread = max(rates) - min(rates)
+    for tol, holds in ((spread - 0.01, False), (spread + 0.01, True)):
+        values, valid = constraint_violations(sums, parse_constraints("demographic_parity", tol))
+        assert valid.all() and values.numel() == 6
+        assert bool((values <= 1e-12).all()) == holds
+        assert values.max().item() == pytest.approx(spread - tol)
+
+
+def test_hierarchical_constraints_cover_marginals_and_intersections():
+    from fair_lightning.constraints import hierarchical_constraints
+    from fair_lightning.groups import GroupSpec
+
+    spec = GroupSpec({"sex": ["F", "M"], "race": ["B", "O", "W"]})
+    cons = hierarchical_constraints(spec, {"sex": 0.02, "race": 0.05, "intersection": 0.1})
+    assert [c.tolerance for c in cons] == [0.02, 0.05, 0.1]
+    names = constraint_names(cons, spec.names)
+    assert "demographic_parity[sex]/selection_rate/sex=F-sex=M" in names
+    assert "demographic_parity[race]/selection_rate/race=B-race=W" in names
+    assert len(names) == 2 + 6 + 30
+    gen = torch.Generator().manual_seed(1)
+    n = 600
+    groups = torch.randint(0, 6, (n,), generator=gen)
+    preds = (torch.rand(n, generator=gen) < 0.2 + 0.1 * groups).double()
+    target = torch.randint(0, 2, (n,), generator=gen)
+    values, _ = constraint_violations(group_sums(preds, target, groups, 6), cons)
+    sex = spec.marginal(groups, "sex")
+    gap = preds[sex == 0].mean() - preds[sex == 1].mean()
+    assert values[names.index("demographic_parity[sex]/selection_rate/sex=F-sex=M")].item() == pytest.approx(gap - 0.02)
+    with pytest.raises(ValueError, match="`tolerances` keys"):
+        hierarchical_constraints(spec, {"gender": 0.02})
+
+
+@pytest.mark.parametrize(
+    ("constraints", "match"),
+    [
+        ({"definition": "demographic_parity", "tol": 0.05}, r"unknown key\(s\) \['tol'\]"),
+        ({"tolerance": 0.05}, "needs a 'definition' key"),
+        ("demographic_parity", None),
+    ],
+)
+def test_constraint_mappings_are_checked(constraints, match):
+    if match is None:
+        assert parse_constraints(constraints, 0.03)[0].tolerance == 0.03
+    else:
+        with pytest.raises(ValueError, match=match):
+            parse_constraints(constraints)
+
+
+@pytest.mark.parametrize("tolerance", [1.5, 1.0, float("inf"), float("nan"), -0.1, "0.1", True])
+def test_tolerance_must_be_a_rate_difference(tolerance):
+    with pytest.raises(ValueError, match="`tolerance` must be a number in \\[0, 1\\)"):
+        FairnessConstraint("demographic_parity", tolerance)
+
+
+def test_partition_length_is_checked():
+    with pytest.raises(ValueError, match="one entry per group"):
+        LagrangeMultipliers(parse_constraints({"definition": "demographic_parity", "partition": (0, 1)}), 3)

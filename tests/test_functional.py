@@ -88,10 +88,37 @@ def test_rates_from_sums():
     assert s.false_negative_rate().value.item() == pytest.approx(1 / 3)
     assert s.true_negative_rate().value.item() == pytest.approx(2 / 3)
     assert s.accuracy().value.item() == pytest.approx(4 / 6)
-    pos = s.conditioned_on_label(1)
-    assert pos.selection_rate().value.item() == pytest.approx(2 / 3)
-    neg = s.conditioned_on_label(0)
-    assert neg.selection_rate().value.item() == pytest.approx(1 / 3)
+    assert s.rate("true_positive_rate").value.item() == pytest.approx(2 / 3)
+    assert s.rate("false_positive_rate").value.item() == pytest.approx(1 / 3)
+    assert s.base_rate().value.item() == pytest.approx(3 / 6)
+    with pytest.raises(ValueError, match="unknown rate 'recall'"):
+        s.rate("recall")
+
+
+def test_rate_table_coefficients_match_the_definitions():
+    """Each rate of the one table, from its coefficients, equals its plain definition on random
+    hard and soft predictions (numerator and denominator as sums over samples)."""
+    from fair_lightning.functional import group_sums
+    from fair_lightning.functional._rates import DEFINITIONS, RATES
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (500,), generator=gen).double()
+    g = torch.randint(0, 3, (500,), generator=gen)
+    plain = {
+        "selection_rate": (lambda p: p, lambda: torch.ones_like(y)),
+        "true_positive_rate": (lambda p: p * y, lambda: y),
+        "false_positive_rate": (lambda p: p * (1 - y), lambda: 1 - y),
+        "false_negative_rate": (lambda p: (1 - p) * y, lambda: y),
+        "true_negative_rate": (lambda p: (1 - p) * (1 - y), lambda: 1 - y),
+        "accuracy": (lambda p: p * y + (1 - p) * (1 - y), lambda: torch.ones_like(y)),
+        "base_rate": (lambda p: y, lambda: torch.ones_like(y)),
+    }
+    assert set(plain) == set(RATES) and all(set(r) <= set(RATES) for r in DEFINITIONS.values())
+    for p in (torch.rand(500, generator=gen, dtype=torch.float64), (torch.rand(500, generator=gen) < 0.4).double()):
+        sums = group_sums(p, y, g, 3)
+        for name, (num, den) in plain.items():
+            expected = torch.stack([num(p)[g == k].sum() / den()[g == k].sum() for k in range(3)])
+            torch.testing.assert_close(sums.rate(name).value, expected, msg=name)
 
 
 def test_stack_roundtrip_and_total():

@@ -5,6 +5,7 @@ import torch
 
 from fair_lightning.losses import (
     BoundedGroupLoss,
+    AccuracyParityLoss,
     DemographicParityLoss,
     EqualizedOddsLoss,
     EqualOpportunityLoss,
@@ -36,13 +37,14 @@ def _ref_gap_loss(logits, target, groups, conditions, temperature=1.0, penalty="
     p = [1 / (1 + math.exp(-float(x) / temperature)) for x in logits]
     terms = []
     for cond in conditions:
-        sel = [cond is None or int(t) == cond for t in target]
-        overall = _ref_rate(p, sel)
+        sel = [cond in (None, "acc") or int(t) == cond for t in target]
+        q = p if cond != "acc" else [pi if int(t) == 1 else 1 - pi for pi, t in zip(p, target)]  # soft correctness
+        overall = _ref_rate(q, sel)
         rates = {}
         for g in range(G):
             mask = [s and int(gg) == g for s, gg in zip(sel, groups)]
             if any(mask):
-                rates[g] = _ref_rate(p, mask)
+                rates[g] = _ref_rate(q, mask)
         w = weights or [1.0] * G
         if pairwise:
             for g in range(G):
@@ -59,7 +61,7 @@ def _ref_gap_loss(logits, target, groups, conditions, temperature=1.0, penalty="
 
 @pytest.mark.parametrize(
     ("cls", "conditions"),
-    [(DemographicParityLoss, [None]), (EqualOpportunityLoss, [1]), (EqualizedOddsLoss, [1, 0])],
+    [(DemographicParityLoss, [None]), (EqualOpportunityLoss, [1]), (EqualizedOddsLoss, [1, 0]), (AccuracyParityLoss, ["acc"])],
 )
 @pytest.mark.parametrize("penalty", ["abs", "squared"])
 @pytest.mark.parametrize("pairwise", [False, True])
@@ -124,6 +126,7 @@ def test_bounded_group_loss_matches_reference():
         DemographicParityLoss(G, pairwise=True, weighting="sqrt"),
         EqualizedOddsLoss(G, temperature=0.5),
         EqualOpportunityLoss(G, weighting="proportional"),
+        AccuracyParityLoss(G, pairwise=True),
         MutualInformationLoss(G),
     ],
     ids=lambda l: type(l).__name__,

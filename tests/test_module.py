@@ -75,7 +75,8 @@ def test_every_mode_trains_and_validates(mode):
         assert "fairness/violation_hard_max_epoch" in metrics
         lam = module.multipliers.multipliers
         assert (lam >= 0).all() and (lam <= module.multipliers.multiplier_max).all()
-        assert len(module.constraint_names) == lam.numel() == 2 * 2 + 2 * 2 * 2
+        # bound="difference" on 2 groups: one inequality per ordered pair, per rate (DP: 1, EO: 2)
+        assert len(module.constraint_names) == lam.numel() == 2 * 1 + 2 * 2
     preds = trainer.predict(module, DataLoader(TensorDataset(x[:10]), batch_size=5))
     assert torch.cat(preds).shape == (10,) and ((torch.cat(preds) >= 0) & (torch.cat(preds) <= 1)).all()
 
@@ -114,12 +115,11 @@ def test_logged_names_are_stable(tmp_path):
     assert module.last_detail_metrics["fairness/multiplier_max"] == pytest.approx(lam.max().item())
     assert logged["fairness/multiplier_max"].dropna().iloc[-1] == pytest.approx(lam.max().item())
     for k in (
-        "fairness/multiplier/demographic_parity/selection_rate/A/upper",
-        "fairness/violation_hard/demographic_parity/selection_rate/B/lower",
-        "fairness/violation_soft/demographic_parity/selection_rate/A/lower",
+        "fairness/multiplier/demographic_parity/selection_rate/A-B",
+        "fairness/violation_hard/demographic_parity/selection_rate/B-A",
+        "fairness/violation_soft/demographic_parity/selection_rate/A-B",
         "train/grad_norm_ratio",
         "train/lagrangian",
-        "train/eta",
     ):
         assert k in keys, (k, sorted(keys))
 
@@ -127,15 +127,28 @@ def test_logged_names_are_stable(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"mode": "fair"}, r"`mode` must be one of \['erm', 'penalty', 'lagrangian', 'adversarial'\], got 'fair'"),
+        ({"mode": "fair"}, r"`mode` must be one of \['erm', 'penalty', 'lagrangian', 'adversarial'\] or a FairnessMethod, got 'fair'"),
         ({"mode": "penalty", "eta": -1.0}, "`eta` must be >= 0, got -1.0"),
-        ({"mode": "lagrangian", "tolerance": -0.1}, "`tolerance` must be >= 0, got -0.1"),
+        ({"mode": "adversarial", "eta": -1.0}, "`eta` must be >= 0, got -1.0"),
+        ({"mode": "penalty", "eta": "1.0"}, r"`eta` must be a number >= 0, got '1.0' \(str\)"),
+        ({"mode": "penalty", "eta": float("nan")}, "`eta` must be >= 0, got nan"),
+        ({"mode": "lagrangian", "tolerance": -0.1}, r"`tolerance` must be a number in \[0, 1\)"),
+        ({"mode": "lagrangian", "tolerance": 1.5}, r"`tolerance` must be a number in \[0, 1\).*got 1.5"),
+        ({"mode": "lagrangian", "tolerance": float("inf")}, r"`tolerance` must be a number in \[0, 1\).*got inf"),
         ({"mode": "lagrangian", "constraints": "parity"}, "`constraints` must be one of .*'equalized_odds'.*got 'parity'"),
+        ({"mode": "lagrangian", "constraints": {"definition": "demographic_parity", "tol": 0.05}}, r"unknown key\(s\) \['tol'\]"),
         ({"mode": "penalty", "fairness": "parity"}, "`fairness` must be one of .*mutual_information"),
-        ({"mode": "lagrangian", "dual_lr": 0.0}, "`dual_lr` must be > 0"),
+        ({"mode": "lagrangian", "dual_lr": 0.0}, "`dual_lr` must be a finite number > 0"),
+        ({"mode": "lagrangian", "dual_lr": float("inf")}, "`dual_lr` must be a finite number > 0, got inf"),
+        ({"mode": "lagrangian", "multiplier_max": float("inf")}, "`multiplier_max` must be a finite number > 0"),
+        ({"mode": "lagrangian", "min_count": -1}, "`min_count` must be a finite number >= 0, got -1"),
         ({"mode": "lagrangian", "ema_decay": 1.0}, r"`ema_decay` must be in \[0, 1\)"),
-        ({"eta_schedule": "cosine"}, "`eta_schedule` must be one of"),
+        ({"mode": "penalty", "eta_schedule": "cosine"}, "`eta_schedule` must be one of"),
         ({"num_groups": 0}, "`num_groups` must be a positive int"),
+        ({"num_groups": 1, "mode": "lagrangian"}, "`num_groups` must be >= 2 for Lagrangian"),
+        ({"num_groups": 1, "mode": "penalty"}, "`num_groups` must be >= 2 for Penalty"),
+        ({"lr": -1}, "`lr` must be a finite number > 0, got -1"),
+        ({"threshold": 0}, r"`threshold` must be a finite number > 0"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -180,7 +193,7 @@ def test_single_group_batch_gives_finite_loss_and_no_multiplier_jump():
     trainer = _trainer(max_steps=1)
     trainer.fit(module, DataLoader(TensorDataset(x[only], y[only], g[only]), batch_size=64))
     # the absent group is masked; the present group equals the overall rate: nothing to push
-    assert torch.isfinite(trainer.callback_metrics["train/loss_step"])
+    assert torch.isfinite(trainer.callback_metrics["train/task_loss"])
     assert torch.count_nonzero(module.multipliers.multipliers) == 0
 
 
@@ -201,7 +214,7 @@ def test_eta_schedule_warms_up():
     module = FairLightningModule(_mlp(), num_groups=2, mode="penalty", eta=2.0, eta_schedule="linear", eta_warmup_steps=4)
     values = []
     for step in range(6):
-        module.fair_step.fill_(step)
+        module.method.num_steps.fill_(step)
         values.append(module.eta)
     assert values == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0]
 
@@ -212,10 +225,13 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, mode):
 
     def make():
         pl.seed_everything(7)
+        if mode == "lagrangian":
+            kw = {"dual_optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5)}
+        else:
+            kw = {"eta": 1.0, "eta_schedule": "linear", "eta_warmup_steps": 10}
         return FairLightningModule(
-            _mlp(), num_groups=2, mode=mode, eta=1.0, eta_schedule="linear", eta_warmup_steps=10,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
-            dual_optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5),
+            _mlp(), num_groups=2, mode=mode,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5), **kw,
         )
 
     full = make()
@@ -235,7 +251,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, mode):
         if "metrics" in key or "accuracy" in key or "auroc" in key:
             continue
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
-    assert int(resumed.fair_step) == 4 * 6
+    assert int(resumed.method.num_steps) == 4 * 6
 
 
 class _LagrangianRecorder(FairLightningModule):
@@ -303,10 +319,11 @@ def test_grad_norm_ratio_is_the_ratio_of_the_terms_gradients(mode):
     logits = reference(x).squeeze(-1)
     task = reference.task_loss(logits, y)
     if mode == "penalty":
-        fair = 2.0 * reference.fairness_loss(logits, y, g)
+        fair = 2.0 * reference.method.loss(logits, y, g)
     else:
         _, rep = reference.forward_with_representation(x)
-        fair = nn.functional.cross_entropy(reference.adversary(torch.cat((reference.reversal(rep), y[:, None]), 1)), g)
+        method = reference.method
+        fair = nn.functional.cross_entropy(method.adversary(torch.cat((method.reversal(rep), y[:, None]), 1)), g)
     params = reference.primal_parameters()
 
     def norm(term):
@@ -321,16 +338,17 @@ def test_grad_norm_ratio_is_the_ratio_of_the_terms_gradients(mode):
 def test_constraint_state_names_each_multiplier():
     module = FairLightningModule(
         _mlp(), num_groups=2, mode="lagrangian", group_names=["A", "B"],
-        constraints=[{"definition": "equalized_odds", "tolerance": 0.02}, "demographic_parity"], tolerance=0.05,
+        constraints=[{"definition": "equalized_odds", "tolerance": 0.02, "bound": "gap"}, "demographic_parity"], tolerance=0.05,
     )
-    module.multipliers.multipliers.copy_(torch.arange(12.0))
+    module.multipliers.multipliers.copy_(torch.arange(10.0))
     state = module.constraint_state()
     assert list(state.index) == module.constraint_names and state.index.name == "constraint"
     row = state.loc["equalized_odds/false_positive_rate/B/lower"]
-    assert (row["definition"], row["rate"], row["group"], row["side"]) == ("equalized_odds", "false_positive_rate", "B", "lower")
+    assert (row["definition"], row["rate"], row["group"], row["other"], row["side"]) == ("equalized_odds", "false_positive_rate", "B", "all", "lower")
     assert row["tolerance"] == 0.02 and row["multiplier"] == 7.0
-    assert state.loc["demographic_parity/selection_rate/A/upper", "tolerance"] == 0.05
-    assert state["multiplier"].tolist() == list(range(12))
+    pair = state.loc["demographic_parity/selection_rate/A-B"]
+    assert (pair["group"], pair["other"], pair["side"], pair["tolerance"]) == ("A", "B", "pair", 0.05)
+    assert state["multiplier"].tolist() == list(range(10))
     torch.testing.assert_close(torch.tensor(state["violation_hard"].to_numpy()), module.multipliers.hard_violations().double())
-    with pytest.raises(ValueError, match="`constraint_state` needs mode='lagrangian'"):
+    with pytest.raises(ValueError, match="`constraint_state` needs a constrained method"):
         FairLightningModule(_mlp(), num_groups=2, mode="penalty").constraint_state()

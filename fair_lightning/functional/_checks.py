@@ -17,6 +17,20 @@ def check_num_groups(num_groups: object) -> int:
     return num_groups
 
 
+def check_group_names(group_names: object, num_groups: int) -> list[str]:
+    """``group_names`` as a list of ``num_groups`` unique strings (default ``group_0``, ...)."""
+    if group_names is None:
+        return [f"group_{g}" for g in range(num_groups)]
+    if isinstance(group_names, str):
+        raise ValueError(f"`group_names` must be a sequence of {num_groups} names, got the string {group_names!r}")
+    names = [str(n) for n in group_names]
+    if len(names) != num_groups:
+        raise ValueError(f"`group_names` must have num_groups={num_groups} entries, got {len(names)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"`group_names` must be unique, got {names}")
+    return names
+
+
 def _describe(t: Tensor) -> str:
     return f"tensor of shape {tuple(t.shape)} and dtype {t.dtype}"
 

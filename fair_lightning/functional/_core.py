@@ -1,7 +1,8 @@
 """The statistics core: per-group sums in one vectorized pass.
 
 Every fairness quantity in fair-lightning is a ratio of per-group sums. For binary
-classification four sums per group are enough:
+classification four sums per group are enough (which combinations of them make each rate is
+declared once, in :mod:`fair_lightning.functional._rates`):
 
 =============  ========================  ===============================
 field          sum over group g          used for
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor
 
 from fair_lightning.functional._checks import check_group_inputs
+from fair_lightning.functional._rates import rate_coefficients
 
 
 def grouped_sum(values: Tensor, groups: Tensor, num_groups: int) -> Tensor:
@@ -97,45 +99,45 @@ class GroupSums(NamedTuple):
         """The sums over all groups (groups partition the data), as a one-group ``GroupSums``."""
         return GroupSums.from_stacked(self.stack().sum(1, keepdim=True))
 
-    def conditioned_on_label(self, label: int) -> GroupSums:
-        """Sums restricted to samples with ``y == label``: selection rate becomes TPR (1) or FPR (0)."""
-        if label == 1:
-            return GroupSums(self.label, self.label, self.pred_label, self.pred_label)
-        if label == 0:
-            negatives = self.count - self.label
-            return GroupSums(negatives, torch.zeros_like(negatives), self.pred - self.pred_label, torch.zeros_like(negatives))
-        raise ValueError(f"`label` must be 0 or 1, got {label!r}")
+    # --- rates (numerators and denominators from the one rate table, ``_rates.RATES``) --------
+    def numerators_denominators(self, rates: tuple[str, ...] | list[str]) -> tuple[Tensor, Tensor]:
+        """Numerators and denominators of ``rates`` per group, each ``(C, G)``: one matmul."""
+        stacked = self.stack()
+        num, den = rate_coefficients(tuple(rates), dtype=stacked.dtype, device=stacked.device) @ stacked
+        return num, den
 
-    # --- rates ----------------------------------------------------------------------------
+    def rate(self, name: str) -> Rate:
+        """The per-group rate ``name`` (a key of :data:`~fair_lightning.functional.RATES`)."""
+        num, den = self.numerators_denominators((name,))
+        return masked_divide(num[0], den[0])
+
     def selection_rate(self) -> Rate:
-        """``pred / count``: the share predicted positive."""
-        return masked_divide(self.pred, self.count)
+        """The share predicted positive."""
+        return self.rate("selection_rate")
 
     def base_rate(self) -> Rate:
-        """``label / count``: the share of positive labels."""
-        return masked_divide(self.label, self.count)
+        """The share of positive labels."""
+        return self.rate("base_rate")
 
     def true_positive_rate(self) -> Rate:
-        """``pred_label / label``: recall among positives."""
-        return masked_divide(self.pred_label, self.label)
+        """Recall among positives."""
+        return self.rate("true_positive_rate")
 
     def false_positive_rate(self) -> Rate:
-        """``(pred - pred_label) / (count - label)``: positives predicted among negatives."""
-        return masked_divide(self.pred - self.pred_label, self.count - self.label)
+        """Positives predicted among negatives."""
+        return self.rate("false_positive_rate")
 
     def false_negative_rate(self) -> Rate:
         """``1 - TPR``, defined where the group has positives."""
-        return masked_divide(self.label - self.pred_label, self.label)
+        return self.rate("false_negative_rate")
 
     def true_negative_rate(self) -> Rate:
         """``1 - FPR``, defined where the group has negatives."""
-        negatives = self.count - self.label
-        return masked_divide(negatives - (self.pred - self.pred_label), negatives)
+        return self.rate("true_negative_rate")
 
     def accuracy(self) -> Rate:
         """Share of correct thresholded predictions (TP + TN over count)."""
-        correct = self.count - self.label - self.pred + 2 * self.pred_label
-        return masked_divide(correct, self.count)
+        return self.rate("accuracy")
 
 
 def label_cells(target: Tensor, groups: Tensor) -> Tensor:

@@ -11,12 +11,14 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from fair_lightning.functional._checks import as_vector, check_group_inputs
-from fair_lightning.functional._core import GroupSums, Rate, confusion_counts, hard_predictions
+from fair_lightning.functional._core import GroupSums, Rate, confusion_counts, hard_predictions, masked_divide
+from fair_lightning.functional._rates import TABLE_RATES, definition_rates
 
-RATE_NAMES = ("selection_rate", "true_positive_rate", "false_positive_rate", "false_negative_rate", "accuracy")
+RATE_NAMES = TABLE_RATES
 EO_AGGREGATIONS = ("worst_case", "mean")
 
 
@@ -72,45 +74,73 @@ def _as_nan(rate: Rate) -> Tensor:
     return torch.where(rate.valid, rate.value, torch.full_like(rate.value, float("nan")))
 
 
+def group_rate_table(sums: GroupSums, rates: tuple[str, ...] = TABLE_RATES) -> dict[str, Rate]:
+    """The per-group ``rates`` of ``sums`` (keys of the rate table), each a :class:`Rate`."""
+    num, den = sums.numerators_denominators(rates)
+    return {name: masked_divide(num[i], den[i]) for i, name in enumerate(rates)}
+
+
 def _group_rates_compute(sums: GroupSums) -> dict[str, Tensor]:
     """Per-group count and rates; a rate undefined for a group (empty denominator) is NaN."""
-    return {
-        "count": sums.count,
-        "selection_rate": _as_nan(sums.selection_rate()),
-        "true_positive_rate": _as_nan(sums.true_positive_rate()),
-        "false_positive_rate": _as_nan(sums.false_positive_rate()),
-        "false_negative_rate": _as_nan(sums.false_negative_rate()),
-        "accuracy": _as_nan(sums.accuracy()),
-    }
+    return {"count": sums.count, **{name: _as_nan(rate) for name, rate in group_rate_table(sums).items()}}
+
+
+def _undefined(rate: Rate, what: str) -> Tensor:
+    rank_zero_warn(
+        f"the {what} is undefined: no group has a defined rate (no samples were seen, or none "
+        "with the label the rate conditions on); returning NaN"
+    )
+    return rate.value.new_full((), float("nan"))
 
 
 def rate_difference(rate: Rate) -> Tensor:
-    """``max - min`` of the rate over the groups where it is defined (0 with fewer than two)."""
-    if int(rate.valid.sum()) < 2:
+    """``max - min`` of the rate over the groups where it is defined.
+
+    0 with one such group (as fairlearn's ``MetricFrame.difference``), NaN with a warning when no
+    group has a defined rate (nothing seen: a difference of 0 would claim parity).
+    """
+    n = int(rate.valid.sum())
+    if n == 0:
+        return _undefined(rate, "difference")
+    if n == 1:
         return rate.value.new_zeros(())
     v = rate.value[rate.valid]
     return v.max() - v.min()
 
 
 def rate_ratio(rate: Rate) -> Tensor:
-    """``min / max`` of the rate over the groups where it is defined (1 when all are equal)."""
-    if int(rate.valid.sum()) < 2:
+    """``min / max`` of the rate over the groups where it is defined (1 when all are equal; NaN
+    with a warning when no group has a defined rate)."""
+    n = int(rate.valid.sum())
+    if n == 0:
+        return _undefined(rate, "ratio")
+    if n == 1:
         return rate.value.new_ones(())
     v = rate.value[rate.valid]
     hi, lo = v.max(), v.min()
     return torch.where(hi > 0, lo / torch.where(hi > 0, hi, torch.ones_like(hi)), torch.ones_like(hi))
 
 
+def definition_difference(sums: GroupSums, definition: str, agg: str = "worst_case") -> Tensor:
+    """The max - min difference of a fairness definition's rates; for several rates (equalized
+    odds) their larger (``agg="worst_case"``) or mean difference."""
+    diffs = [rate_difference(r) for r in group_rate_table(sums, definition_rates(definition)).values()]
+    if len(diffs) == 1:
+        return diffs[0]
+    stacked = torch.stack(diffs)
+    return stacked.max() if agg == "worst_case" else stacked.mean()
+
+
 def _demographic_parity_difference_compute(sums: GroupSums) -> Tensor:
-    return rate_difference(sums.selection_rate())
+    return definition_difference(sums, "demographic_parity")
 
 
 def _demographic_parity_ratio_compute(sums: GroupSums) -> Tensor:
-    return rate_ratio(sums.selection_rate())
+    return rate_ratio(group_rate_table(sums, definition_rates("demographic_parity"))["selection_rate"])
 
 
 def _equal_opportunity_difference_compute(sums: GroupSums) -> Tensor:
-    return rate_difference(sums.true_positive_rate())
+    return definition_difference(sums, "equal_opportunity")
 
 
 def _check_agg(agg: str) -> None:
@@ -119,9 +149,7 @@ def _check_agg(agg: str) -> None:
 
 
 def _equalized_odds_difference_compute(sums: GroupSums, agg: str = "worst_case") -> Tensor:
-    tpr = rate_difference(sums.true_positive_rate())
-    fpr = rate_difference(sums.false_positive_rate())
-    return torch.maximum(tpr, fpr) if agg == "worst_case" else (tpr + fpr) / 2
+    return definition_difference(sums, "equalized_odds", agg)
 
 
 def group_rates(
@@ -187,11 +215,13 @@ def equalized_odds_difference(
 
 __all__ = [
     "check_group_inputs",
+    "definition_difference",
     "demographic_parity_difference",
     "demographic_parity_ratio",
     "equal_opportunity_difference",
     "equalized_odds_difference",
     "format_predictions",
+    "group_rate_table",
     "group_rates",
     "hard_group_sums",
     "rate_difference",

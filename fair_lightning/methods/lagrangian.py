@@ -1,0 +1,179 @@
+"""``Lagrangian``: rate constraints enforced by Lagrange multipliers (the proxy-Lagrangian).
+
+The model descends ``task + sum(lambda * soft_violation)`` (soft, differentiable rates of the
+batch); after its step the multipliers ascend on the *hard* violation of the thresholded
+predictions, accumulated in running group sums that are all-reduced across DDP ranks first
+(Cotter et al. 2019). The arithmetic lives in :mod:`fair_lightning.constraints`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fair_lightning.constraints import (
+    LagrangeMultipliers,
+    constraint_names,
+    constraint_table,
+    parse_constraints,
+)
+from fair_lightning.functional import confusion_counts, group_sums, label_cells
+from fair_lightning.methods._base import FairnessMethod, check_number, register_method
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Sum ``tensor`` over the processes of the default process group (a no-op outside DDP)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+@register_method("lagrangian")
+class Lagrangian(FairnessMethod):
+    """Constraints on group rates with one Lagrange multiplier per inequality.
+
+    Args:
+        num_groups: number of groups.
+        constraints: a definition name (``"demographic_parity"``, ``"equalized_odds"``,
+            ``"equal_opportunity"``, ``"accuracy_parity"``), a mapping of
+            :class:`~fair_lightning.constraints.FairnessConstraint` arguments, a constraint,
+            or a list of them (several constraints, e.g. :func:`~fair_lightning.constraints.hierarchical_constraints`).
+        tolerance: default tolerance of the constraints named without one: the allowed
+            max - min difference of the rate across groups (``bound="difference"``).
+        bound: default form of the constraints: ``"difference"`` (max - min) or ``"gap"``
+            (each group's gap to the overall rate).
+        dual_lr: learning rate of the multipliers' ascent.
+        multiplier_max: multipliers are projected onto ``[0, multiplier_max]``.
+        ema_decay: decay of the running group sums behind the hard violations.
+        dual_damping: proportional gain of a PI update of the multipliers (0: plain ascent).
+        dual_optimizer: ``params -> optimizer`` for the multipliers; default SGD(``dual_lr``).
+        temperature: temperature of the smooth indicator in the soft violations.
+        min_count: groups with fewer (running) samples behind a rate are not constrained.
+        threshold: probability threshold of the hard predictions.
+        group_names: names of the groups (in the inequalities' logged names).
+    """
+
+    term_name = None
+    requires_target = True
+
+    def __init__(
+        self,
+        num_groups: int,
+        *,
+        constraints: Any = "demographic_parity",
+        tolerance: float = 0.02,
+        bound: str = "difference",
+        dual_lr: float = 0.05,
+        multiplier_max: float = 100.0,
+        ema_decay: float = 0.9,
+        dual_damping: float = 0.0,
+        dual_optimizer: Callable[[Iterable[Tensor]], torch.optim.Optimizer] | None = None,
+        temperature: float = 1.0,
+        min_count: float = 1,
+        threshold: float = 0.5,
+        group_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(num_groups, group_names=group_names)
+        if isinstance(constraints, str):
+            constraints = {"definition": constraints, "bound": bound}
+        parsed = parse_constraints(constraints, tolerance)
+        self.temperature = check_number(temperature, "temperature", low=0, low_open=True)
+        self.threshold = check_number(threshold, "threshold", low=0, low_open=True, high=1)
+        if self.threshold >= 1:
+            raise ValueError(f"`threshold` must be in (0, 1), got {threshold}")
+        self.logit_threshold = math.log(self.threshold / (1 - self.threshold))
+        self.multipliers = LagrangeMultipliers(
+            parsed, num_groups,
+            dual_lr=check_number(dual_lr, "dual_lr", low=0, low_open=True),
+            multiplier_max=check_number(multiplier_max, "multiplier_max", low=0, low_open=True),
+            ema_decay=check_number(ema_decay, "ema_decay", low=0, high=1),
+            min_count=check_number(min_count, "min_count", low=0),
+            dual_optimizer=dual_optimizer,
+            dual_damping=check_number(dual_damping, "dual_damping", low=0),
+        )
+        self.constraints = parsed
+        self.constraint_names = constraint_names(parsed, self.group_names)
+        # the batch's hard counts, waiting for the dual step after the model's optimizer step
+        # (buffers: a checkpoint taken between the two keeps them)
+        self.register_buffer("pending_counts", torch.zeros(num_groups, 2, 2, dtype=torch.float64))
+        self.register_buffer("has_pending", torch.zeros((), dtype=torch.bool))
+        self._last_batch: tuple[Tensor, Tensor, Tensor] | None = None
+        self._last_hard: Tensor | None = None
+
+    def compute_term(self, logits: Tensor, target: Tensor | None, groups: Tensor, representation: Tensor | None) -> Tensor:
+        logits, target, groups = logits.reshape(-1), target.reshape(-1), groups.reshape(-1)
+        soft = torch.sigmoid(logits if self.temperature == 1 else logits / self.temperature)
+        cells = label_cells(target, groups)
+        confusion = confusion_counts(logits.detach() > self.logit_threshold, None, None, self.num_groups, cells=cells)
+        if self.training:
+            self.pending_counts.copy_(all_reduce_sum(confusion))
+            self.has_pending.fill_(True)
+            self._last_batch = (soft.detach(), target, groups)
+        # finite by construction: logits are checked for NaN, multipliers are clamped and checked
+        return self.multipliers.lagrangian_term(soft, target, groups, cells=cells, counts=confusion)
+
+    def after_optimizer_step(self) -> None:
+        """The dual step on the last training batch's (all-reduced) hard counts, if pending."""
+        if not bool(self.has_pending):
+            return
+        self.has_pending.fill_(False)
+        self._last_hard = self.multipliers.dual_step(self.pending_counts)
+        if not torch.isfinite(self.multipliers.multipliers).all():
+            raise FloatingPointError(
+                "the Lagrange multipliers are not finite after the dual step "
+                f"({self.multipliers.multipliers[~torch.isfinite(self.multipliers.multipliers)][:3].tolist()}); "
+                "check `dual_optimizer` and `dual_lr`"
+            )
+
+    def diagnostics(self) -> dict[str, Tensor | float]:
+        out: dict[str, Tensor | float] = {}
+        lam = self.multipliers.multipliers
+        hard = self._last_hard if self._last_hard is not None else self.multipliers.hard_violations()
+        parts: list[tuple[str, Tensor]] = []
+        if self._last_batch is not None:
+            soft, target, groups = self._last_batch
+            sums = group_sums(soft, target, groups, self.num_groups, validate_args=False)
+            parts.append(("fairness/violation_soft/", self.multipliers.soft_violations(sums)))
+        parts += [("fairness/violation_hard/", hard), ("fairness/multiplier/", lam)]
+        values = torch.cat([p.detach().double().reshape(-1) for _, p in parts]).tolist()  # one conversion
+        i = 0
+        for prefix, p in parts:
+            for name in self.constraint_names:
+                out[prefix + name] = values[i]
+                i += 1
+        out["fairness/violation_hard_max"] = float(hard.max()) if hard.numel() else 0.0
+        out["fairness/multiplier_max"] = float(lam.max()) if lam.numel() else 0.0
+        return out
+
+    def hard_violations(self) -> Tensor:
+        """Hard violations of the running sums (``<= 0``: satisfied), in :attr:`constraint_names` order."""
+        return self.multipliers.hard_violations()
+
+    def state_table(self):
+        """One row per inequality (index: the logged names) with its ``definition``, ``rate``,
+        ``group``, ``other`` (the compared group, or ``"all"``), ``side``, ``tolerance``,
+        ``multiplier`` and ``violation_hard`` (of the running sums; ``<= 0`` is satisfied)."""
+        import pandas as pd
+
+        rows = constraint_table(self.constraints, self.group_names)
+        columns = ["constraint", "definition", "rate", "group", "other", "side", "tolerance"]
+        frame = pd.DataFrame(rows, columns=columns).set_index("constraint")
+        frame["multiplier"] = self.multipliers.multipliers.detach().double().cpu().numpy()
+        frame["violation_hard"] = self.hard_violations().detach().double().cpu().numpy()
+        return frame
+
+    def get_extra_state(self) -> dict:
+        return {"dual_optimizer": self.multipliers.dual_state_dict()}
+
+    def set_extra_state(self, state: Any) -> None:
+        if isinstance(state, dict) and state.get("dual_optimizer"):
+            self.multipliers.load_dual_state_dict(state["dual_optimizer"])
+
+
+__all__ = ["Lagrangian", "all_reduce_sum"]

@@ -1,0 +1,92 @@
+"""``Penalty``: ``task + eta * fairness_loss``, with a differentiable loss of :mod:`fair_lightning.losses`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from fair_lightning.losses import LOSSES, FairnessLoss, MutualInformationLoss
+from fair_lightning.methods._base import FairnessMethod, register_method
+from fair_lightning.schedules import EtaSchedule
+
+#: the loss options that do not apply to the mutual-information loss
+_GAP_OPTIONS = ("penalty", "reduction", "pairwise", "weighting")
+
+
+@register_method("penalty")
+class Penalty(FairnessMethod):
+    """A fairness penalty of strength ``eta`` on soft group rates.
+
+    Args:
+        num_groups: number of groups.
+        fairness: a loss name (``"demographic_parity"``, ``"equalized_odds"``,
+            ``"equal_opportunity"``, ``"accuracy_parity"``, ``"mutual_information"``) or a
+            ready :class:`~fair_lightning.losses.FairnessLoss` (then the loss options below must
+            stay unset).
+        eta: fairness strength, ``>= 0``.
+        eta_schedule: ``"constant"``, ``"linear"`` (warm-up from 0) or ``"step"``.
+        eta_warmup_steps: length of the warm-up, in training steps.
+        temperature: temperature of the smooth indicator ``sigmoid(logit / temperature)``.
+        penalty: ``"abs"`` or ``"squared"`` gaps (gap losses only; default ``"abs"``).
+        reduction: ``"mean"`` or ``"max"`` over groups (gap losses only; default ``"mean"``).
+        pairwise: compare every pair of groups (gap losses only; default ``False``).
+        weighting: ``"uniform"``, ``"proportional"`` or ``"sqrt"`` group weights (gap losses only).
+        min_count: groups with fewer samples in a batch are masked.
+        group_names: names of the groups.
+    """
+
+    requires_target = False
+
+    def __init__(
+        self,
+        num_groups: int,
+        *,
+        fairness: str | FairnessLoss = "demographic_parity",
+        eta: float = 1.0,
+        eta_schedule: str = "constant",
+        eta_warmup_steps: int = 0,
+        temperature: float = 1.0,
+        penalty: str | None = None,
+        reduction: str | None = None,
+        pairwise: bool | None = None,
+        weighting: str | None = None,
+        min_count: float = 1,
+        group_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(num_groups, group_names=group_names)
+        self.schedule = EtaSchedule(eta, eta_schedule, eta_warmup_steps)
+        options = {"penalty": penalty, "reduction": reduction, "pairwise": pairwise, "weighting": weighting}
+        given = {k: v for k, v in options.items() if v is not None}
+        if isinstance(fairness, torch.nn.Module):
+            extra = sorted(given) + (["temperature"] if temperature != 1.0 else []) + (["min_count"] if min_count != 1 else [])
+            if extra:
+                raise ValueError(f"{extra} configure a loss by name; they do not apply to a ready loss object (`fairness`={fairness!r})")
+            self.loss = fairness
+        else:
+            if not isinstance(fairness, str) or fairness not in LOSSES:
+                raise ValueError(f"`fairness` must be one of {list(LOSSES)} or a FairnessLoss, got {fairness!r}")
+            if LOSSES[fairness] is MutualInformationLoss and given:
+                raise ValueError(f"{sorted(given)} do not apply to fairness='mutual_information' (a single divergence, not gaps)")
+            self.loss = LOSSES[fairness](num_groups, temperature=temperature, min_count=min_count, validate_args=False, **given)
+        self.requires_target = bool(getattr(self.loss, "requires_target", False))
+        self.fairness = fairness if isinstance(fairness, str) else type(fairness).__name__
+
+    @property
+    def eta(self) -> float:
+        """``eta`` at the current step of the schedule."""
+        return self.schedule(int(self.num_steps))
+
+    def compute_term(self, logits: Tensor, target: Tensor | None, groups: Tensor, representation: Tensor | None) -> Tensor:
+        value = self.loss(logits, target, groups)
+        if not torch.isfinite(value):
+            raise FloatingPointError(
+                f"the fairness loss is {value.item()} at step {int(self.num_steps)}; check the inputs or lower the learning rate"
+            )
+        eta = self.eta
+        self._last = {"train/fairness_loss": value.detach(), "train/eta": eta}
+        return eta * value
+
+
+__all__ = ["Penalty"]
