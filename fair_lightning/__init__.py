@@ -12,6 +12,8 @@ name                           submodule
 ``GroupFairnessCalibrator``    :mod:`fair_lightning.calibration`
 ``GroupCalibrationCallback``   :mod:`fair_lightning.callbacks`
 ``FairnessDashboard``          :mod:`fair_lightning.callbacks`
+``GroupThresholdCallback``     :mod:`fair_lightning.callbacks`
+``GroupThresholds``            :mod:`fair_lightning.postprocessing`
 ``ReductionsWrapper``          :mod:`fair_lightning.reductions`
 ``FairNeuralClassifier``       :mod:`fair_lightning.estimators`
 =============================  ==============================
@@ -31,6 +33,8 @@ _LAZY = {
     "GroupFairnessCalibrator": "fair_lightning.calibration",
     "GroupCalibrationCallback": "fair_lightning.callbacks",
     "FairnessDashboard": "fair_lightning.callbacks",
+    "GroupThresholdCallback": "fair_lightning.callbacks",
+    "GroupThresholds": "fair_lightning.postprocessing",
     "ReductionsWrapper": "fair_lightning.reductions",
     "FairNeuralClassifier": "fair_lightning.estimators",
 }

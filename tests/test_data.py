@@ -98,7 +98,7 @@ def test_bundled_files_are_reproduced_by_the_script():
     for name, info in _datasets.BUNDLED.items():
         assert script.build(name, RAW, download=False) == (script.BUNDLED_DIR / info.bundled_file).read_bytes(), name
     total = sum(p.stat().st_size for p in script.BUNDLED_DIR.iterdir())
-    assert total < 1_500_000
+    assert total < 3_000_000  # Census-KDD is a 60,000-row sample (1.7 MB)
     assert (script.BUNDLED_DIR / "PROVENANCE.md").exists()
 
 
@@ -362,7 +362,7 @@ def test_trainer_fit_one_epoch_with_the_datamodule():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"dataset": "mnist"}, r"`dataset` must be one of \['adult', 'biased_lending', 'compas', 'german'\] .*got 'mnist'"),
+        ({"dataset": "mnist"}, r"`dataset` must be one of \['adult', 'biased_lending', 'census_kdd', 'compas', 'german'\] .*got 'mnist'"),
         ({"val_fraction": 0.0}, r"`val_fraction` must be a number in \(0, 1\), got 0.0"),
         ({"val_fraction": 1}, r"`val_fraction` must be a number in \(0, 1\), got 1"),
         ({"val_fraction": -0.2}, r"`val_fraction` must be a number in \(0, 1\), got -0.2"),
@@ -386,7 +386,7 @@ def test_unknown_sensitive_column_lists_the_available_ones():
         dm.setup()
     with pytest.raises(RuntimeError, match="setup"):
         TabularDataModule("german").num_features
-    assert sorted(DATASETS) == ["adult", "biased_lending", "compas", "german"]
+    assert sorted(DATASETS) == ["adult", "biased_lending", "census_kdd", "compas", "german"]
 
 
 # --- DDP ------------------------------------------------------------------------------------------
@@ -476,3 +476,81 @@ def test_group_ids_audit_other_columns_aligned_with_the_split():
         dm.group_ids("colour")
     with pytest.raises(ValueError, match="`split` must be one of"):
         dm.group_ids("sex", split="holdout")
+
+
+# --- Census-KDD and the input checks (D8, D10, S9) ------------------------------------------------
+def test_census_kdd_rows_split_label_and_sensitive():
+    from fair_lightning.data import load_census_kdd
+
+    data = load_census_kdd()
+    _check_common(data)
+    assert len(data) == 60_000
+    assert data.split.value_counts().to_dict() == {"train": 40_000, "test": 20_000}
+    assert data.target == "income_over_50k" and data.sensitive == ("sex", "race")
+    assert data.y.mean() == pytest.approx(0.062, abs=0.005)  # 6.2% in the full data
+    assert set(data.frame["sex"].cat.categories) == {"Female", "Male"}
+    assert len(data.frame["race"].cat.categories) == 5
+    assert "instance_weight" in data.frame and "instance_weight" not in data.features
+    assert "?" in set(data.frame["migration_code_change_in_msa"].astype(str))
+
+
+@needs_raw
+def test_census_kdd_bundle_is_the_documented_sample_of_the_raw_files():
+    from fair_lightning.data import load_census_kdd
+
+    full = load_census_kdd(RAW / "census-kdd")
+    assert full.split.value_counts().to_dict() == {"train": 199_523, "test": 99_762}
+    frame = full.frame.assign(split=full.split)
+    sample = _datasets.sample_census_kdd(_datasets.prepare_census_kdd(RAW / "census-kdd"))
+    bundled = load_census_kdd()
+    assert sample["income_over_50k"].tolist() == bundled.y.tolist()
+    assert sample["age"].tolist() == bundled.frame["age"].tolist()
+    assert len(frame) == 299_285
+
+
+def test_census_kdd_datamodule_groups_by_sex_and_race():
+    dm = TabularDataModule("census_kdd", sensitive=["sex", "race"], batch_size=512)
+    dm.setup()
+    assert dm.num_groups == 10
+    assert len(dm.test_tensors[1]) == 20_000 and len(dm.train_tensors[1]) + len(dm.val_tensors[1]) == 40_000
+    assert "instance_weight" not in dm.feature_names and not any(n.startswith("sex=") for n in dm.feature_names)
+
+
+def _tiny(n=10, seed=0):
+    base = make_biased_lending(200, bias=0.5, seed=seed)
+    return dataclasses.replace(base, frame=base.frame.iloc[:n].reset_index(drop=True))
+
+
+def test_tiny_data_set_is_refused_naming_its_size_and_the_minimum():
+    with pytest.raises(ValueError, match=r"data set .* has 10 rows; TabularDataModule needs at least 100 .*\{'train': \d+, 'val': \d+, 'test': \d+\}"):
+        TabularDataModule(_tiny(), batch_size=4).setup()
+
+
+def test_small_or_missing_groups_in_a_split_warn():
+    with pytest.warns(UserWarning, match="fewer than 10 rows of group"):
+        TabularDataModule(_tiny(120), batch_size=16).setup()
+    with pytest.warns(UserWarning, match=r"'val' split of data set 'compas' \(6172 rows\) has no row of group\(s\) 'race=Asian&sex=Female'"):
+        TabularDataModule("compas", sensitive=["race", "sex"]).setup()
+
+
+def test_infinite_feature_is_refused_naming_the_column():
+    base = make_biased_lending(300, bias=0.5, seed=0)
+    col = base.numeric[0]
+    frame = base.frame.copy()
+    frame.loc[7, col] = np.inf
+    with pytest.raises(ValueError, match=f"feature column '{col}' of data set .* holds 1 infinite value"):
+        TabularDataModule(dataclasses.replace(base, frame=frame)).setup()
+
+
+def test_check_sensitive_levels_warns_on_continuous_columns():
+    from fair_lightning.data import check_sensitive_levels
+
+    with pytest.warns(UserWarning, match="sensitive column 'age' looks continuous: 70 distinct values"):
+        check_sensitive_levels(np.arange(140) % 70 + 18, "age")
+    with pytest.warns(UserWarning, match="looks continuous"):
+        check_sensitive_levels(torch.arange(30.0), "score")  # groups of one
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_sensitive_levels(pd.Series(["a", "b"] * 50), "sex")

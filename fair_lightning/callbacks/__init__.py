@@ -5,6 +5,12 @@
   ranks' under DDP), logs per-group ECE before/after (``calibration/...``, on the test data too),
   keeps the calibrator in checkpoints and makes ``trainer.predict`` return calibrated
   probabilities.
+* :class:`GroupThresholdCallback`: fits per-group decision thresholds
+  (:class:`~fair_lightning.postprocessing.GroupThresholds`) on the validation outputs at the end
+  of fit, keeps them in checkpoints and sets ``pl_module.prediction_thresholds``.
+* :class:`ConstrainedModelSelection`: records the objective and every constraint's hard
+  violation on validation after each epoch, keeps weight snapshots and restores the best
+  feasible one (else the least violating) at the end of fit; optional randomized mixture.
 * :class:`FairnessDashboard`: per-group rate bars and reliability diagrams in TensorBoard, and
   the HParams table (``hp/...``) that lets the runs of a sweep be compared.
 
@@ -21,6 +27,8 @@ with ``"logits"``; otherwise they run one forward pass without gradients on the 
 """
 
 from fair_lightning.callbacks._calibration import WHEN, GroupCalibrationCallback
+from fair_lightning.callbacks._selection import ConstrainedModelSelection
+from fair_lightning.callbacks._thresholds import GroupThresholdCallback
 from fair_lightning.callbacks._dashboard import (
     DEFAULT_HP_METRICS,
     FairnessDashboard,
@@ -29,10 +37,12 @@ from fair_lightning.callbacks._dashboard import (
 )
 
 __all__ = [
+    "ConstrainedModelSelection",
     "DEFAULT_HP_METRICS",
     "WHEN",
     "FairnessDashboard",
     "GroupCalibrationCallback",
+    "GroupThresholdCallback",
     "group_rates_figure",
     "reliability_figure",
 ]

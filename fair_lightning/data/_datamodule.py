@@ -20,8 +20,9 @@ from fair_lightning.data._batching import (
     TensorBatchDataset,
     no_collate,
 )
+from fair_lightning.data._checks import check_finite_features, check_groups_in_splits, check_sensitive_levels
 from fair_lightning.data._container import TabularData
-from fair_lightning.data._datasets import BUNDLED, fetch, load_adult, load_compas, load_german
+from fair_lightning.data._datasets import BUNDLED, fetch, load_adult, load_census_kdd, load_compas, load_german
 from fair_lightning.data._synthetic import make_biased_lending
 from fair_lightning.groups import GroupSpec
 
@@ -30,6 +31,7 @@ DATASETS: dict[str, Callable[..., TabularData]] = {
     "adult": load_adult,
     "compas": load_compas,
     "german": load_german,
+    "census_kdd": load_census_kdd,
     "biased_lending": make_biased_lending,
 }
 SPLITS = ("train", "val", "test")
@@ -253,6 +255,7 @@ class TabularDataModule(pl.LightningDataModule):
         missing = [c for c in numeric + categorical if data.frame[c].isna().any()]
         if missing:
             raise ValueError(f"feature columns {missing} of data set {data.name!r} have missing values")
+        check_finite_features(data.frame, numeric, data.name)
         return numeric, categorical
 
     def _split(self, data: TabularData, keys: np.ndarray) -> dict[str, np.ndarray]:
@@ -285,9 +288,17 @@ class TabularDataModule(pl.LightningDataModule):
 
         data = self._load()
         sensitive = self._resolve_sensitive(data)
+        for col in sensitive:
+            check_sensitive_levels(data.frame[col], col)
         spec, groups = GroupSpec.from_frame(data.frame, sensitive)
         labels = np.array(data.y, dtype=np.int64)  # a writable copy (pandas 3 hands out read-only views)
         splits = self._split(data, labels * spec.num_groups + groups.numpy())
+        fractions = {"val": self.val_fraction}
+        if not (self.official_split and data.split is not None):
+            fractions["test"] = self.test_fraction
+        check_groups_in_splits(
+            {s: groups.numpy()[rows] for s, rows in splits.items()}, spec.names, name=data.name, fractions=fractions
+        )
         numeric, categorical = self._feature_columns(data, sensitive)
 
         transformers = []

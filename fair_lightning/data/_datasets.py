@@ -113,6 +113,26 @@ GERMAN_SEX = {"A91": "Male", "A92": "Female", "A93": "Male", "A94": "Male", "A95
 GERMAN_AGE_THRESHOLD = 25
 
 
+# --- Census-Income (KDD): 41 attributes + label, no header (UCI census-income.names) ----------
+CENSUS_KDD_COLUMNS = (
+    "age", "class_of_worker", "detailed_industry_recode", "detailed_occupation_recode", "education",
+    "wage_per_hour", "enroll_in_edu_inst_last_wk", "marital_stat", "major_industry_code",
+    "major_occupation_code", "race", "hispanic_origin", "sex", "member_of_a_labor_union",
+    "reason_for_unemployment", "full_or_part_time_employment_stat", "capital_gains", "capital_losses",
+    "dividends_from_stocks", "tax_filer_stat", "region_of_previous_residence", "state_of_previous_residence",
+    "detailed_household_and_family_stat", "detailed_household_summary_in_household", "instance_weight",
+    "migration_code_change_in_msa", "migration_code_change_in_reg", "migration_code_move_within_reg",
+    "live_in_this_house_1_year_ago", "migration_prev_res_in_sunbelt", "num_persons_worked_for_employer",
+    "family_members_under_18", "country_of_birth_father", "country_of_birth_mother", "country_of_birth_self",
+    "citizenship", "own_business_or_self_employed", "fill_inc_questionnaire_for_veterans_admin",
+    "veterans_benefits", "weeks_worked_in_year", "year", "income",
+)  # fmt: skip
+#: Rows of each official split kept in the bundled copy (a seeded uniform sample, about 20% of each).
+CENSUS_KDD_BUNDLED_ROWS = {"train": 40_000, "test": 20_000}
+#: Seed of that sample.
+CENSUS_KDD_SAMPLE_SEED = 0
+
+
 # --- preprocessing: raw files -> tidy frame ---------------------------------------------------
 def _read_adult_file(path: Path, *, skip_first_line: bool) -> pd.DataFrame:
     frame = pd.read_csv(
@@ -233,6 +253,61 @@ def prepare_german(raw_dir: str | os.PathLike) -> pd.DataFrame:
     return frame
 
 
+def prepare_census_kdd(raw_dir: str | os.PathLike) -> pd.DataFrame:
+    """Tidy frame from UCI's ``census-income.data.gz`` and ``census-income.test.gz`` (official split kept).
+
+    Columns are named as in the UCI documentation (``snake_case``), values stripped of their
+    leading space; ``?`` (not asked, mostly in the migration columns) is kept as its own level
+    (half the rows have it, so dropping them would change the population). Coded categorical
+    columns (``detailed_industry_recode``, ``detailed_occupation_recode``,
+    ``own_business_or_self_employed``, ``veterans_benefits``, ``year``) stay integers in the
+    frame and are treated as categorical. The label ``income_over_50k`` is 1 for ``50000+.``;
+    ``instance_weight`` (a survey weight) is kept but is not a feature. A ``split`` column says
+    ``"train"`` or ``"test"``.
+
+    Args:
+        raw_dir: directory holding the two gzip'd files.
+
+    Returns:
+        299,285 rows (199,523 train + 99,762 test) for the published files.
+    """
+    raw_dir = Path(raw_dir)
+    parts = []
+    for split, filename in (("train", "census-income.data.gz"), ("test", "census-income.test.gz")):
+        part = pd.read_csv(
+            raw_dir / filename, header=None, names=list(CENSUS_KDD_COLUMNS), skipinitialspace=True,
+            keep_default_na=False, compression="gzip",
+        )  # fmt: skip
+        part["split"] = split
+        parts.append(part)
+    frame = pd.concat(parts, ignore_index=True)
+    label = frame.pop("income").astype(str).str.strip()
+    unknown = sorted(set(label) - {"- 50000.", "50000+."})
+    if unknown:
+        raise ValueError(f"unexpected Census-KDD labels {unknown}; expected '- 50000.' and '50000+.'")
+    frame["income_over_50k"] = (label == "50000+.").astype(np.int64)
+    for col in frame.columns:
+        if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col]):
+            frame[col] = frame[col].astype(str).str.strip()
+    return frame
+
+
+def sample_census_kdd(frame: pd.DataFrame) -> pd.DataFrame:
+    """The bundled sample of a prepared Census-KDD frame: a seeded uniform sample per official split.
+
+    :data:`CENSUS_KDD_BUNDLED_ROWS` rows of each split (``numpy.random.default_rng(0)``, without
+    replacement), kept in the original row order.
+    """
+    rng = np.random.default_rng(CENSUS_KDD_SAMPLE_SEED)
+    keep = []
+    for split, rows in CENSUS_KDD_BUNDLED_ROWS.items():
+        index = np.flatnonzero((frame["split"] == split).to_numpy())
+        if len(index) < rows:
+            raise ValueError(f"Census-KDD split {split!r} has {len(index)} rows, fewer than the {rows} to sample")
+        keep.append(np.sort(rng.choice(index, size=rows, replace=False)))
+    return frame.iloc[np.concatenate(keep)].reset_index(drop=True)
+
+
 # --- data set specifications ------------------------------------------------------------------
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -249,6 +324,10 @@ class DatasetInfo:
     prepare: Callable[[str | os.PathLike], pd.DataFrame]
     proxies: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     has_split: bool = False
+    #: folder of the raw files under ``../shared/data`` / the download cache (default: ``name``)
+    raw_folder: str | None = None
+    #: what the bundled copy keeps of the prepared frame (default: everything)
+    bundle: Callable[[pd.DataFrame], pd.DataFrame] | None = None
 
     @property
     def bundled_file(self) -> str:
@@ -327,7 +406,49 @@ GERMAN = DatasetInfo(
     proxies={"age_group": ("age",), "sex": ("personal_status",)},
 )
 
-BUNDLED: dict[str, DatasetInfo] = {info.name: info for info in (ADULT, COMPAS, GERMAN)}
+CENSUS_KDD = DatasetInfo(
+    name="census_kdd",
+    target="income_over_50k",
+    sensitive=("sex", "race"),
+    numeric=(
+        "age", "wage_per_hour", "capital_gains", "capital_losses", "dividends_from_stocks",
+        "num_persons_worked_for_employer", "weeks_worked_in_year",
+    ),  # fmt: skip
+    categorical=(
+        "class_of_worker", "detailed_industry_recode", "detailed_occupation_recode", "education",
+        "enroll_in_edu_inst_last_wk", "marital_stat", "major_industry_code", "major_occupation_code", "race",
+        "hispanic_origin", "sex", "member_of_a_labor_union", "reason_for_unemployment",
+        "full_or_part_time_employment_stat", "tax_filer_stat", "region_of_previous_residence",
+        "state_of_previous_residence", "detailed_household_and_family_stat",
+        "detailed_household_summary_in_household", "migration_code_change_in_msa", "migration_code_change_in_reg",
+        "migration_code_move_within_reg", "live_in_this_house_1_year_ago", "migration_prev_res_in_sunbelt",
+        "family_members_under_18", "country_of_birth_father", "country_of_birth_mother", "country_of_birth_self",
+        "citizenship", "own_business_or_self_employed", "fill_inc_questionnaire_for_veterans_admin",
+        "veterans_benefits", "year",
+    ),  # fmt: skip
+    description=(
+        "UCI Census-Income (KDD) (1994-95 Current Population Surveys, U.S. Census Bureau; UCI, CC BY 4.0). "
+        "Predict income over 50K USD (6.2% of rows). Official split kept. The bundled copy is a seeded "
+        "uniform sample of 40,000 train and 20,000 test rows (of 199,523 and 99,762); "
+        "`source=\"download\"` gives all rows. `instance_weight` (a survey weight) is in the frame but is "
+        "not a feature; `?` (not asked) is a level of its own."
+    ),
+    raw_files={
+        "census-income.data.gz": f"{_UCI}/census-income-mld/census-income.data.gz",
+        "census-income.test.gz": f"{_UCI}/census-income-mld/census-income.test.gz",
+    },
+    sha256={
+        "census-income.data.gz": "d8fb4a6fe0add3e49462c17d2ed260a487b28ec720752024aeb8b54eada29a68",
+        "census-income.test.gz": "c222e1046bb9e50208cf2876cef84e056fdc43c473dbca9d54b12185c3c8a8f6",
+    },
+    prepare=prepare_census_kdd,
+    proxies={},
+    has_split=True,
+    raw_folder="census-kdd",
+    bundle=sample_census_kdd,
+)
+
+BUNDLED: dict[str, DatasetInfo] = {info.name: info for info in (ADULT, COMPAS, GERMAN, CENSUS_KDD)}
 
 
 # --- building the container -------------------------------------------------------------------
@@ -415,7 +536,7 @@ def fetch(name: str, data_home: str | os.PathLike | None = None, *, force: bool 
     if name not in BUNDLED:
         raise ValueError(f"`name` must be one of {sorted(BUNDLED)}, got {name!r}")
     info = BUNDLED[name]
-    folder = get_data_home(data_home) / name
+    folder = get_data_home(data_home) / (info.raw_folder or name)
     for filename, url in info.raw_files.items():
         dest = folder / filename
         if force or not dest.exists():
@@ -431,6 +552,11 @@ def fetch_adult(data_home: str | os.PathLike | None = None, *, force: bool = Fal
 def fetch_compas(data_home: str | os.PathLike | None = None, *, force: bool = False) -> Path:
     """Download ProPublica's ``compas-scores-two-years.csv`` (see :func:`fetch`)."""
     return fetch("compas", data_home, force=force)
+
+
+def fetch_census_kdd(data_home: str | os.PathLike | None = None, *, force: bool = False) -> Path:
+    """Download UCI's ``census-income.data.gz`` and ``census-income.test.gz`` (see :func:`fetch`)."""
+    return fetch("census_kdd", data_home, force=force)
 
 
 def fetch_german(data_home: str | os.PathLike | None = None, *, force: bool = False) -> Path:
@@ -521,26 +647,53 @@ def load_german(source: str | os.PathLike = "bundled", *, data_home: str | os.Pa
     return load("german", source, data_home=data_home)
 
 
+def load_census_kdd(source: str | os.PathLike = "bundled", *, data_home: str | os.PathLike | None = None) -> TabularData:
+    """UCI Census-Income (KDD): predict income over 50K USD, at survey scale.
+
+    Bundled (default): a seeded uniform sample of 60,000 rows, split kept (40,000 train, 20,000
+    test; see ``sample_census_kdd``). ``source="download"`` (or a directory holding
+    ``census-income.data.gz`` and ``census-income.test.gz``): all 299,285 rows. Label
+    ``income_over_50k`` (1 = more than 50K, 6.2% of rows). Sensitive: ``sex`` (Female, Male),
+    ``race`` (5 levels). Features: 7 numeric and 33 categorical (coded columns included);
+    ``instance_weight`` is in the frame but is not a feature.
+
+    Args:
+        source: ``"bundled"``, ``"download"`` or a directory of raw files (see :func:`load`).
+        data_home: download cache, for ``source="download"``.
+
+    Example:
+        >>> data = load_census_kdd()
+        >>> len(data), data.split.value_counts().to_dict()
+        (60000, {'train': 40000, 'test': 20000})
+    """
+    return load("census_kdd", source, data_home=data_home)
+
+
 __all__ = [
     "ADULT",
     "BUNDLED",
+    "CENSUS_KDD",
     "COMPAS",
     "DATA_HOME_ENV",
     "DatasetInfo",
     "GERMAN",
     "fetch",
     "fetch_adult",
+    "fetch_census_kdd",
     "fetch_compas",
     "fetch_german",
     "get_data_home",
     "load",
     "load_adult",
+    "load_census_kdd",
     "load_compas",
     "load_german",
     "prepare_adult",
+    "prepare_census_kdd",
     "prepare_compas",
     "prepare_german",
     "read_bundled",
+    "sample_census_kdd",
     "to_tabular",
     "write_bundled",
 ]

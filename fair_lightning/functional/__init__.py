@@ -73,3 +73,28 @@ __all__ = [
     "rate_ratio",
     "soft_predictions",
 ]
+
+# confidence intervals and verdicts (fair_lightning.functional._uncertainty)
+from fair_lightning.functional._uncertainty import (  # noqa: E402
+    Interval,
+    Verdict,
+    bootstrap_group_sums,
+    bootstrap_interval,
+    constraint_holds,
+    group_rate_intervals,
+    max_min_difference_interval,
+    newcombe_interval,
+    wilson_interval,
+)
+
+__all__ += [
+    "Interval",
+    "Verdict",
+    "bootstrap_group_sums",
+    "bootstrap_interval",
+    "constraint_holds",
+    "group_rate_intervals",
+    "max_min_difference_interval",
+    "newcombe_interval",
+    "wilson_interval",
+]

@@ -1,0 +1,341 @@
+"""``ConstrainedModelSelection``: keep the best snapshot that meets the fairness constraints on validation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from fair_lightning.callbacks._outputs import gather_rows
+from fair_lightning.callbacks._thresholds import validation_probabilities
+from fair_lightning.functional import GroupSums, confusion_counts, rate_difference
+
+STATE_VERSION = 1
+#: Constraint definitions and the per-group rates whose max - min difference they bound.
+DEFINITIONS = {
+    "demographic_parity": ("selection_rate",),
+    "equal_opportunity": ("true_positive_rate",),
+    "equalized_odds": ("true_positive_rate", "false_positive_rate"),
+}
+_RATE_FN = {
+    "selection_rate": GroupSums.selection_rate,
+    "true_positive_rate": GroupSums.true_positive_rate,
+    "false_positive_rate": GroupSums.false_positive_rate,
+}
+
+
+def _parse_constraints(constraints: Any) -> list[tuple[str, float]]:
+    if isinstance(constraints, Mapping):
+        constraints = list(constraints.items())
+    elif isinstance(constraints, tuple) and len(constraints) == 2 and isinstance(constraints[0], str):
+        constraints = [constraints]
+    parsed = []
+    for item in constraints if isinstance(constraints, Sequence) and not isinstance(constraints, str) else [None]:
+        ok = isinstance(item, (tuple, list)) and len(item) == 2 and item[0] in DEFINITIONS
+        ok = ok and not isinstance(item[1], bool) and isinstance(item[1], (int, float)) and item[1] >= 0
+        if not ok:
+            raise ValueError(
+                "`constraints` must be (definition, tolerance) pairs (or a mapping) with definition in "
+                f"{list(DEFINITIONS)} and tolerance >= 0, got {constraints!r}"
+            )
+        parsed.append((item[0], float(item[1])))
+    if not parsed:
+        raise ValueError("`constraints` must name at least one (definition, tolerance) pair, got none")
+    return parsed
+
+
+class ConstrainedModelSelection(Callback):
+    """Restore, at the end of fit, the best validation snapshot that meets the fairness constraints.
+
+    After every validation run during ``fit`` the callback records the objective (default: the
+    accuracy of ``probs > threshold`` on the validation split; or any logged metric, ``monitor``)
+    and, for each constraint ``(definition, tolerance)``, the **hard** violation ``max - min
+    difference - tolerance`` of the thresholded predictions, computed from the validation outputs
+    gathered across ranks with the statistics core (so every rank records the same numbers and
+    makes the same choice). It keeps a copy of the weights (``state_dict`` on the CPU).
+
+    When fit ends it restores the chosen snapshot into the module: among the **feasible** ones (all
+    violations <= 0) the best objective; if none is feasible, the one with the smallest largest
+    violation (then the objective). It says which epoch and why (``rank_zero_info``, and
+    :meth:`report`, :attr:`best_epoch`, :attr:`reason`). TFCO's ``find_best_candidate_index``,
+    on validation data.
+
+    Optionally (:meth:`mixture`), the randomized classifier of TFCO's
+    ``find_best_candidate_distribution``: weights over the snapshots, found by a small linear
+    program (``scipy.optimize.linprog``), maximizing the expected objective subject to the
+    mixture's expected per-group rates meeting every constraint (pairwise ``rate_g - rate_h <=
+    tolerance``, linear in the weights); a vertex solution uses at most (active constraints + 1)
+    snapshots.
+
+    Outputs come from ``outputs_fn(pl_module, outputs, batch) -> (probs, target, groups)`` when
+    given, else from a validation step output mapping with ``"probs"`` or ``"logits"``,
+    ``"target"``, ``"groups"``, else from ``pl_module.unpack_batch`` and a forward pass.
+
+    Args:
+        constraints: ``(definition, tolerance)`` pairs, or a mapping ``{definition: tolerance}``;
+            definitions ``"demographic_parity"``, ``"equal_opportunity"``, ``"equalized_odds"``.
+            The tolerance bounds the max - min difference across groups.
+        monitor: a key of ``trainer.callback_metrics`` to use as the objective; default ``None``,
+            the validation accuracy computed here.
+        mode: ``"max"`` or ``"min"`` for ``monitor`` (accuracy: ``"max"``).
+        keep: how many snapshots to keep: ``None`` (all), or ``k >= 1``: the ``k`` best feasible
+            ones plus the least violating one (the table keeps every epoch).
+        threshold: decision threshold on the probabilities.
+        outputs_fn: ``(pl_module, outputs, batch) -> (probs, target, groups)``.
+        restore: load the chosen snapshot into the module at the end of fit.
+
+    Attributes:
+        records: one dict per validation run (``epoch``, ``step``, ``objective``,
+            ``difference/<definition>``, ``violation/<definition>``, ``feasible``, and the
+            per-group rates under ``rates``).
+        best_epoch: the restored epoch, or ``None``.
+        reason: why it was chosen, in words.
+
+    Example:
+        >>> selection = ConstrainedModelSelection([("demographic_parity", 0.02)])
+        >>> trainer = pl.Trainer(callbacks=[selection])  # doctest: +SKIP
+        >>> trainer.fit(module, datamodule=dm)  # doctest: +SKIP
+        >>> selection.report()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        constraints: Any = (("demographic_parity", 0.02),),
+        *,
+        monitor: str | None = None,
+        mode: str = "max",
+        keep: int | None = None,
+        threshold: float = 0.5,
+        outputs_fn: Callable[[pl.LightningModule, Any, Any], tuple[Tensor, Tensor, Tensor]] | None = None,
+        restore: bool = True,
+    ) -> None:
+        self.constraints = _parse_constraints(constraints)
+        if mode not in ("max", "min"):
+            raise ValueError(f"`mode` must be 'max' or 'min', got {mode!r}")
+        if monitor is not None and not isinstance(monitor, str):
+            raise ValueError(f"`monitor` must be a metric key (str) or None, got {monitor!r}")
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+            raise ValueError(f"`keep` must be an int >= 1 or None, got {keep!r}")
+        if outputs_fn is not None and not callable(outputs_fn):
+            raise ValueError(f"`outputs_fn` must be callable, got {type(outputs_fn).__name__}")
+        self.monitor, self.mode, self.keep = monitor, mode, keep
+        self.threshold = float(threshold)
+        self.outputs_fn = outputs_fn
+        self.restore = bool(restore)
+        self.records: list[dict[str, Any]] = []
+        self.snapshots: dict[int, dict[str, Tensor]] = {}  # record index -> weights
+        self.best_index: int | None = None
+        self.reason = ""
+        self._rows: list[Tensor] = []
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(constraints=self.constraints, monitor=self.monitor)
+
+    @property
+    def best_epoch(self) -> int | None:
+        """Epoch of the chosen snapshot."""
+        return None if self.best_index is None else self.records[self.best_index]["epoch"]
+
+    # --- collecting -------------------------------------------------------------------------------
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._rows = []
+
+    @override
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if trainer.sanity_checking or dataloader_idx != 0 or trainer.state.fn != "fit":
+            return
+        if self.outputs_fn is not None:
+            probs, target, groups = self.outputs_fn(pl_module, outputs, batch)
+        else:
+            probs, target, groups = validation_probabilities(pl_module, outputs, batch)
+        rows = torch.stack((probs.detach().reshape(-1).double(), target.detach().reshape(-1).double(), groups.detach().reshape(-1).double()), 1)
+        self._rows.append(rows)
+
+    def _sums(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> GroupSums | None:
+        rows = torch.cat(self._rows) if self._rows else torch.zeros(0, 3, dtype=torch.float64)
+        self._rows = []
+        rows = gather_rows(trainer, rows.to(pl_module.device)).cpu()
+        if rows.shape[0] == 0:
+            return None
+        num_groups = getattr(pl_module, "num_groups", None)
+        groups = rows[:, 2].long()
+        if not isinstance(num_groups, int):
+            num_groups = int(groups.max()) + 1
+        hard = rows[:, 0] > self.threshold
+        return GroupSums.from_confusion(confusion_counts(hard, rows[:, 1].long(), groups, num_groups))
+
+    def _objective(self, trainer: pl.Trainer, sums: GroupSums) -> float:
+        if self.monitor is None:
+            return float(sums.total().accuracy().value[0])
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            raise KeyError(
+                f"ConstrainedModelSelection: `monitor` {self.monitor!r} is not among the logged metrics "
+                f"{sorted(trainer.callback_metrics)}"
+            )
+        value = torch.as_tensor(value, dtype=torch.float64).reshape(()).to(trainer.strategy.root_device)
+        return float(trainer.strategy.broadcast(value, 0))  # the same number on every rank
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        sums = self._sums(trainer, pl_module)
+        if sums is None:
+            return
+        record: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        record["objective"] = self._objective(trainer, sums)
+        worst = -math.inf
+        for definition, tolerance in self.constraints:
+            diff = max(float(rate_difference(_RATE_FN[r](sums))) for r in DEFINITIONS[definition])
+            record[f"difference/{definition}"] = diff
+            record[f"violation/{definition}"] = diff - tolerance
+            worst = max(worst, diff - tolerance)
+        record["max_violation"] = worst
+        record["feasible"] = worst <= 1e-12
+        record["rates"] = {r: _RATE_FN[r](sums).value.clone() for r in _RATE_FN}
+        record["count"] = sums.count.clone()
+        self.records.append(record)
+        self.snapshots[len(self.records) - 1] = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        self._prune()
+
+    # --- choosing ---------------------------------------------------------------------------------
+    def _sign(self) -> float:
+        return 1.0 if self.mode == "max" else -1.0
+
+    def _rank_key(self, i: int) -> tuple:
+        r = self.records[i]
+        if r["feasible"]:
+            return (0, -self._sign() * r["objective"], i)
+        return (1, r["max_violation"], -self._sign() * r["objective"], i)
+
+    def _prune(self) -> None:
+        if self.keep is None:
+            return
+        kept = sorted(self.snapshots, key=self._rank_key)
+        feasible = [i for i in kept if self.records[i]["feasible"]][: self.keep]
+        infeasible = [i for i in kept if not self.records[i]["feasible"]][:1]
+        for i in set(self.snapshots) - set(feasible) - set(infeasible):
+            del self.snapshots[i]
+
+    def choose(self) -> int | None:
+        """Index (into :attr:`records`) of the snapshot to restore; sets :attr:`reason`."""
+        if not self.snapshots:
+            self.reason = "no validation run recorded"
+            return None
+        best = min(self.snapshots, key=self._rank_key)
+        r = self.records[best]
+        objective = self.monitor or "validation accuracy"
+        n_feasible = sum(rec["feasible"] for rec in self.records)
+        if r["feasible"]:
+            self.reason = (
+                f"epoch {r['epoch']} has the best {objective} ({r['objective']:.4f}) of the {n_feasible} of "
+                f"{len(self.records)} validation runs that meet every constraint"
+            )
+        else:
+            self.reason = (
+                f"no validation run meets every constraint; epoch {r['epoch']} violates them least "
+                f"(largest violation {r['max_violation']:.4f} above its tolerance; {objective} {r['objective']:.4f})"
+            )
+        return best
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.best_index = self.choose()
+        if self.best_index is None:
+            rank_zero_warn("ConstrainedModelSelection recorded no validation run: nothing restored", category=UserWarning)
+            return
+        if self.restore:
+            state = self.snapshots[self.best_index]
+            pl_module.load_state_dict({k: v.to(pl_module.device) for k, v in state.items()})
+        last = self.records[-1]
+        rank_zero_info(
+            f"ConstrainedModelSelection: {'restored' if self.restore else 'chose'} epoch {self.best_epoch}: {self.reason}"
+            + ("" if last["feasible"] else f" (the last epoch, {last['epoch']}, violates a constraint by {last['max_violation']:.4f})")
+        )
+
+    def report(self) -> Any:
+        """The recorded table as a pandas DataFrame (one row per validation run; ``chosen`` marks the pick)."""
+        import pandas as pd
+
+        rows = []
+        for i, r in enumerate(self.records):
+            row = {k: v for k, v in r.items() if k not in ("rates", "count")}
+            row["snapshot_kept"] = i in self.snapshots
+            row["chosen"] = i == self.best_index
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    # --- randomized mixture ------------------------------------------------------------------------
+    def mixture(self) -> list[tuple[float, int, dict[str, Tensor]]]:
+        """TFCO's best distribution over the kept snapshots: ``[(weight, epoch, state_dict), ...]``.
+
+        Maximizes the weighted objective subject to, for every constraint, rate and pair of groups
+        (with data in both snapshots' validation), ``sum_i w_i (rate_ig - rate_ih) <= tolerance``.
+
+        Raises:
+            RuntimeError: no snapshot kept, or no mixture meets the constraints (then use the
+                deterministic choice, which reports the least violating snapshot).
+        """
+        from scipy.optimize import linprog
+
+        index = sorted(self.snapshots)
+        if not index:
+            raise RuntimeError("ConstrainedModelSelection has no snapshot: fit first")
+        rows, bounds = [], []
+        for definition, tolerance in self.constraints:
+            for rate in DEFINITIONS[definition]:
+                values = torch.stack([self.records[i]["rates"][rate] for i in index]).double()  # (S, G)
+                num_groups = values.shape[1]
+                for g in range(num_groups):
+                    for h in range(num_groups):
+                        if g != h:
+                            rows.append((values[:, g] - values[:, h]).tolist())
+                            bounds.append(tolerance)
+        objective = [-self._sign() * self.records[i]["objective"] for i in index]
+        result = linprog(
+            objective, A_ub=rows or None, b_ub=bounds or None, A_eq=[[1.0] * len(index)], b_eq=[1.0],
+            bounds=[(0, None)] * len(index), method="highs-ds",
+        )  # fmt: skip
+        if not result.success:
+            raise RuntimeError(f"no mixture of the kept snapshots meets the constraints ({result.message})")
+        return [
+            (float(w), self.records[i]["epoch"], self.snapshots[i]) for w, i in zip(result.x, index) if w > 1e-9
+        ]
+
+    # --- checkpoints --------------------------------------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "records": [dict(r) for r in self.records],
+            "snapshots": {int(k): v for k, v in self.snapshots.items()},
+            "best_index": self.best_index,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        version = state_dict.get("version", STATE_VERSION)
+        if version > STATE_VERSION:
+            raise ValueError(
+                f"the checkpoint's ConstrainedModelSelection state has version {version}; this fair-lightning reads "
+                f"versions <= {STATE_VERSION}"
+            )
+        self.records = [dict(r) for r in state_dict.get("records", [])]
+        self.snapshots = {int(k): v for k, v in state_dict.get("snapshots", {}).items()}
+        self.best_index = state_dict.get("best_index")
+
+
+__all__ = ["ConstrainedModelSelection", "DEFINITIONS"]

@@ -1,0 +1,224 @@
+"""``GroupThresholdCallback``: fit per-group decision thresholds on validation outputs, keep them in checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+from typing_extensions import override
+
+from fair_lightning.callbacks._outputs import evaluation_outputs, gather_rows
+from fair_lightning.postprocessing import GroupThresholds
+
+STATE_VERSION = 1
+#: The attribute of the LightningModule the callback sets (``predict_step`` applies it).
+ATTRIBUTE = "prediction_thresholds"
+
+OutputsFn = Callable[[pl.LightningModule, Any, Any], tuple[Tensor, Tensor, Tensor]]
+
+
+def validation_probabilities(pl_module: pl.LightningModule, outputs: Any, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """``(probs, target, groups)`` of a validation batch.
+
+    A step output mapping with ``"probs"`` (probabilities) or ``"logits"`` and ``"target"``,
+    ``"groups"`` is used as it is; otherwise the batch goes through ``pl_module.unpack_batch`` and
+    a forward pass (see :func:`~fair_lightning.callbacks._outputs.evaluation_outputs`).
+    """
+    if isinstance(outputs, Mapping) and outputs.get("probs") is not None:
+        target, groups = outputs.get("target"), outputs.get("groups")
+        if target is None or groups is None:
+            raise ValueError("a validation step output with 'probs' must also hold 'target' and 'groups'")
+        return outputs["probs"].detach().reshape(-1), target.detach().reshape(-1), groups.detach().reshape(-1).long()
+    logits, target, groups = evaluation_outputs(pl_module, outputs, batch)
+    return torch.sigmoid(logits.double()), target, groups
+
+
+class GroupThresholdCallback(Callback):
+    """Fit :class:`~fair_lightning.postprocessing.GroupThresholds` on the validation outputs at the end of fit.
+
+    During each validation run the callback keeps each batch's probabilities, labels and groups
+    (all ranks' under DDP, gathered when fitting, so every rank fits the same thresholds). When
+    training ends it fits per-group thresholds on the outputs of the **last** validation run
+    (pair it with a selection callback, or ``ModelCheckpoint``, that has already restored the
+    weights you ship: thresholds belong to the weights whose scores they were fitted on).
+
+    Where the outputs come from, in order:
+        * ``outputs_fn(pl_module, outputs, batch) -> (probs, target, groups)`` when given;
+        * the validation step's output when it is a mapping with ``"probs"`` or ``"logits"``
+          plus ``"target"`` and ``"groups"`` (works with any LightningModule);
+        * else ``pl_module.unpack_batch(batch)`` and a forward pass (``FairLightningModule``).
+
+    Calibration: when ``use_calibrator`` is true and the module has a ``prediction_calibrator``
+    (set by :class:`~fair_lightning.callbacks.GroupCalibrationCallback`, which must then come
+    *before* this callback in ``callbacks=[...]`` so that it fits first), the thresholds are
+    fitted on calibrated probabilities, the scores ``predict_step`` hands them.
+
+    Prediction: the callback sets ``pl_module.prediction_thresholds`` to the fitted
+    ``GroupThresholds``; ``predict_step`` turns a batch's probabilities (calibrated, if a calibrator
+    is set) into hard predictions with ``pl_module.prediction_thresholds.apply(probs, groups)``.
+    The thresholds are plain tensors in the checkpoint (``state_key``), restored by
+    ``trainer.predict/test/fit(..., ckpt_path=...)`` when this callback is among the trainer's.
+    Outside Lightning: :meth:`apply` or ``self.thresholds.predict(probs, groups)``.
+
+    Nothing happens during the sanity check; only the first validation data loader is used.
+
+    Args:
+        constraint: ``"demographic_parity"``, ``"equal_opportunity"`` or ``"equalized_odds"``.
+        tolerance: bound on the max - min difference of the constrained rate(s) on validation.
+        randomized: mix two thresholds per group (see ``GroupThresholds``).
+        outputs_fn: ``(pl_module, outputs, batch) -> (probs, target, groups)``.
+        use_calibrator: fit on the module's calibrated probabilities when it has a calibrator.
+        num_groups: number of groups; default ``pl_module.num_groups``, else ``max(groups) + 1``.
+
+    Attributes:
+        thresholds: the fitted ``GroupThresholds``, or ``None``.
+
+    Example:
+        >>> thresholds = GroupThresholdCallback("demographic_parity", tolerance=0.02)
+        >>> trainer = pl.Trainer(callbacks=[thresholds])  # doctest: +SKIP
+        >>> trainer.fit(module, datamodule=dm)  # doctest: +SKIP
+        >>> hard = thresholds.apply(probs, groups)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        constraint: str = "demographic_parity",
+        tolerance: float = 0.02,
+        randomized: bool = False,
+        *,
+        outputs_fn: OutputsFn | None = None,
+        use_calibrator: bool = True,
+        num_groups: int | None = None,
+    ) -> None:
+        GroupThresholds(constraint, tolerance, randomized)  # bad arguments fail now, not after training
+        if outputs_fn is not None and not callable(outputs_fn):
+            raise ValueError(f"`outputs_fn` must be callable, got {type(outputs_fn).__name__}")
+        if num_groups is not None and (isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1):
+            raise ValueError(f"`num_groups` must be a positive int or None, got {num_groups!r}")
+        self.constraint = GroupThresholds(constraint).constraint
+        self.tolerance = float(tolerance)
+        self.randomized = bool(randomized)
+        self.outputs_fn = outputs_fn
+        self.use_calibrator = bool(use_calibrator)
+        self.num_groups = num_groups
+        self.thresholds: GroupThresholds | None = None
+        self._rows: list[Tensor] = []
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(constraint=self.constraint, tolerance=self.tolerance, randomized=self.randomized)
+
+    def apply(self, probs: Tensor, groups: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """Hard 0/1 predictions of ``probs`` (calibrated if fitted so) with the fitted thresholds.
+
+        Raises:
+            RuntimeError: nothing fitted yet.
+        """
+        if self.thresholds is None:
+            raise RuntimeError("GroupThresholdCallback has no thresholds yet: fit first, or load a checkpoint holding them")
+        return self.thresholds.apply(probs, groups, generator=generator)
+
+    # --- collecting outputs ---------------------------------------------------------------------
+    def _scores(self, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """Uncalibrated ``(probs, target, groups)`` of a batch (the calibrator is applied when fitting)."""
+        if self.outputs_fn is None:
+            return validation_probabilities(pl_module, outputs, batch)
+        probs, target, groups = self.outputs_fn(pl_module, outputs, batch)
+        return probs.detach().reshape(-1), target.detach().reshape(-1), groups.detach().reshape(-1).long()
+
+    def _calibrate(self, pl_module: pl.LightningModule, probs: Tensor, groups: Tensor) -> Tensor:
+        calibrator = getattr(pl_module, "prediction_calibrator", None)
+        if not self.use_calibrator or calibrator is None:
+            return probs
+        if getattr(calibrator, "method", None) == "temperature":  # a temperature calibrator takes logits
+            scores = torch.logit(probs.double().clamp(1e-15, 1 - 1e-15))
+        else:
+            scores = probs.double()
+        return torch.as_tensor(calibrator.transform(scores, groups)).double()
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._rows = []
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.sanity_checking or dataloader_idx != 0:
+            return
+        probs, target, groups = self._scores(pl_module, outputs, batch)
+        self._rows.append(torch.stack((probs.double(), target.double(), groups.double()), 1))
+
+    # --- fitting ----------------------------------------------------------------------------------
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        rows = torch.cat(self._rows) if self._rows else torch.zeros(0, 3, dtype=torch.float64)
+        self._rows = []
+        rows = gather_rows(trainer, rows.to(pl_module.device)).detach().cpu()
+        if rows.shape[0] == 0:
+            rank_zero_warn(
+                "GroupThresholdCallback saw no validation data (no validation run, or `limit_val_batches=0`): "
+                "no thresholds were fitted",
+                category=UserWarning,
+            )
+            return
+        probs, target, groups = rows[:, 0], rows[:, 1].long(), rows[:, 2].long()
+        probs = self._calibrate(pl_module, probs, groups)
+        num_groups = self.num_groups or getattr(pl_module, "num_groups", None)
+        if not isinstance(num_groups, int):
+            num_groups = int(groups.max()) + 1
+        with torch.inference_mode(False):
+            self.thresholds = GroupThresholds(self.constraint, self.tolerance, self.randomized).fit(
+                probs, target, groups, num_groups
+            )
+        setattr(pl_module, ATTRIBUTE, self.thresholds)
+        t = self.thresholds
+        rank_zero_info(
+            f"GroupThresholdCallback: {self.constraint} thresholds fitted on {rows.shape[0]} validation rows: "
+            f"accuracy {t.fit_accuracy_:.4f}, difference {t.fit_difference_:.4f} (tolerance {self.tolerance})"
+            + (f"; unconstrained groups {t.unconstrained_}" if t.unconstrained_ else "")
+        )
+
+    # --- checkpoints --------------------------------------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "thresholds": None if self.thresholds is None else self.thresholds.state_dict()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        version = state_dict.get("version", STATE_VERSION)
+        if version > STATE_VERSION:
+            raise ValueError(
+                f"the checkpoint's GroupThresholdCallback state has version {version}; this fair-lightning reads "
+                f"versions <= {STATE_VERSION}"
+            )
+        state = state_dict.get("thresholds")
+        self.thresholds = None if state is None else GroupThresholds.from_state_dict(state)
+
+    def _attach(self, pl_module: pl.LightningModule) -> None:
+        if self.thresholds is not None:
+            setattr(pl_module, ATTRIBUTE, self.thresholds)
+
+    @override
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._attach(pl_module)
+
+    @override
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._attach(pl_module)
+
+
+__all__ = ["ATTRIBUTE", "GroupThresholdCallback", "validation_probabilities"]

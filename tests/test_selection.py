@@ -1,0 +1,176 @@
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+from fair_lightning.callbacks import ConstrainedModelSelection
+from fair_lightning.functional import demographic_parity_difference
+from tests._ddp import DestroyProcessGroup
+
+# per epoch: (weight, bias of group 0, bias of group 1) of logits = weight * x + bias[group];
+# epoch 0 unfair, 1 and 2 fair (2 the more accurate), 3 (the last) more accurate still but unfair
+SCHEDULE = [(0.5, -2.0, 2.0), (1.0, 0.2, 0.2), (3.0, 0.0, 0.0), (4.0, 0.6, -0.4)]
+
+
+def _data(n=800, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    groups = torch.randint(0, 2, (n,), generator=gen)
+    x = torch.randn(n, generator=gen)
+    y = (x + 0.8 * torch.randn(n, generator=gen) > 0).float()
+    return x, y, groups
+
+
+class Oscillating(pl.LightningModule):
+    """A plain LightningModule whose weights follow SCHEDULE (an injected oscillation; lr 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.bias = torch.nn.Parameter(torch.zeros(2))
+
+    def forward(self, x, groups):
+        return self.weight * x + self.bias[groups]
+
+    def on_train_epoch_start(self):
+        w, b0, b1 = SCHEDULE[self.current_epoch]
+        with torch.no_grad():
+            self.weight.fill_(w)
+            self.bias.copy_(torch.tensor([b0, b1]))
+
+    def training_step(self, batch, batch_idx):
+        return (self.weight * 0).sum() + (self.bias * 0).sum()
+
+    def validation_step(self, batch, batch_idx):
+        x, y, groups = batch
+        logits = self(x, groups)
+        self.log("val_neg_acc", -((logits > 0).float() == y).float().mean(), on_epoch=True)
+        return {"logits": logits, "target": y, "groups": groups}
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def _loaders():
+    data = TensorDataset(*_data())
+    return DataLoader(data, batch_size=200), DataLoader(data, batch_size=200)
+
+
+def _expected(tolerance):
+    """(accuracy, dp difference) of each epoch, computed independently of the callback."""
+    x, y, groups = _data()
+    out = []
+    for w, b0, b1 in SCHEDULE:
+        preds = ((w * x + torch.tensor([b0, b1])[groups]) > 0).float()
+        out.append((float((preds == y).float().mean()), float(demographic_parity_difference(preds, groups, 2))))
+    return out
+
+
+def _trainer(tmp_path, callbacks, epochs=4, **kwargs):
+    return pl.Trainer(
+        max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=callbacks, default_root_dir=tmp_path, num_sanity_val_steps=0, **kwargs,
+    )  # fmt: skip
+
+
+def test_restores_the_best_feasible_epoch_not_the_last(tmp_path):
+    tol = 0.1
+    expected = _expected(tol)
+    feasible = [i for i, (_, dp) in enumerate(expected) if dp <= tol]
+    assert expected[-1][1] > tol and feasible  # the injected oscillation: last infeasible, earlier feasible
+    best = max(feasible, key=lambda i: expected[i][0])
+    assert expected[-1][0] > expected[best][0]  # the last epoch is the most accurate one
+
+    selection = ConstrainedModelSelection([("demographic_parity", tol)])
+    module = Oscillating()
+    _trainer(tmp_path, [selection], enable_checkpointing=False).fit(module, *_loaders())
+    assert selection.best_epoch == best == 2
+    assert "best validation accuracy" in selection.reason
+    w, b0, b1 = SCHEDULE[best]
+    assert float(module.weight) == w and module.bias.tolist() == [b0, b1]
+    table = selection.report()
+    assert table["objective"].tolist() == pytest.approx([acc for acc, _ in expected])
+    assert table["difference/demographic_parity"].tolist() == pytest.approx([dp for _, dp in expected])
+    assert table["chosen"].tolist() == [i == best for i in range(4)]
+
+
+def test_monitor_mode_keep_and_least_violating_fallback(tmp_path):
+    expected = _expected(0.0)
+    selection = ConstrainedModelSelection({"demographic_parity": 0.0}, monitor="val_neg_acc", mode="min", keep=1)
+    module = Oscillating()
+    _trainer(tmp_path, [selection], enable_checkpointing=False).fit(module, *_loaders())
+    least = min(range(4), key=lambda i: (expected[i][1], -expected[i][0]))
+    if expected[least][1] > 0:
+        assert "no validation run meets every constraint" in selection.reason
+    assert selection.best_epoch == least
+    assert len(selection.snapshots) <= 2
+    assert selection.report()["objective"].tolist() == pytest.approx([-acc for acc, _ in expected])
+
+
+def test_mixture_meets_the_constraint_in_expectation(tmp_path):
+    selection = ConstrainedModelSelection([("demographic_parity", 0.1)])
+    _trainer(tmp_path, [selection], enable_checkpointing=False).fit(Oscillating(), *_loaders())
+    mixture = selection.mixture()
+    weights = [w for w, _, _ in mixture]
+    assert sum(weights) == pytest.approx(1.0) and len(mixture) <= 1 + 2  # at most (active constraints + 1)
+    by_epoch = {r["epoch"]: r for r in selection.records}
+    rate = sum(w * by_epoch[e]["rates"]["selection_rate"] for w, e, _ in mixture)
+    assert float(rate.max() - rate.min()) <= 0.1 + 1e-9
+    objective = sum(w * by_epoch[e]["objective"] for w, e, _ in mixture)
+    assert objective >= by_epoch[selection.best_epoch]["objective"] - 1e-9  # never worse than the best single one
+
+
+def test_checkpoint_resume_reproduces_an_uninterrupted_run(tmp_path):
+    straight = ConstrainedModelSelection([("demographic_parity", 0.1)])
+    _trainer(tmp_path / "a", [straight], enable_checkpointing=False).fit(Oscillating(), *_loaders())
+
+    first = ConstrainedModelSelection([("demographic_parity", 0.1)])
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    _trainer(tmp_path / "b", [first, ckpt], epochs=2).fit(Oscillating(), *_loaders())
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["callbacks"][first.state_key]
+    assert len(state["records"]) == 2 and set(state["snapshots"]) == {0, 1}
+
+    resumed = ConstrainedModelSelection([("demographic_parity", 0.1)])
+    module = Oscillating()
+    _trainer(tmp_path / "b", [resumed]).fit(module, *_loaders(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert resumed.best_epoch == straight.best_epoch
+    assert resumed.report().drop(columns=["step"]).equals(straight.report().drop(columns=["step"]))
+    assert float(module.weight) == SCHEDULE[straight.best_epoch][0]
+
+
+def test_argument_errors():
+    with pytest.raises(ValueError, match="`constraints` must be"):
+        ConstrainedModelSelection([("parity", 0.1)])
+    with pytest.raises(ValueError, match="`constraints` must be"):
+        ConstrainedModelSelection([("demographic_parity", -1)])
+    with pytest.raises(ValueError, match="`mode` must be 'max' or 'min', got 'up'"):
+        ConstrainedModelSelection(mode="up")
+    with pytest.raises(ValueError, match="`keep` must be an int >= 1 or None, got 0"):
+        ConstrainedModelSelection(keep=0)
+
+
+class _Report(pl.Callback):
+    def __init__(self, selection, out_dir):
+        self.selection, self.out_dir = selection, out_dir
+
+    def on_fit_end(self, trainer, pl_module):
+        torch.save({"best": self.selection.best_epoch, "objective": [r["objective"] for r in self.selection.records]},
+                   self.out_dir / f"rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.ddp
+def test_ddp_chooses_the_same_epoch_as_one_process(tmp_path):
+    single = ConstrainedModelSelection([("demographic_parity", 0.1)])
+    _trainer(tmp_path / "single", [single], enable_checkpointing=False).fit(Oscillating(), *_loaders())
+    selection = ConstrainedModelSelection([("demographic_parity", 0.1)])
+    trainer = _trainer(
+        tmp_path / "ddp", [selection, _Report(selection, tmp_path), DestroyProcessGroup()], enable_checkpointing=False,
+        strategy="ddp_spawn", accelerator="cpu", devices=2,
+    )  # fmt: skip
+    module = Oscillating()
+    trainer.fit(module, *_loaders())
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0] == ranks[1]
+    assert ranks[0]["best"] == single.best_epoch
+    assert ranks[0]["objective"] == pytest.approx([r["objective"] for r in single.records], abs=1e-12)
+    assert float(module.weight) == SCHEDULE[single.best_epoch][0]  # rank zero's restored weights come back
