@@ -14,6 +14,9 @@ name                           submodule
 ``FairnessDashboard``          :mod:`fair_lightning.callbacks`
 ``GroupThresholdCallback``     :mod:`fair_lightning.callbacks`
 ``GroupThresholds``            :mod:`fair_lightning.postprocessing`
+``ConstrainedModelSelection``  :mod:`fair_lightning.callbacks`
+``ERM``, ``Penalty``,          :mod:`fair_lightning.methods`
+``Lagrangian``, ``Adversarial``
 ``ReductionsWrapper``          :mod:`fair_lightning.reductions`
 ``FairNeuralClassifier``       :mod:`fair_lightning.estimators`
 =============================  ==============================
@@ -24,7 +27,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "FairLightningModule": "fair_lightning.module",
@@ -35,6 +38,11 @@ _LAZY = {
     "FairnessDashboard": "fair_lightning.callbacks",
     "GroupThresholdCallback": "fair_lightning.callbacks",
     "GroupThresholds": "fair_lightning.postprocessing",
+    "ConstrainedModelSelection": "fair_lightning.callbacks",
+    "ERM": "fair_lightning.methods",
+    "Penalty": "fair_lightning.methods",
+    "Lagrangian": "fair_lightning.methods",
+    "Adversarial": "fair_lightning.methods",
     "ReductionsWrapper": "fair_lightning.reductions",
     "FairNeuralClassifier": "fair_lightning.estimators",
 }

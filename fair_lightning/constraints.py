@@ -399,7 +399,7 @@ class LagrangeMultipliers(nn.Module):
         num_groups: int,
         *,
         dual_lr: float = 0.05,
-        multiplier_max: float = 100.0,
+        multiplier_max: float = 10.0,
         ema_decay: float = 0.9,
         min_count: float = 1,
         dual_optimizer: Callable[[Iterable[Tensor]], torch.optim.Optimizer] | None = None,

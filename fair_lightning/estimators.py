@@ -190,7 +190,8 @@ class FairNeuralClassifier(ClassifierMixin, BaseEstimator):
             reversal. Unused by ``"erm"`` and ``"lagrangian"``.
         tolerance: Allowed max - min difference across groups of each constrained rate
             (``"lagrangian"``), in ``[0, 1)``.
-        dual_lr: Learning rate of the multipliers' ascent (``"lagrangian"``), ``> 0``.
+        dual_lr: How far the multipliers ascend per epoch per unit of violation
+            (``"lagrangian"``), ``> 0``.
         max_epochs: Number of training epochs, ``>= 1``.
         batch_size: Largest training batch, ``>= 1`` (an epoch is split into near-equal
             batches, so there is no tiny last batch).
@@ -258,7 +259,7 @@ class FairNeuralClassifier(ClassifierMixin, BaseEstimator):
         hidden_layer_sizes: int | tuple[int, ...] = (128, 128),
         eta: float = 1.0,
         tolerance: float = 0.01,
-        dual_lr: float = 0.05,
+        dual_lr: float = 2.0,
         max_epochs: int = 50,
         batch_size: int = 128,
         lr: float = 1e-3,

@@ -492,6 +492,14 @@ class FairLightningModule(pl.LightningModule):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
 
+    def on_train_start(self) -> None:
+        set_steps = getattr(self.method, "set_steps_per_epoch", None)
+        trainer = self._trainer
+        if set_steps is not None and trainer is not None and int(getattr(self.method, "steps_per_epoch", 0)) == 0:
+            batches = trainer.num_training_batches
+            if isinstance(batches, int) and batches > 0:
+                set_steps(max(1, batches // max(1, trainer.accumulate_grad_batches)))
+
     def on_train_epoch_start(self) -> None:
         self._epoch_sums = {}
 
@@ -566,7 +574,9 @@ class FairLightningModule(pl.LightningModule):
             )
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
-        """Probabilities of the positive class (calibrated per group when a calibrator is set)."""
+        """Probabilities of the positive class (calibrated per group when a calibrator is set), or,
+        when group thresholds are set (:class:`~fair_lightning.callbacks.GroupThresholdCallback`),
+        the 0/1 decisions they make."""
         x, _, groups = self.unpack_batch(batch)
         logits = _check_logits(self(x))
         probs = torch.sigmoid(logits)
@@ -577,6 +587,11 @@ class FairLightningModule(pl.LightningModule):
             # temperature scaling works on logits (exact beyond float32's saturated sigmoid)
             scores = logits if getattr(calibrator, "method", None) == "temperature" else probs
             probs = calibrator.transform(scores, groups)
+        thresholds = self.prediction_thresholds
+        if thresholds is not None:
+            if groups is None:
+                raise ValueError("group thresholds are set, so prediction batches must provide `groups`")
+            return thresholds.apply(probs, groups)
         return probs
 
     # ------------------------------------------------------------------ checkpointing
@@ -587,7 +602,7 @@ class FairLightningModule(pl.LightningModule):
             state["calibrator"] = calibrator.state_dict()
         thresholds = self.prediction_thresholds
         if thresholds is not None and hasattr(thresholds, "state_dict"):
-            state["thresholds"] = {"class": f"{type(thresholds).__module__}.{type(thresholds).__qualname__}", "state": thresholds.state_dict()}
+            state["thresholds"] = thresholds.state_dict()
         checkpoint["fair_lightning"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -600,17 +615,9 @@ class FairLightningModule(pl.LightningModule):
 
             self.prediction_calibrator = GroupFairnessCalibrator.from_state_dict(state["calibrator"])
         if state.get("thresholds") is not None:
-            import importlib
+            from fair_lightning.postprocessing import GroupThresholds
 
-            module_name, _, cls_name = state["thresholds"]["class"].rpartition(".")
-            cls = getattr(importlib.import_module(module_name), cls_name)
-            thresholds = cls.__new__(cls) if not hasattr(cls, "from_state_dict") else None
-            if thresholds is None:
-                self.prediction_thresholds = cls.from_state_dict(state["thresholds"]["state"])
-            else:
-                cls.__init__(thresholds)
-                thresholds.load_state_dict(state["thresholds"]["state"])
-                self.prediction_thresholds = thresholds
+            self.prediction_thresholds = GroupThresholds.from_state_dict(state["thresholds"])
 
 
 def _wrap_user_training_step(fn: Callable) -> Callable:

@@ -142,7 +142,8 @@ def test_logged_names_are_stable(tmp_path):
         ({"mode": "lagrangian", "dual_lr": float("inf")}, "`dual_lr` must be a finite number > 0, got inf"),
         ({"mode": "lagrangian", "multiplier_max": float("inf")}, "`multiplier_max` must be a finite number > 0"),
         ({"mode": "lagrangian", "min_count": -1}, "`min_count` must be a finite number >= 0, got -1"),
-        ({"mode": "lagrangian", "ema_decay": 1.0}, r"`ema_decay` must be in \[0, 1\)"),
+        ({"mode": "lagrangian", "memory": 0}, "`memory` must be a finite number > 0, got 0"),
+        ({"mode": "lagrangian", "steps_per_epoch": 0}, r"`steps_per_epoch` must be an int >= 1, got 0"),
         ({"mode": "penalty", "eta_schedule": "cosine"}, "`eta_schedule` must be one of"),
         ({"num_groups": 0}, "`num_groups` must be a positive int"),
         ({"num_groups": 1, "mode": "lagrangian"}, "`num_groups` must be >= 2 for Lagrangian"),
@@ -283,7 +284,7 @@ class _LagrangianRecorder(FairLightningModule):
 def test_lagrangian_under_ddp_syncs_hard_violations_and_multipliers(tmp_path):
     x, y, g = _data(512)
     pl.seed_everything(0)
-    module = _LagrangianRecorder(str(tmp_path), num_groups=2, mode="lagrangian", dual_lr=0.5, ema_decay=0.5, tolerance=0.0)
+    module = _LagrangianRecorder(str(tmp_path), num_groups=2, mode="lagrangian", dual_lr=4.0, memory=0.25, steps_per_epoch=8, tolerance=0.0)
     trainer = pl.Trainer(
         strategy="ddp_spawn", accelerator="cpu", devices=2, max_steps=6, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

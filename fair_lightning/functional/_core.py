@@ -101,15 +101,20 @@ class GroupSums(NamedTuple):
 
     # --- rates (numerators and denominators from the one rate table, ``_rates.RATES``) --------
     def numerators_denominators(self, rates: tuple[str, ...] | list[str]) -> tuple[Tensor, Tensor]:
-        """Numerators and denominators of ``rates`` per group, each ``(C, G)``: one matmul."""
+        """Numerators and denominators of ``rates`` per group, each ``(C, G)`` (``(C, ..., G)`` for
+        sums with leading dimensions, such as bootstrap replicates): one matmul."""
         stacked = self.stack()
-        num, den = rate_coefficients(tuple(rates), dtype=stacked.dtype, device=stacked.device) @ stacked
+        coeffs = rate_coefficients(tuple(rates), dtype=stacked.dtype, device=stacked.device)
+        if stacked.dim() == 2:
+            num, den = coeffs @ stacked
+        else:
+            num, den = torch.tensordot(coeffs, stacked, dims=([2], [0]))
         return num, den
 
     def rate(self, name: str) -> Rate:
         """The per-group rate ``name`` (a key of :data:`~fair_lightning.functional.RATES`)."""
         num, den = self.numerators_denominators((name,))
-        return masked_divide(num[0], den[0])
+        return masked_divide(num[0], den[0])  # (G,), or (..., G)
 
     def selection_rate(self) -> Rate:
         """The share predicted positive."""

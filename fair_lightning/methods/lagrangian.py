@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from fair_lightning.constraints import (
@@ -48,11 +49,21 @@ class Lagrangian(FairnessMethod):
             max - min difference of the rate across groups (``bound="difference"``).
         bound: default form of the constraints: ``"difference"`` (max - min) or ``"gap"``
             (each group's gap to the overall rate).
-        dual_lr: learning rate of the multipliers' ascent.
+        dual_lr: how far the multipliers ascend per *epoch* per unit of hard violation (each
+            step moves ``dual_lr / steps_per_epoch``), so that the dual player moves as much on
+            a data set of 3 batches per epoch as on one of 1,000.
+        memory: memory of the running group sums behind the hard violations, in epochs (an
+            exponential moving average over steps with ``1 / (memory * steps_per_epoch)`` weight
+            on the newest batch; at least the batch itself).
+        dual_damping: proportional gain of the PI update: the model sees
+            ``integral + dual_damping * violation`` (0: plain projected ascent).
         multiplier_max: multipliers are projected onto ``[0, multiplier_max]``.
-        ema_decay: decay of the running group sums behind the hard violations.
-        dual_damping: proportional gain of a PI update of the multipliers (0: plain ascent).
-        dual_optimizer: ``params -> optimizer`` for the multipliers; default SGD(``dual_lr``).
+        steps_per_epoch: optimizer steps per epoch; ``FairLightningModule`` sets it from the
+            trainer. In your own LightningModule pass ``trainer.num_training_batches`` (or leave
+            ``None``: 100 steps is assumed, with a warning).
+        dual_optimizer: ``params -> optimizer`` for the multipliers, stepped on every training
+            step at its own learning rate (``dual_lr`` then does not apply); default projected
+            SGD at ``dual_lr / steps_per_epoch``.
         temperature: temperature of the smooth indicator in the soft violations.
         min_count: groups with fewer (running) samples behind a rate are not constrained.
         threshold: probability threshold of the hard predictions.
@@ -69,10 +80,11 @@ class Lagrangian(FairnessMethod):
         constraints: Any = "demographic_parity",
         tolerance: float = 0.02,
         bound: str = "difference",
-        dual_lr: float = 0.05,
-        multiplier_max: float = 100.0,
-        ema_decay: float = 0.9,
-        dual_damping: float = 0.0,
+        dual_lr: float = 2.0,
+        memory: float = 0.25,
+        dual_damping: float = 2.0,
+        multiplier_max: float = 10.0,
+        steps_per_epoch: int | None = None,
         dual_optimizer: Callable[[Iterable[Tensor]], torch.optim.Optimizer] | None = None,
         temperature: float = 1.0,
         min_count: float = 1,
@@ -88,15 +100,21 @@ class Lagrangian(FairnessMethod):
         if self.threshold >= 1:
             raise ValueError(f"`threshold` must be in (0, 1), got {threshold}")
         self.logit_threshold = math.log(self.threshold / (1 - self.threshold))
+        self.dual_lr = check_number(dual_lr, "dual_lr", low=0, low_open=True)
+        self.memory = check_number(memory, "memory", low=0, low_open=True)
         self.multipliers = LagrangeMultipliers(
             parsed, num_groups,
-            dual_lr=check_number(dual_lr, "dual_lr", low=0, low_open=True),
+            dual_lr=self.dual_lr,
             multiplier_max=check_number(multiplier_max, "multiplier_max", low=0, low_open=True),
-            ema_decay=check_number(ema_decay, "ema_decay", low=0, high=1),
             min_count=check_number(min_count, "min_count", low=0),
             dual_optimizer=dual_optimizer,
             dual_damping=check_number(dual_damping, "dual_damping", low=0),
         )
+        # optimizer steps per epoch: sets the per-step dual rate and the running sums' memory
+        self.register_buffer("steps_per_epoch", torch.zeros((), dtype=torch.long))
+        self._warned_steps = False
+        if steps_per_epoch is not None:
+            self.set_steps_per_epoch(steps_per_epoch)
         self.constraints = parsed
         self.constraint_names = constraint_names(parsed, self.group_names)
         # the batch's hard counts, waiting for the dual step after the model's optimizer step
@@ -106,7 +124,33 @@ class Lagrangian(FairnessMethod):
         self._last_batch: tuple[Tensor, Tensor, Tensor] | None = None
         self._last_hard: Tensor | None = None
 
+    def set_steps_per_epoch(self, steps: int) -> None:
+        """Scale the dual step and the running sums' memory to ``steps`` optimizer steps per epoch."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"`steps_per_epoch` must be an int >= 1, got {steps!r}")
+        self.steps_per_epoch.fill_(steps)
+        self._apply_clock()
+
+    def _apply_clock(self) -> None:
+        steps = int(self.steps_per_epoch)
+        self.multipliers.dual_lr = self.dual_lr / steps
+        # newest batch's weight 1 / (memory * steps), at most 1 (a memory shorter than a step is the batch)
+        self.multipliers.ema_decay = max(0.0, 1.0 - 1.0 / (self.memory * steps))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if int(self.steps_per_epoch) > 0:
+            self._apply_clock()
+
     def compute_term(self, logits: Tensor, target: Tensor | None, groups: Tensor, representation: Tensor | None) -> Tensor:
+        if self.training and int(self.steps_per_epoch) == 0:
+            if not self._warned_steps:
+                rank_zero_warn(
+                    "Lagrangian: `steps_per_epoch` is not set; assuming 100 optimizer steps per epoch for the dual "
+                    "learning rate and the running sums' memory. Pass `steps_per_epoch=trainer.num_training_batches`."
+                )
+                self._warned_steps = True
+            self.set_steps_per_epoch(100)
         logits, target, groups = logits.reshape(-1), target.reshape(-1), groups.reshape(-1)
         soft = torch.sigmoid(logits if self.temperature == 1 else logits / self.temperature)
         cells = label_cells(target, groups)
