@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+from fair_lightning._records import effective_status
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"  # the same name as fair_lightning.train.METRICS_FILE (not imported: no Hydra needed here)
@@ -227,6 +229,80 @@ def flatten_record(record: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+#: Record keys whose values must lie in [0, 1] (rates, accuracies, ratios, calibration errors,
+#: differences of rates), matched by the end of the name (per-group mappings too).
+_UNIT_SUFFIXES = (
+    "accuracy", "auroc", "auc", "ratio", "selection_rate", "true_positive_rate", "false_positive_rate",
+    "calibration_error", "calibration_error_max", "difference", "base_rate",
+)  # fmt: skip
+#: Record keys whose values must be finite and >= 0.
+_NONNEGATIVE_KEYS = ("eta", "tolerance", "lr", "epochs", "global_step", "job")
+_CI_SUFFIXES = ("_ci_low", "_ci_high")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _range_of(key: str) -> tuple[float, float] | None:
+    """The valid range of a record key, from its name (``None``: any finite number)."""
+    base = key
+    for suffix in (*_CI_SUFFIXES, _GROUP_SUFFIX):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    if base.endswith("_count") or base.endswith("_seconds") or base in _NONNEGATIVE_KEYS:
+        return (0.0, math.inf)
+    if base.endswith(_UNIT_SUFFIXES):
+        return (0.0, 1.0)
+    return None
+
+
+def _check_value(key: str, value: Any) -> str | None:
+    bounds = _range_of(key)
+    expected = "a number" if bounds is None else (
+        f"a number >= {bounds[0]:g}" if math.isinf(bounds[1]) else f"a number in [{bounds[0]:g}, {bounds[1]:g}]"
+    )  # fmt: skip
+    if not _is_number(value):
+        return f"`{key}` must be {expected}, got {value!r} ({type(value).__name__})"
+    if not math.isfinite(float(value)):
+        return f"`{key}` must be {expected}, got {value!r} (not finite)"
+    if bounds is not None and not bounds[0] <= float(value) <= bounds[1]:
+        return f"`{key}` must be {expected}, got {value!r}"
+    return None
+
+
+def validate_record(record: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a finished job's record: one message per impossible value (empty if none).
+
+    Every metric present (``null`` means not logged, and is allowed) must be a finite number:
+    accuracies, AUROC, rates, ratios, calibration errors and differences of rates in [0, 1]
+    (a negative difference or an accuracy of 1.7 cannot come from a model), counts, timings,
+    ``eta``, ``tolerance`` and ``lr`` >= 0; per-group mappings (``<name>_by_group``) and
+    confidence-interval bounds (``<name>_ci_low``/``_ci_high``) likewise.
+
+    Example:
+        >>> validate_record({"test_accuracy": 1.7, "test_dp_difference": "abc"})
+        ['`test_accuracy` must be a number in [0, 1], got 1.7', "`test_dp_difference` must be a number in [0, 1], got 'abc' (str)"]
+    """
+    problems = []
+    for key, value in record.items():
+        if key in _NOT_IN_TABLE or value is None:
+            continue
+        if key.endswith(_GROUP_SUFFIX):
+            if not isinstance(value, Mapping):
+                problems.append(f"`{key}` must be a mapping of groups to numbers, got {value!r}")
+                continue
+            for group, v in value.items():
+                if v is not None and (problem := _check_value(key, v)):
+                    problems.append(problem.replace(f"`{key}`", f"`{key}[{group!r}]`", 1))
+        elif _range_of(key) is not None or key.endswith(("_loss", *_CI_SUFFIXES)) or key.startswith(("val_", "test_")):
+            if key == "job" and not _is_number(value):
+                continue
+            if problem := _check_value(key, value):
+                problems.append(problem)
+    return problems
+
+
 def _job_dirs(sweep_dir: Path) -> list[Path]:
     """Directories of the jobs: those holding Hydra's ``.hydra/`` or a ``metrics.json``."""
     found = {p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir()}
@@ -280,8 +356,16 @@ def load_sweep(sweep_dir: str | os.PathLike, *, include_failed: bool = False) ->
             except (OSError, ValueError) as exc:
                 reason, status, record = f"unreadable metrics.json ({exc})", "unreadable", None
             else:
-                status = record.get("status", "unknown")
-                reason = None if status == "ok" else f"status {status!r}: {record.get('error') or 'no error recorded'}"
+                status, why = effective_status(record)
+                if status == "ok":
+                    problems = validate_record(record)
+                    reason = None
+                    if problems:
+                        status, reason = "invalid", "rejected, impossible values: " + "; ".join(problems)
+                elif status in ("running", "killed") and why is not None:
+                    reason = why
+                else:
+                    reason = f"status {status!r}: {record.get('error') or 'no error recorded'}"
         row = flatten_record(record) if record else {}
         if not isinstance(row.get("job"), (int, np.integer)):  # a single run records no job number
             row["job"] = number if math.isfinite(number) else np.nan
@@ -303,6 +387,9 @@ def load_sweep(sweep_dir: str | os.PathLike, *, include_failed: bool = False) ->
         first = [c for c in _FIRST_COLUMNS if c in table]
         table = table[first + [c for c in table.columns if c not in first]]
         table = table.sort_values(["job", "job_dir"], na_position="last", kind="stable").reset_index(drop=True)
+    for column in table.columns:  # a rejected row's "abc" must not turn a metric column into text
+        if column not in ("job_dir", "status", "error") and (column.startswith(("val_", "test_")) or _range_of(column)):
+            table[column] = pd.to_numeric(table[column], errors="coerce")
     table.attrs["skipped"] = skipped
     return table
 
@@ -594,6 +681,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if table.empty or not (table["status"] == "ok").any():
         print(f"error: no finished job in {args.sweep_dir} (see the messages above)", file=sys.stderr)
         return 1
+    for column in (args.x, args.y):
+        if column not in table.columns:
+            print(f"error: column {column!r} is not in any record; numeric columns: {_numeric_columns(table)}", file=sys.stderr)
+            return 1
+    unusable = (table["status"] == "ok") & ~np.isfinite(table[[args.x, args.y]].to_numpy(float)).all(axis=1)
+    for index in np.flatnonzero(unusable.to_numpy()):
+        reason = f"rejected, no finite value of {args.x} and {args.y}"
+        log.warning("skipping job %s: %s", table.at[table.index[index], "job_dir"], reason)
+        table.loc[table.index[index], ["status", "error"]] = ["invalid", reason]
+    not_ok = table[table["status"] != "ok"]
+    if not (table["status"] == "ok").any():
+        print(
+            f"error: no usable job in {args.sweep_dir}: {len(table)} jobs, none finished with valid "
+            f"{args.x} and {args.y} (" + "; ".join(f"{r.job_dir}: {r.status}" for r in not_ok.itertuples()) + ")",
+            file=sys.stderr,
+        )
+        return 1
     table = frontier_table(table, args.x, args.y, maximize)
     out = args.out or args.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -608,12 +712,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok = table[table["status"] == "ok"]
     reference = args.reference or default_reference(maximize)
     hv = hypervolume(ok[[args.x, args.y]].to_numpy(float), reference, maximize)
-    candidates = ("job", "mode", args.label, args.y, args.x, "test_dp_ratio", "test_eo_difference", "is_pareto")
+    candidates = ("job_dir", "mode", "eta", "tolerance", args.label, args.y, args.x, "test_dp_ratio", "test_eo_difference",
+                  "constant_predictor", "is_pareto")  # fmt: skip
     shown = [c for c in dict.fromkeys(candidates) if c in table.columns]
     n_front = int(table["is_pareto"].sum())
     print(f"{len(ok)} finished jobs of {len(table)} in {args.sweep_dir}; {n_front} on the frontier:")
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
-        print(ok.sort_values(args.x)[shown].to_string(index=False))
+        print(ok.sort_values(args.x)[shown].rename(columns={"job_dir": "job"}).to_string(index=False))
+    if len(not_ok):
+        print(f"{len(not_ok)} jobs not in the report:")
+        for r in not_ok.itertuples():
+            print(f"  job {r.job_dir}: {r.status}: {r.error}")
     arrows = "".join("↑" if m else "↓" for m in maximize)
     print(
         f"hypervolume of ({args.x} {arrows[0]}, {args.y} {arrows[1]}) w.r.t. reference "
@@ -643,6 +752,7 @@ __all__ = [
     "FRONTIER_CSV",
     "FRONTIER_PNG",
     "default_reference",
+    "validate_record",
     "flatten_record",
     "frontier_table",
     "higher_is_better",

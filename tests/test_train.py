@@ -88,7 +88,9 @@ def test_fairness_options_build_a_module(option, tmp_path):
 
 def test_launcher_configs():
     parallel = _compose(["hydra/launcher=parallel"], return_hydra_config=True).hydra.launcher
-    assert parallel._target_.endswith("JoblibLauncher") and parallel.n_jobs == 2
+    assert parallel._target_ == "hydra_plugins.fair_lightning_launcher.ResilientLauncher" and parallel.n_jobs == 2
+    joblib = _compose(["hydra/launcher=joblib"], return_hydra_config=True).hydra.launcher
+    assert joblib._target_.endswith("JoblibLauncher")
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the `slurm` extra is not installed")
     slurm = _compose(["hydra/launcher=slurm"], return_hydra_config=True).hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher") and slurm.timeout_min > 0
