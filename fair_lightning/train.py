@@ -29,7 +29,10 @@ A job (:func:`run`):
 ``status: "failed"`` with the error and a traceback summary: a failed job of a sweep never
 raises into the launcher, so the other jobs' results survive, and
 :func:`fair_lightning.pareto.load_sweep` reports and skips it. The job returns ``objective``
-(one float or a tuple, NaN when it failed) for sweepers that optimize, such as Optuna's.
+(one float or a tuple of finite floats; ``None`` when it failed) for sweepers that optimize, such
+as Optuna's. The record is written when the job starts (``status: "running"``, ``pid``) and
+completed when it ends (``ok``, ``failed``, or ``killed`` on a ``SystemExit`` such as Lightning's
+``SIGTERMException``); see :mod:`fair_lightning._records`.
 
 Configuration errors stop early with a readable message: a misspelt override
 (``fairness.etaa=1``) is refused by Hydra before any job starts (``Key 'etaa' is not in
@@ -477,6 +480,10 @@ def run_job(
     }
     fairness = _container(cfg.get("fairness")) if isinstance(cfg, DictConfig) else None
     method = describe_method(fairness if isinstance(fairness, Mapping) else {})
+    try:  # the swept settings, so that a failed or killed job still says which point it was
+        method.update(lr=_float(module_arguments(cfg).get("lr")), seed=cfg.get("seed"))
+    except Exception:  # a config too broken to read: run() reports it
+        pass
     write_metrics({**header, "status": _records.RUNNING, **method}, output_dir)
     try:
         record = {**header, **run(cfg, output_dir), "error": None, "traceback": None}
@@ -538,9 +545,11 @@ def _route_lightning_logs() -> None:
 def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
     """Hydra entry point (``python -m fair_lightning.train``, ``fair-lightning-train``).
 
-    Writes ``metrics.json`` into the job's output directory and returns ``objective``. A failed job
-    logs its error; in a single run it then exits with status 1, in a sweep it returns NaN so the
-    other jobs go on.
+    Writes ``metrics.json`` into the job's output directory and returns ``objective`` (finite
+    floats). A failed job logs its error; in a single run it then exits with status 1, in a sweep
+    it returns ``None`` (so does a job without a finite objective) so the other jobs go on and
+    Optuna marks the trial failed. With ``+resume=true`` a job whose ``metrics.json`` says ``ok``
+    is not run again (its recorded objective is returned).
     """
     _route_lightning_logs()
     hc = HydraConfig.get()
@@ -548,7 +557,7 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
     done = finished_record(output_dir) if cfg.get("resume") else None
     if done is not None:
         log.info("resume: job %s already finished (%s); not run again", hc.job.get("num"), output_dir / METRICS_FILE)
-        return objective_values(done, cfg.get("objective"))
+        return _returned_objective(done, cfg.get("objective"))
     record = run_job(cfg, output_dir, overrides=list(hc.overrides.task), job_num=hc.job.get("num"))
     path = output_dir / METRICS_FILE
     if record["status"] != "ok":
@@ -563,7 +572,24 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
             record["fit_seconds"],
             path,
         )
-    return objective_values(record, cfg.get("objective"))
+    return _returned_objective(record if record["status"] == _records.OK else {}, cfg.get("objective"))
+
+
+def _returned_objective(record: Mapping[str, Any], objective: Any) -> float | tuple[float, ...] | None:
+    """``objective``'s values for the sweeper: finite floats, or ``None`` if any is missing or not finite.
+
+    ``None`` rather than NaN: Optuna's sweeper marks a trial without a number as failed and goes on,
+    while a NaN makes ``study.tell`` raise and ends the whole study.
+    """
+    values = objective_values(record, objective)
+    if values is None:
+        return None
+    finite = all(math.isfinite(v) for v in (values if isinstance(values, tuple) else (values,)))
+    if not finite:
+        log.warning("no finite value of `objective` %s for this job; returning none to the sweeper", list(
+            [objective] if isinstance(objective, str) else objective))
+        return None
+    return values
 
 
 __all__ = [

@@ -225,3 +225,39 @@ def test_a_job_resumes_from_last_ckpt_in_its_directory(tmp_path):
     assert again["resumed_from"] == str(ckpt)
     assert again["epochs"] == 2 and again["global_step"] == 2 * first["global_step"]
     assert last_checkpoint(tmp_path / "nowhere") is None
+
+
+# ------------------------------------------------------------------------------ Optuna
+def test_optuna_frontier_sweep_with_a_tiny_budget_survives_a_killed_trial(tmp_path, capsys):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper is not installed")
+    sweep_dir = tmp_path / "optuna"
+    result = subprocess.run(
+        [sys.executable, "-m", "fair_lightning.train", "-m", *TINY, "callbacks=none", "fairness=penalty_dp",
+         "hydra/sweeper=optuna_frontier", "hydra/launcher=parallel", "hydra.sweeper.n_trials=3",
+         "+callbacks.kill._target_=tests._sweep_helpers.KillJobOnce", "+callbacks.kill.job=1",
+         f"hydra.sweep.dir={sweep_dir}"],
+        capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=600,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Directions: ['maximize', 'minimize']" in output and "Failed experiment" in output
+    records = _records_of(sweep_dir)
+    assert [records[j]["status"] for j in ("0", "1", "2")] == ["ok", "killed", "ok"]
+    assert all(any(o.startswith("module.lr=") for o in r["overrides"]) for r in records.values())
+    results = (sweep_dir / "optimization_results.yaml").read_text()
+    assert "solutions" in results and "fairness.eta" in results
+    # the aggregator reads the study's trials like any sweep
+    assert pareto.main([str(sweep_dir), "--no-tensorboard"]) == 0
+    assert "2 finished jobs of 3" in capsys.readouterr().out
+    table = pd.read_csv(sweep_dir / "frontier.csv")
+    assert table["eta"].notna().all() and table["lr"].between(3e-4, 1e-2).all()
+
+
+def test_a_failed_job_returns_no_value_to_the_sweeper():
+    from fair_lightning.train import _returned_objective
+
+    assert _returned_objective({"val_accuracy": 0.8, "val_dp_difference": 0.1}, ["val_accuracy", "val_dp_difference"]) == (0.8, 0.1)
+    assert _returned_objective({}, ["val_accuracy", "val_dp_difference"]) is None  # NaN would end an Optuna study
+    assert _returned_objective({"val_accuracy": 0.8, "val_dp_difference": None}, ["val_accuracy", "val_dp_difference"]) is None
+    assert _returned_objective({"val_accuracy": 0.8}, "val_accuracy") == 0.8
+    assert _returned_objective({"val_accuracy": 0.8}, None) is None
