@@ -491,7 +491,7 @@ def _setting(row: pd.Series, label: str | None) -> str:
     def number(value: Any) -> str | None:
         if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
             return None
-        return f"{value:g}" if isinstance(value, (float, np.floating, int, np.integer)) else str(value)
+        return f"{value:.3g}" if isinstance(value, (float, np.floating, int, np.integer)) else str(value)
 
     parts = []
     for key in dict.fromkeys([k for k in (label, "eta", "tolerance") if k]):
@@ -937,7 +937,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     reference = args.reference or default_reference(maximize)
     usable = ok[~ok["constant_predictor"]]  # a constant model's DP of 0 is not a trade-off anyone can use
     hv = hypervolume(usable[[args.x, args.y]].to_numpy(float), reference, maximize)
-    candidates = ("job_dir", "mode", "eta", "tolerance", args.label, args.y, args.x, "test_dp_ratio", "test_eo_difference",
+    varied = [c for c in ("lr", "seed") if c in table.columns and table.loc[table["status"] == "ok", c].nunique() > 1]
+    candidates = ("job_dir", "mode", "eta", "tolerance", *varied, args.label, args.y, args.x, "test_dp_ratio", "test_eo_difference",
                   "constant_predictor", "is_pareto")  # fmt: skip
     shown = [c for c in dict.fromkeys(candidates) if c in table.columns]
     n_front = int(table["is_pareto"].sum())
