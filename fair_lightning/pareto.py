@@ -323,8 +323,10 @@ def load_sweep(sweep_dir: str | os.PathLike, *, include_failed: bool = False) ->
     """One row per job of a Hydra multirun (or run) directory, from each job's ``metrics.json``.
 
     A job is a directory with Hydra's ``.hydra/`` or a ``metrics.json``. Jobs without
-    ``metrics.json`` (still running, or killed: time limit, out of memory), with an unreadable one,
-    or with ``status: "failed"`` are reported (a warning on the ``fair_lightning.pareto`` logger,
+    ``metrics.json`` (``"unfinished"``), with an unreadable one (``"unreadable"``), with
+    ``status`` ``"failed"`` or ``"killed"``, still ``"running"`` (a ``"running"`` record whose
+    process is gone reads as ``"killed"``, see :func:`fair_lightning._records.effective_status`),
+    or ``"ok"`` with impossible values (``"invalid"``: :func:`validate_record`) are reported (a warning on the ``fair_lightning.pareto`` logger,
     one line per job with the reason or error) and skipped; the list is in
     ``table.attrs["skipped"]``.
 
@@ -890,8 +892,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``--reference``, default :func:`default_reference`), and logs the figure, the hypervolume and
     the table to TensorBoard in ``SWEEP_DIR/tensorboard``.
 
+    Jobs left out (failed, killed, running, unreadable, invalid: see :func:`load_sweep`) are
+    listed with their reason after the frontier.
+
     Returns:
-        0, or 1 if the directory holds no finished job.
+        0, or 1 if the directory holds no finished job with valid values of ``--x`` and ``--y``.
     """
     args = _parser().parse_args(argv)
     if not logging.getLogger().handlers:
