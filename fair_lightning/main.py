@@ -13,6 +13,9 @@
 2. Runs the Pareto report on the whole directory (:func:`fair_lightning.pareto.main`, as
    ``scripts/pareto.py`` does): ``frontier.csv``, ``frontier.png`` (threshold: DP difference
    0.05), the hypervolume and the TensorBoard entry.
+   Jobs that failed, were killed or did not finish are listed by the report; the main job exits
+   non-zero only if no job finished. Re-running with the same ``hydra.sweep.dir=...`` and
+   ``+resume=true`` runs only the jobs without an ``ok`` record.
 3. Prints where the files are, the wall time, and how much of it went into training (each job's
    ``fit_seconds`` from ``metrics.json``) versus start-up, imports, Hydra, data set-up and testing.
 
@@ -114,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sweep_dir = Path("outputs", f"sweep-{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}").resolve()
     if any(_key(o) == "hydra.sweep.dir" for o in extra):
         sweep_dir = Path(next(o for o in extra if _key(o) == "hydra.sweep.dir").split("=", 1)[1]).resolve()
+        extra = [o for o in extra if _key(o) != "hydra.sweep.dir"]  # each sub-sweep gets its own subdirectory
     sweep_dir.mkdir(parents=True, exist_ok=True)
     user_sweep = any(_key(o) == "fairness" for o in extra)
     sweeps = {"": {}} if user_sweep else DEFAULT_SWEEPS
@@ -126,11 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         (sweep_dir / name).mkdir(parents=True, exist_ok=True)
         code = _run_sweep(command, sweep_dir / name / "sweep.log")
         sweep_wall += time.perf_counter() - sweep_start
-        if code != 0:
+        if code != 0:  # report what finished anyway: the Pareto report says which jobs did not
             log = sweep_dir / name / "sweep.log"
-            print(f"the sweep failed (exit status {code}); its output is in {log}:", file=sys.stderr)
+            print(f"the sweep {name or str(sweep_dir)!r} ended with exit status {code}; its output is in {log}:", file=sys.stderr)
             print("".join(log.read_text().splitlines(keepends=True)[-25:]), file=sys.stderr)
-            return code
 
     fairness = next((o.split("=", 1)[1] for o in extra if _key(o) == "fairness"), "")
     label = "tolerance" if fairness.startswith("lagrangian") else ("mode" if fairness == "erm" else "eta")
@@ -140,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = pareto.main(report_args)
     report_wall = time.perf_counter() - report_start
     if code != 0:
+        print("no job of the sweep finished; nothing to report (see the messages above)", file=sys.stderr)
         return code
 
     workers = next((int(o.split("=", 1)[1]) for o in overrides if _key(o) == "hydra.launcher.n_jobs"), 1)

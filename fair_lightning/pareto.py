@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+from fair_lightning._records import effective_status
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"  # the same name as fair_lightning.train.METRICS_FILE (not imported: no Hydra needed here)
@@ -170,13 +172,17 @@ def default_reference(maximize: Sequence[bool]) -> tuple[float, ...]:
 def frontier_table(
     table: pd.DataFrame, x: str = "test_dp_difference", y: str = "test_accuracy", maximize: Sequence[bool] | None = None
 ) -> pd.DataFrame:
-    """A copy of ``table`` with an ``is_pareto`` column (among rows with ``status == "ok"`` if present)."""
+    """A copy of ``table`` with ``constant_predictor`` (:func:`constant_predictors`) and ``is_pareto``
+    columns: the front among rows with ``status == "ok"`` (if present) that are not constant predictors."""
     maximize = _maximize(x, y, maximize)
     out = table.copy()
     mask = np.zeros(len(out), dtype=bool)
+    stage = x.split("_", 1)[0] if x.split("_", 1)[0] in _STAGES else "test"
+    constant = constant_predictors(out, stage) if len(out) else np.zeros(0, dtype=bool)
     if len(out):
-        ok = _ok_rows(out, x, y)
+        ok = _ok_rows(out, x, y) & ~constant
         mask[ok] = pareto_front(out.loc[ok, [x, y]].to_numpy(float), maximize)
+    out["constant_predictor"] = constant
     out["is_pareto"] = mask
     return out
 
@@ -227,6 +233,80 @@ def flatten_record(record: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
+#: Record keys whose values must lie in [0, 1] (rates, accuracies, ratios, calibration errors,
+#: differences of rates), matched by the end of the name (per-group mappings too).
+_UNIT_SUFFIXES = (
+    "accuracy", "auroc", "auc", "ratio", "selection_rate", "true_positive_rate", "false_positive_rate",
+    "calibration_error", "calibration_error_max", "difference", "base_rate",
+)  # fmt: skip
+#: Record keys whose values must be finite and >= 0.
+_NONNEGATIVE_KEYS = ("eta", "tolerance", "lr", "epochs", "global_step", "job")
+_CI_SUFFIXES = ("_ci_low", "_ci_high")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _range_of(key: str) -> tuple[float, float] | None:
+    """The valid range of a record key, from its name (``None``: any finite number)."""
+    base = key
+    for suffix in (*_CI_SUFFIXES, _GROUP_SUFFIX):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+    if base.endswith("_count") or base.endswith("_seconds") or base in _NONNEGATIVE_KEYS:
+        return (0.0, math.inf)
+    if base.endswith(_UNIT_SUFFIXES):
+        return (0.0, 1.0)
+    return None
+
+
+def _check_value(key: str, value: Any) -> str | None:
+    bounds = _range_of(key)
+    expected = "a number" if bounds is None else (
+        f"a number >= {bounds[0]:g}" if math.isinf(bounds[1]) else f"a number in [{bounds[0]:g}, {bounds[1]:g}]"
+    )  # fmt: skip
+    if not _is_number(value):
+        return f"`{key}` must be {expected}, got {value!r} ({type(value).__name__})"
+    if not math.isfinite(float(value)):
+        return f"`{key}` must be {expected}, got {value!r} (not finite)"
+    if bounds is not None and not bounds[0] <= float(value) <= bounds[1]:
+        return f"`{key}` must be {expected}, got {value!r}"
+    return None
+
+
+def validate_record(record: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a finished job's record: one message per impossible value (empty if none).
+
+    Every metric present (``null`` means not logged, and is allowed) must be a finite number:
+    accuracies, AUROC, rates, ratios, calibration errors and differences of rates in [0, 1]
+    (a negative difference or an accuracy of 1.7 cannot come from a model), counts, timings,
+    ``eta``, ``tolerance`` and ``lr`` >= 0; per-group mappings (``<name>_by_group``) and
+    confidence-interval bounds (``<name>_ci_low``/``_ci_high``) likewise.
+
+    Example:
+        >>> validate_record({"test_accuracy": 1.7, "test_dp_difference": "abc"})
+        ['`test_accuracy` must be a number in [0, 1], got 1.7', "`test_dp_difference` must be a number in [0, 1], got 'abc' (str)"]
+    """
+    problems = []
+    for key, value in record.items():
+        if key in _NOT_IN_TABLE or value is None:
+            continue
+        if key.endswith(_GROUP_SUFFIX):
+            if not isinstance(value, Mapping):
+                problems.append(f"`{key}` must be a mapping of groups to numbers, got {value!r}")
+                continue
+            for group, v in value.items():
+                if v is not None and (problem := _check_value(key, v)):
+                    problems.append(problem.replace(f"`{key}`", f"`{key}[{group!r}]`", 1))
+        elif _range_of(key) is not None or key.endswith(("_loss", *_CI_SUFFIXES)) or key.startswith(("val_", "test_")):
+            if key == "job" and not _is_number(value):
+                continue
+            if problem := _check_value(key, value):
+                problems.append(problem)
+    return problems
+
+
 def _job_dirs(sweep_dir: Path) -> list[Path]:
     """Directories of the jobs: those holding Hydra's ``.hydra/`` or a ``metrics.json``."""
     found = {p.parent for p in sweep_dir.rglob(".hydra") if p.is_dir()}
@@ -243,8 +323,10 @@ def load_sweep(sweep_dir: str | os.PathLike, *, include_failed: bool = False) ->
     """One row per job of a Hydra multirun (or run) directory, from each job's ``metrics.json``.
 
     A job is a directory with Hydra's ``.hydra/`` or a ``metrics.json``. Jobs without
-    ``metrics.json`` (still running, or killed: time limit, out of memory), with an unreadable one,
-    or with ``status: "failed"`` are reported (a warning on the ``fair_lightning.pareto`` logger,
+    ``metrics.json`` (``"unfinished"``), with an unreadable one (``"unreadable"``), with
+    ``status`` ``"failed"`` or ``"killed"``, still ``"running"`` (a ``"running"`` record whose
+    process is gone reads as ``"killed"``, see :func:`fair_lightning._records.effective_status`),
+    or ``"ok"`` with impossible values (``"invalid"``: :func:`validate_record`) are reported (a warning on the ``fair_lightning.pareto`` logger,
     one line per job with the reason or error) and skipped; the list is in
     ``table.attrs["skipped"]``.
 
@@ -280,8 +362,16 @@ def load_sweep(sweep_dir: str | os.PathLike, *, include_failed: bool = False) ->
             except (OSError, ValueError) as exc:
                 reason, status, record = f"unreadable metrics.json ({exc})", "unreadable", None
             else:
-                status = record.get("status", "unknown")
-                reason = None if status == "ok" else f"status {status!r}: {record.get('error') or 'no error recorded'}"
+                status, why = effective_status(record)
+                if status == "ok":
+                    problems = validate_record(record)
+                    reason = None
+                    if problems:
+                        status, reason = "invalid", "rejected, impossible values: " + "; ".join(problems)
+                elif status in ("running", "killed") and why is not None:
+                    reason = why
+                else:
+                    reason = f"status {status!r}: {record.get('error') or 'no error recorded'}"
         row = flatten_record(record) if record else {}
         if not isinstance(row.get("job"), (int, np.integer)):  # a single run records no job number
             row["job"] = number if math.isfinite(number) else np.nan
@@ -303,6 +393,9 @@ def load_sweep(sweep_dir: str | os.PathLike, *, include_failed: bool = False) ->
         first = [c for c in _FIRST_COLUMNS if c in table]
         table = table[first + [c for c in table.columns if c not in first]]
         table = table.sort_values(["job", "job_dir"], na_position="last", kind="stable").reset_index(drop=True)
+    for column in table.columns:  # a rejected row's "abc" must not turn a metric column into text
+        if column not in ("job_dir", "status", "error") and (column.startswith(("val_", "test_")) or _range_of(column)):
+            table[column] = pd.to_numeric(table[column], errors="coerce")
     table.attrs["skipped"] = skipped
     return table
 
@@ -325,6 +418,132 @@ def _label(row: pd.Series, label: str) -> str:
     return f"{value:g}" if isinstance(value, (float, np.floating, int, np.integer)) else str(value)
 
 
+#: Readable names of record columns for axes and tables (the stage is added in brackets).
+READABLE_NAMES: dict[str, str] = {
+    "accuracy": "accuracy",
+    "auroc": "AUROC",
+    "dp_difference": "demographic-parity difference",
+    "dp_ratio": "demographic-parity ratio",
+    "eo_difference": "equalized-odds difference",
+    "eopp_difference": "equal-opportunity difference",
+    "calibration_error_max": "largest group calibration error",
+    "loss": "loss",
+}
+_STAGES = {"test": "test", "val": "validation"}
+#: Marker and colour of each method (``mode``) on the frontier plot.
+METHOD_STYLES: dict[str, tuple[str, str]] = {
+    "erm": ("s", "tab:gray"),
+    "penalty": ("o", "tab:blue"),
+    "lagrangian": ("^", "tab:green"),
+    "adversarial": ("D", "tab:purple"),
+    "mutual_information": ("P", "tab:brown"),
+}
+_OTHER_STYLES = [("v", "tab:olive"), ("X", "tab:cyan"), ("h", "tab:pink")]
+#: A selection rate this close to 0 or 1 in every group marks a constant (collapsed) predictor.
+CONSTANT_RATE_TOLERANCE = 0.01
+
+
+def readable_name(column: str) -> str:
+    """``"test_accuracy"`` -> ``"Test accuracy"``, ``"test_dp_difference"`` -> ``"Demographic-parity difference (test)"``."""
+    stage, _, name = column.partition("_")
+    if stage in _STAGES and name in READABLE_NAMES:
+        text = READABLE_NAMES[name]
+        return f"{_STAGES[stage].capitalize()} {text}" if name in ("accuracy", "auroc", "loss") else f"{text[0].upper()}{text[1:]} ({_STAGES[stage]})"
+    text = column.replace("_", " ")
+    return text[:1].upper() + text[1:]
+
+
+def constant_predictors(table: pd.DataFrame, stage: str = "test") -> np.ndarray:
+    """Mask of rows whose model predicts (nearly) one class for everyone.
+
+    A row is constant if its record says ``constant_predictor: true``, if the selection rate of
+    every group (``<stage>_selection_rate/<group>``) is within :data:`CONSTANT_RATE_TOLERANCE` of
+    0 or of 1, or if its accuracy equals the majority rate ``max(p, 1 - p)`` of a recorded base
+    rate ``<stage>_base_rate`` (within 0.001). Such a model has a demographic-parity difference
+    of about 0 for free: it must not be the frontier's "fairest" model.
+    """
+    mask = np.zeros(len(table), dtype=bool)
+    if "constant_predictor" in table.columns:
+        mask |= table["constant_predictor"].fillna(False).astype(bool).to_numpy()
+    rates = [c for c in table.columns if c.startswith(f"{stage}_selection_rate/")]
+    if rates:
+        values = table[rates].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+        tol = CONSTANT_RATE_TOLERANCE
+        with np.errstate(invalid="ignore"):
+            all_zero = np.all(values <= tol, axis=1)
+            all_one = np.all(values >= 1 - tol, axis=1)
+        mask |= np.isfinite(values).all(axis=1) & (all_zero | all_one)
+    base, accuracy = f"{stage}_base_rate", f"{stage}_accuracy"
+    if base in table.columns and accuracy in table.columns:
+        p = pd.to_numeric(table[base], errors="coerce").to_numpy(float)
+        acc = pd.to_numeric(table[accuracy], errors="coerce").to_numpy(float)
+        with np.errstate(invalid="ignore"):
+            mask |= np.abs(acc - np.maximum(p, 1 - p)) < 1e-3
+    return mask
+
+
+def _method(row: pd.Series) -> str:
+    mode = row.get("mode")
+    return mode if isinstance(mode, str) and mode else "unknown"
+
+
+def _setting(row: pd.Series, label: str | None) -> str:
+    """The swept setting of a row: ``eta=4`` (penalty, adversarial), ``tolerance=0.01`` (Lagrangian)."""
+
+    def number(value: Any) -> str | None:
+        if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
+            return None
+        return f"{value:.3g}" if isinstance(value, (float, np.floating, int, np.integer)) else str(value)
+
+    parts = []
+    for key in dict.fromkeys([k for k in (label, "eta", "tolerance") if k]):
+        text = number(row.get(key))
+        if text is not None:
+            parts.append(f"{key}={text}")
+    if row.get("lr") is not None and number(row.get("lr")) is not None and "lr" in (row.get("overrides") or ""):
+        parts.append(f"lr={number(row.get('lr'))}")
+    return ", ".join(parts)
+
+
+def _place_labels(ax: Axes, points: np.ndarray, texts: Sequence[str]) -> None:
+    """Write ``texts`` next to ``points`` where they overlap no other label and no point (greedy)."""
+    if not len(points):
+        return
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer() if hasattr(fig.canvas, "get_renderer") else None
+    if renderer is None:  # pragma: no cover
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw_without_rendering() if hasattr(fig, "draw_without_rendering") else None
+    display = ax.transData.transform(points)
+    dots = [(px - 5, py - 5, px + 5, py + 5) for px, py in display]
+    placed: list[tuple[float, float, float, float]] = []
+    offsets = [(6, 4), (6, -12), (-6, 4), (-6, -12), (0, 9), (0, -17), (11, -4), (-11, -4),
+               (14, 12), (14, -20), (-14, 12), (-14, -20), (22, -4), (-22, -4), (0, 20), (0, -28)]  # fmt: skip
+
+    def overlaps(box, others):
+        return any(box[0] < o[2] and o[0] < box[2] and box[1] < o[3] and o[1] < box[3] for o in others)
+
+    order = np.argsort(display[:, 0], kind="stable")
+    for i in order:
+        (px, py), text = display[i], texts[i]
+        annotation = None
+        for dx, dy in offsets:
+            if annotation is not None:
+                annotation.remove()
+            annotation = ax.annotate(
+                text, points[i], xytext=(dx, dy), textcoords="offset points", fontsize=8, color="0.1",
+                ha="left" if dx >= 0 else "right", zorder=6,
+                arrowprops=None if abs(dx) + abs(dy) <= 16 else {"arrowstyle": "-", "color": "0.6", "lw": 0.6},
+            )  # fmt: skip
+            extent = annotation.get_window_extent(renderer)
+            box = (extent.x0 - 1, extent.y0 - 1, extent.x1 + 1, extent.y1 + 1)
+            if not overlaps(box, placed) and not overlaps(box, [d for j, d in enumerate(dots) if j != i]):
+                break
+        placed.append(box)
+
+
 def plot_pareto_frontier(
     table: pd.DataFrame,
     x: str = "test_dp_difference",
@@ -336,82 +555,176 @@ def plot_pareto_frontier(
     ax: Axes | None = None,
     maximize: Sequence[bool] | None = None,
     title: str | None = None,
+    key: bool = True,
 ) -> Figure:
-    """Scatter every model, draw the Pareto frontier, label each point, mark threshold and baselines.
+    """Every model, one marker per method, the Pareto frontier, numbered points and their key.
+
+    What a stakeholder reads: readable axis names (:func:`readable_name`), one marker and legend
+    entry per method (``mode``: ERM, penalty, Lagrangian, ...), the frontier drawn as a line
+    through its (filled, outlined) points, dominated models hollow, constant (collapsed)
+    predictors (:func:`constant_predictors`) as grey crosses named in the legend and left off
+    the frontier, error bars where the table has ``<x>_ci_low``/``<x>_ci_high`` (and the same
+    for ``y``), each point numbered without overlaps, and a key beside the plot: number, method,
+    swept setting (``eta=4``, ``tolerance=0.01``), the two values.
 
     Args:
         table: one row per model (:func:`load_sweep`, :func:`pareto_sweep`); rows with a
             ``status`` other than ``"ok"`` or without both values are left out.
         x, y: the two objective columns (fairness on x, performance on y by default).
-        label: column whose value labels each point (``"eta"``; ``"tolerance"`` for Lagrangian
-            sweeps); a missing value shows the row's ``mode`` (``erm``). ``None``: no labels.
+        label: the setting shown first in the key (``"eta"``; each row also shows its
+            ``eta``/``tolerance``, whichever it has). ``None``: no numbers and no key.
         threshold: a fairness requirement on ``x``: a dashed vertical line, the acceptable side
-            (``x <= threshold`` for a minimized metric such as a DP difference of 0.05, ``x >=
-            threshold`` for a maximized one such as a DP ratio of 0.8) shaded, and the best
-            acceptable model of the sweep starred (baselines are not candidates).
-        baselines: name -> ``(x, y)`` of reference models (the unconstrained model, fairlearn's
-            reductions) drawn as labelled diamonds.
-        ax: axes to draw on; default a new figure.
-        maximize: whether larger is better for ``x`` and ``y``; default from the names
-            (:func:`higher_is_better`).
-        title: the axes' title; default names the objectives.
+            shaded, and the best acceptable non-constant model of the sweep starred.
+        baselines: name -> ``(x, y)`` of reference models drawn as labelled diamonds.
+        ax: axes to draw on (then no key panel); default a new figure with the key beside it.
+        maximize: whether larger is better for ``x`` and ``y``; default from the names.
+        title: the axes' title; default names the objectives and counts the frontier.
+        key: draw the key of numbered points beside the plot (new figure only).
 
     Returns:
         The matplotlib ``Figure`` (``fig.savefig("frontier.png")``).
     """
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     mx, my = _maximize(x, y, maximize)
+    key_ax = None
     if ax is None:
-        fig = Figure(figsize=(7.5, 5.0), layout="constrained")
-        ax = fig.add_subplot()
+        with_key = key and label is not None
+        fig = Figure(figsize=(11.5 if with_key else 7.5, 5.6), layout="constrained")
+        if with_key:
+            ax, key_ax = fig.subplots(1, 2, width_ratios=[2.4, 1])
+        else:
+            ax = fig.add_subplot()
     else:
         fig = ax.figure
     data = table.loc[_ok_rows(table, x, y)] if len(table) else table
+    if len(data):  # numbered by method, then along x: the key reads method by method
+        rank = {m: i for i, m in enumerate(METHOD_STYLES)}
+        order = sorted(range(len(data)), key=lambda i: (rank.get(_method(data.iloc[i]), len(rank)), _method(data.iloc[i]),
+                                                        float(data.iloc[i][x])))  # fmt: skip
+        data = data.iloc[order]
     points = data[[x, y]].to_numpy(float) if len(data) else np.zeros((0, 2))
-    front = pareto_front(points, (mx, my)) if len(points) else np.zeros(0, dtype=bool)
+    stage = x.split("_", 1)[0] if x.split("_", 1)[0] in _STAGES else "test"
+    constant = constant_predictors(data, stage) if len(data) else np.zeros(0, dtype=bool)
+    front = np.zeros(len(points), dtype=bool)
+    if (~constant).any():
+        front[~constant] = pareto_front(points[~constant], (mx, my))
+    methods = [_method(row) for _, row in data.iterrows()]
+    styles: dict[str, tuple[str, str]] = {}
+    for method in dict.fromkeys(methods):
+        styles[method] = METHOD_STYLES.get(method) or _OTHER_STYLES[len(styles) % len(_OTHER_STYLES)]
 
-    if (~front).any():
-        ax.scatter(points[~front, 0], points[~front, 1], s=36, color="0.6", label="dominated", zorder=2)
+    # error bars first, under the markers
+    xerr = _ci(data, x)
+    yerr = _ci(data, y)
+    if xerr is not None or yerr is not None:
+        ax.errorbar(points[:, 0], points[:, 1], xerr=xerr, yerr=yerr, fmt="none", ecolor="0.55", elinewidth=0.8,
+                    capsize=2, zorder=1)  # fmt: skip
     if front.any():
         order = np.argsort(points[front, 0], kind="stable")
         fx, fy = points[front][order, 0], points[front][order, 1]
-        ax.step(fx, fy, where="pre" if mx else "post", color="tab:blue", lw=1.5, alpha=0.8, zorder=1)
-        ax.scatter(fx, fy, s=48, color="tab:blue", label="Pareto frontier", zorder=3)
-    if label is not None:
-        order = np.argsort(points[:, 0], kind="stable") if len(points) else np.zeros(0, dtype=int)
-        rank = np.empty_like(order)
-        rank[order] = np.arange(len(order))
-        for (_, row), (px, py), r in zip(data.iterrows(), points, rank):
-            text = _label(row, label)
-            if text:  # neighbours along x alternate above and below, so close points stay readable
-                ax.annotate(text, (px, py), xytext=(4, 4 if r % 2 == 0 else -11), textcoords="offset points",
-                            fontsize=8, color="0.2")  # fmt: skip
-    # baselines before the threshold shading, which fixes the x-range: they must lie inside it
+        ax.step(fx, fy, where="pre" if mx else "post", color="black", lw=1.2, alpha=0.7, zorder=2)
+    for method, (marker, color) in styles.items():
+        mine = np.array([m == method for m in methods]) & ~constant
+        on, off = mine & front, mine & ~front
+        if on.any():
+            ax.scatter(points[on, 0], points[on, 1], marker=marker, s=60, color=color, edgecolor="black", lw=1.0, zorder=4)
+        if off.any():
+            ax.scatter(points[off, 0], points[off, 1], marker=marker, s=46, facecolor="none", edgecolor=color, lw=1.3, zorder=3)
+    if constant.any():
+        ax.scatter(points[constant, 0], points[constant, 1], marker="x", s=60, color="0.45", lw=1.6, zorder=3)
+
+    handles = [Line2D([], [], marker=m, color=c, ls="none", markersize=7, label=_method_name(name))
+               for name, (m, c) in styles.items() if any(mm == name for mm, k in zip(methods, constant) if not k)]  # fmt: skip
+    handles.append(Line2D([], [], marker="o", ls="-", color="black", markerfacecolor="0.7", markersize=7,
+                          label="Pareto frontier (filled)"))  # fmt: skip
+    if (~front & ~constant).any():
+        handles.append(Line2D([], [], marker="o", ls="none", color="0.4", markerfacecolor="none", markersize=7,
+                              label="dominated (hollow)"))  # fmt: skip
+    if constant.any():
+        handles.append(Line2D([], [], marker="x", ls="none", color="0.45", markersize=8, mew=1.6,
+                              label=f"constant predictor ({int(constant.sum())}; not on the frontier)"))  # fmt: skip
+
     for name, (bx, by) in (baselines or {}).items():
-        ax.scatter([bx], [by], marker="D", s=50, color="tab:orange", edgecolor="k", zorder=4)
+        ax.scatter([bx], [by], marker="D", s=50, color="tab:orange", edgecolor="k", zorder=5)
         ax.annotate(name, (bx, by), xytext=(5, -10), textcoords="offset points", fontsize=8, color="tab:orange")
     if threshold is not None:
         threshold = float(threshold)
-        ax.axvline(threshold, color="tab:red", ls="--", lw=1.2, label=f"{x} {'≥' if mx else '≤'} {threshold:g}")
+        ax.axvline(threshold, color="tab:red", ls="--", lw=1.2)
+        handles.append(Line2D([], [], color="tab:red", ls="--", label=f"requirement: {'≥' if mx else '≤'} {threshold:g}"))
         lo, hi = ax.get_xlim()
         if mx:
             ax.axvspan(threshold, max(hi, threshold), color="tab:green", alpha=0.06)
         else:
             ax.axvspan(min(lo, threshold), threshold, color="tab:green", alpha=0.06)
         ax.set_xlim(min(lo, threshold), max(hi, threshold))
-        ok = points[:, 0] >= threshold if mx else points[:, 0] <= threshold
+        ok = (points[:, 0] >= threshold if mx else points[:, 0] <= threshold) & ~constant
         if ok.any():
             best = np.flatnonzero(ok)[np.argmax(points[ok, 1]) if my else np.argmin(points[ok, 1])]
-            ax.scatter(*points[best], marker="*", s=260, facecolor="none", edgecolor="tab:red", lw=1.5,
-                       label="best within threshold", zorder=4)  # fmt: skip
-    ax.set_xlabel(f"{x} ({'higher' if mx else 'lower'} is better)")
-    ax.set_ylabel(f"{y} ({'higher' if my else 'lower'} is better)")
-    default_title = f"{y} vs {x}: {int(front.sum())} of {len(points)} models on the frontier"
-    ax.set_title(title or default_title + (f" (labels: {label})" if label else ""), fontsize=10)
+            ax.scatter(*points[best], marker="*", s=320, facecolor="none", edgecolor="tab:red", lw=1.5, zorder=5)
+            handles.append(Line2D([], [], marker="*", ls="none", markersize=13, markerfacecolor="none",
+                                  markeredgecolor="tab:red", label="best model meeting the requirement"))  # fmt: skip
+
+    ax.set_xlabel(f"{readable_name(x)} ({'higher' if mx else 'lower'} is better)")
+    ax.set_ylabel(f"{readable_name(y)} ({'higher' if my else 'lower'} is better)")
+    n_models = len(points)
+    default_title = (
+        f"{readable_name(y)} vs {readable_name(x)[0].lower()}{readable_name(x)[1:]}: "
+        f"{int(front.sum())} of {n_models} models on the frontier"
+    )
+    ax.set_title(title or default_title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(handles=handles, fontsize=8, loc="best", framealpha=0.9)
+
+    if label is not None and n_models:
+        numbers = [str(i + 1) for i in range(n_models)]
+        _place_labels(ax, points, numbers)
+        if key_ax is not None:
+            _draw_key(key_ax, data, numbers, methods, constant, front, x, y, label)
     return fig
+
+
+def _method_name(mode: str) -> str:
+    return {"erm": "ERM (no fairness term)", "penalty": "penalty", "lagrangian": "Lagrangian constraint",
+            "adversarial": "adversarial", "mutual_information": "mutual information"}.get(mode, mode)  # fmt: skip
+
+
+def _ci(data: pd.DataFrame, column: str) -> np.ndarray | None:
+    low, high = f"{column}_ci_low", f"{column}_ci_high"
+    if low not in data.columns or high not in data.columns or not len(data):
+        return None
+    value = data[column].to_numpy(float)
+    lo = np.clip(value - pd.to_numeric(data[low], errors="coerce").to_numpy(float), 0, None)
+    hi = np.clip(pd.to_numeric(data[high], errors="coerce").to_numpy(float) - value, 0, None)
+    return np.nan_to_num(np.vstack([lo, hi]), nan=0.0)
+
+
+def _draw_key(ax: Axes, data: pd.DataFrame, numbers: Sequence[str], methods: Sequence[str], constant: np.ndarray,
+              front: np.ndarray, x: str, y: str, label: str) -> None:  # fmt: skip
+    """The key of the numbered points: number, method, setting, y, x, a mark for the frontier."""
+    ax.axis("off")
+    short = {"erm": "ERM", "penalty": "penalty", "lagrangian": "Lagrangian", "adversarial": "adversarial",
+             "mutual_information": "mut. info"}  # fmt: skip
+    rows = []
+    for (_, row), number, method, c, f in zip(data.iterrows(), numbers, methods, constant, front):
+        flag = "constant" if c else ("frontier" if f else "")
+        job = row.get("job_dir", row.get("job", ""))
+        job = "" if job is None or (isinstance(job, float) and math.isnan(job)) else str(job)
+        rows.append([number, job, short.get(method, method), _setting(row, label) or "-", f"{row[y]:.3f}", f"{row[x]:.3f}", flag])
+    header = ["#", "job", "method", "setting", readable_name(y).split(" (")[0].replace("Test ", ""), "DP diff." if "dp_difference" in x else readable_name(x)[:10], ""]
+    size = 7.5 if len(rows) <= 24 else 6
+    table = ax.table(cellText=rows, colLabels=header, loc="upper center", cellLoc="left", colLoc="left", edges="horizontal")
+    table.auto_set_font_size(False)
+    table.set_fontsize(size)
+    table.auto_set_column_width(list(range(len(header))))
+    for (r, _), cell in table.get_celld().items():
+        cell.set_height(1.0 / (max(len(rows), 18) + 2))
+        if r > 0 and rows[r - 1][-1] == "frontier":
+            cell.set_text_props(fontweight="bold")
+        if r > 0 and rows[r - 1][-1] == "constant":
+            cell.set_text_props(color="0.45")
+    ax.set_title("Key (bold: on the frontier)", fontsize=9)
 
 
 # --------------------------------------------------------------------------------- in process
@@ -579,8 +892,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``--reference``, default :func:`default_reference`), and logs the figure, the hypervolume and
     the table to TensorBoard in ``SWEEP_DIR/tensorboard``.
 
+    Jobs left out (failed, killed, running, unreadable, invalid: see :func:`load_sweep`) are
+    listed with their reason after the frontier.
+
     Returns:
-        0, or 1 if the directory holds no finished job.
+        0, or 1 if the directory holds no finished job with valid values of ``--x`` and ``--y``.
     """
     args = _parser().parse_args(argv)
     if not logging.getLogger().handlers:
@@ -593,6 +909,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     maximize = _maximize(args.x, args.y, None)
     if table.empty or not (table["status"] == "ok").any():
         print(f"error: no finished job in {args.sweep_dir} (see the messages above)", file=sys.stderr)
+        return 1
+    for column in (args.x, args.y):
+        if column not in table.columns:
+            print(f"error: column {column!r} is not in any record; numeric columns: {_numeric_columns(table)}", file=sys.stderr)
+            return 1
+    unusable = (table["status"] == "ok") & ~np.isfinite(table[[args.x, args.y]].to_numpy(float)).all(axis=1)
+    for index in np.flatnonzero(unusable.to_numpy()):
+        reason = f"rejected, no finite value of {args.x} and {args.y}"
+        log.warning("skipping job %s: %s", table.at[table.index[index], "job_dir"], reason)
+        table.loc[table.index[index], ["status", "error"]] = ["invalid", reason]
+    not_ok = table[table["status"] != "ok"]
+    if not (table["status"] == "ok").any():
+        print(
+            f"error: no usable job in {args.sweep_dir}: {len(table)} jobs, none finished with valid "
+            f"{args.x} and {args.y} (" + "; ".join(f"{r.job_dir}: {r.status}" for r in not_ok.itertuples()) + ")",
+            file=sys.stderr,
+        )
         return 1
     table = frontier_table(table, args.x, args.y, maximize)
     out = args.out or args.sweep_dir
@@ -607,20 +940,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ok = table[table["status"] == "ok"]
     reference = args.reference or default_reference(maximize)
-    hv = hypervolume(ok[[args.x, args.y]].to_numpy(float), reference, maximize)
-    candidates = ("job", "mode", args.label, args.y, args.x, "test_dp_ratio", "test_eo_difference", "is_pareto")
+    usable = ok[~ok["constant_predictor"]]  # a constant model's DP of 0 is not a trade-off anyone can use
+    hv = hypervolume(usable[[args.x, args.y]].to_numpy(float), reference, maximize)
+    varied = [c for c in ("lr", "seed") if c in table.columns and table.loc[table["status"] == "ok", c].nunique() > 1]
+    candidates = ("job_dir", "mode", "eta", "tolerance", *varied, args.label, args.y, args.x, "test_dp_ratio", "test_eo_difference",
+                  "constant_predictor", "is_pareto")  # fmt: skip
     shown = [c for c in dict.fromkeys(candidates) if c in table.columns]
     n_front = int(table["is_pareto"].sum())
     print(f"{len(ok)} finished jobs of {len(table)} in {args.sweep_dir}; {n_front} on the frontier:")
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
-        print(ok.sort_values(args.x)[shown].to_string(index=False))
+        print(ok.sort_values(args.x)[shown].rename(columns={"job_dir": "job"}).to_string(index=False))
+    if len(not_ok):
+        print(f"{len(not_ok)} jobs not in the report:")
+        for r in not_ok.itertuples():
+            print(f"  job {r.job_dir}: {r.status}: {r.error}")
     arrows = "".join("↑" if m else "↓" for m in maximize)
     print(
         f"hypervolume of ({args.x} {arrows[0]}, {args.y} {arrows[1]}) w.r.t. reference "
         f"({reference[0]:g}, {reference[1]:g}): {hv:.4f}"
     )
+    if ok["constant_predictor"].any():
+        names = ", ".join(ok.loc[ok["constant_predictor"], "job_dir"].astype(str))
+        print(f"constant (collapsed) predictors, left off the frontier and the hypervolume: job {names}")
     if args.threshold is not None:
-        within = ok[ok[args.x] >= args.threshold] if maximize[0] else ok[ok[args.x] <= args.threshold]
+        within = usable[usable[args.x] >= args.threshold] if maximize[0] else usable[usable[args.x] <= args.threshold]
         if len(within):
             best = within.loc[within[args.y].idxmax() if maximize[1] else within[args.y].idxmin()]
             text = _label(best, args.label)
@@ -643,6 +986,7 @@ __all__ = [
     "FRONTIER_CSV",
     "FRONTIER_PNG",
     "default_reference",
+    "validate_record",
     "flatten_record",
     "frontier_table",
     "higher_is_better",

@@ -29,7 +29,10 @@ A job (:func:`run`):
 ``status: "failed"`` with the error and a traceback summary: a failed job of a sweep never
 raises into the launcher, so the other jobs' results survive, and
 :func:`fair_lightning.pareto.load_sweep` reports and skips it. The job returns ``objective``
-(one float or a tuple, NaN when it failed) for sweepers that optimize, such as Optuna's.
+(one float or a tuple of finite floats; ``None`` when it failed) for sweepers that optimize, such
+as Optuna's. The record is written when the job starts (``status: "running"``, ``pid``) and
+completed when it ends (``ok``, ``failed``, or ``killed`` on a ``SystemExit`` such as Lightning's
+``SIGTERMException``); see :mod:`fair_lightning._records`.
 
 Configuration errors stop early with a readable message: a misspelt override
 (``fairness.etaa=1``) is refused by Hydra before any job starts (``Key 'etaa' is not in
@@ -40,6 +43,7 @@ and exit status 1, not a traceback.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -57,6 +61,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from fair_lightning import _records
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +148,7 @@ def build(cfg: DictConfig, output_dir: str | os.PathLike) -> Components:
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")  # plain containers: checkpoints load with weights_only
     datamodule.setup("fit")
     model = hydra.utils.instantiate(cfg.model, in_features=datamodule.num_features)
     module_cfg = OmegaConf.create(module_arguments(cfg))
@@ -158,6 +164,100 @@ def build(cfg: DictConfig, output_dir: str | os.PathLike) -> Components:
         enable_checkpointing=any(isinstance(cb, ModelCheckpoint) for cb in callbacks),
     )
     return Components(datamodule, model, module, trainer)
+
+
+# ---------------------------------------------------------------------------------- validation
+#: ``Trainer`` options that must be integers (or null) and numbers (or null), checked before building.
+TRAINER_INTEGERS = (
+    "max_epochs", "min_epochs", "max_steps", "min_steps", "log_every_n_steps", "num_sanity_val_steps",
+    "check_val_every_n_epoch", "accumulate_grad_batches",
+)  # fmt: skip
+TRAINER_NUMBERS = (
+    "limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches", "val_check_interval",
+    "gradient_clip_val",
+)  # fmt: skip
+_NOT_ARGUMENTS = ("_target_", "_convert_", "_partial_", "_recursive_", "_args_")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _got(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _numeric_kind(annotation: Any) -> str | None:
+    """``"int"``, ``"number"`` or ``None`` from a parameter's annotation (as written, e.g. ``"float | None"``)."""
+    import re
+
+    if annotation is inspect.Parameter.empty:
+        return None
+    words = set(re.findall(r"[A-Za-z_]+", annotation if isinstance(annotation, str) else repr(annotation)))
+    if words & {"str", "Any", "object", "Callable", "Mapping", "Sequence", "list", "dict", "tuple"}:
+        return None
+    if "float" in words:
+        return "number"
+    return "int" if "int" in words else None
+
+
+def _check_arguments(node: Mapping[str, Any], where: Mapping[str, str], target: Any) -> None:
+    """Check the values of ``node`` against the annotations of ``target``'s constructor."""
+    try:
+        cls = hydra.utils.get_class(target) if isinstance(target, str) else target
+        parameters = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls).parameters
+    except Exception:  # an unknown target fails later, with Hydra's own message
+        return
+    for key, value in node.items():
+        if key in _NOT_ARGUMENTS:
+            continue
+        name = where.get(key, key)
+        if isinstance(value, Mapping) and "_target_" in value:
+            _check_arguments(value, {k: f"{name}.{k}" for k in value}, value["_target_"])
+            continue
+        if value is None or key not in parameters:
+            continue
+        kind = _numeric_kind(parameters[key].annotation)
+        if kind == "int" and not _is_int(value):
+            raise ValueError(f"`{name}` must be an integer, got {_got(value)}")
+        if kind == "number" and (not _is_number(value) or math.isnan(value)):
+            raise ValueError(f"`{name}` must be a number, got {_got(value)}")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Refuse a config whose numbers are not numbers, naming the option (before anything is built).
+
+    Checks ``seed`` (an integer), ``num_threads`` (null or an integer >= 1), the ``Trainer``'s
+    counts (:data:`TRAINER_INTEGERS`: integers) and fractions (:data:`TRAINER_NUMBERS`: numbers),
+    and every ``module``/``fairness`` argument whose constructor annotation is ``int`` or
+    ``float`` (so ``fairness.eta=abc`` or ``fairness.eta=nan`` is refused as ``fairness.eta``).
+
+    Raises:
+        ValueError: naming the option, the expected form and the value received.
+    """
+    seed = cfg.get("seed")
+    if not _is_int(seed):
+        raise ValueError(f"`seed` must be an integer, got {_got(seed)}")
+    threads = cfg.get("num_threads")
+    if threads is not None and not (_is_int(threads) and threads >= 1):
+        raise ValueError(f"`num_threads` must be null or an integer >= 1, got {_got(threads)}")
+    trainer = cfg.get("trainer") or {}
+    for key in TRAINER_INTEGERS:
+        value = trainer.get(key)
+        if value is not None and not _is_int(value):
+            raise ValueError(f"`trainer.{key}` must be an integer, got {_got(value)}")
+    for key in TRAINER_NUMBERS:
+        value = trainer.get(key)
+        if value is not None and (not _is_number(value) or math.isnan(value)):
+            raise ValueError(f"`trainer.{key}` must be a number, got {_got(value)}")
+    fairness = _container(cfg.get("fairness")) or {}
+    arguments = module_arguments(cfg)
+    where = {key: (f"fairness.{key}" if key in fairness else f"module.{key}") for key in arguments}
+    _check_arguments(arguments, where, arguments.get("_target_"))
 
 
 # ---------------------------------------------------------------------------------- metrics
@@ -191,8 +291,9 @@ def summarize_metrics(metrics: Mapping[str, Any], group_names: Sequence[str]) ->
     return out
 
 
-def fit_and_test(trainer: Any, module: Any, datamodule: Any) -> dict[str, Any]:
-    """``trainer.fit`` then ``trainer.test``; the summary of :func:`summarize_metrics` plus timings.
+def fit_and_test(trainer: Any, module: Any, datamodule: Any, ckpt_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``trainer.fit`` (resumed from ``ckpt_path`` if given) then ``trainer.test``; the summary of
+    :func:`summarize_metrics` plus timings.
 
     The validation metrics are those of the last validation run of ``fit``. The raw logged values
     are under ``"metrics"``.
@@ -201,7 +302,7 @@ def fit_and_test(trainer: Any, module: Any, datamodule: Any) -> dict[str, Any]:
         for pattern in _QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
         start = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
         fit_seconds = time.perf_counter() - start
         raw = {k: _float(v) for k, v in trainer.callback_metrics.items()}
         start = time.perf_counter()
@@ -286,6 +387,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[st
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     _check_objective(cfg.get("objective"))
+    validate_config(cfg)
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -304,7 +406,10 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[st
         ", ".join(f"{k}={v}" for k, v in describe_method(module_arguments(cfg)).items() if v is not None),
         parts.trainer.max_epochs,
     )
-    results = fit_and_test(parts.trainer, parts.module, dm)
+    ckpt_path = last_checkpoint(output_dir)
+    if ckpt_path is not None:
+        log.info("resuming from %s (the job was interrupted: preempted, requeued or re-run)", ckpt_path)
+    results = fit_and_test(parts.trainer, parts.module, dm, ckpt_path=ckpt_path)
     record: dict[str, Any] = {
         "status": "ok",
         "dataset": dm.hparams.get("dataset"),
@@ -312,8 +417,10 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[st
         "groups": list(dm.group_names),
         **describe_method(module_arguments(cfg)),
         "seed": int(cfg.seed),
+        "lr": _float(module_arguments(cfg).get("lr")),
         "torch_threads": torch.get_num_threads(),
         "setup_seconds": setup_seconds,
+        "resumed_from": None if ckpt_path is None else str(ckpt_path),
     }
     record.update(results)
     return record
@@ -329,12 +436,18 @@ def _error_message(exc: BaseException) -> str:
 
 def write_metrics(record: Mapping[str, Any], output_dir: str | os.PathLike) -> Path:
     """Write ``record`` as ``output_dir/metrics.json`` atomically (a reader never sees half a file)."""
-    path = Path(output_dir) / METRICS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{METRICS_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return _records.write_record(record, output_dir)
+
+
+def last_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest ``last.ckpt`` under a job's directory (``ModelCheckpoint(save_last=True)``), if any.
+
+    A job finds one when it runs again in the same directory: requeued after preemption
+    (``hydra/launcher=slurm``), or re-run with ``+resume=true`` after a ``SIGTERM``. ``fit``
+    then resumes from it (weights, optimizers, multipliers, epoch) instead of starting over.
+    """
+    found = [p for p in Path(output_dir).rglob("last*.ckpt") if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def run_job(
@@ -363,21 +476,48 @@ def run_job(
         "overrides": list(overrides),
         "output_dir": str(output_dir),
         "started": datetime.now().isoformat(timespec="seconds"),
+        **_records.process_identity(),
     }
+    fairness = _container(cfg.get("fairness")) if isinstance(cfg, DictConfig) else None
+    method = describe_method(fairness if isinstance(fairness, Mapping) else {})
+    try:  # the swept settings, so that a failed or killed job still says which point it was
+        method.update(lr=_float(module_arguments(cfg).get("lr")), seed=cfg.get("seed"))
+    except Exception:  # a config too broken to read: run() reports it
+        pass
+    write_metrics({**header, "status": _records.RUNNING, **method}, output_dir)
     try:
         record = {**header, **run(cfg, output_dir), "error": None, "traceback": None}
     except Exception as exc:  # one failed job must not lose the sweep: record it, do not raise
-        fairness = _container(cfg.get("fairness")) if isinstance(cfg, DictConfig) else None
         record = {
             **header,
-            "status": "failed",
+            "status": _records.FAILED,
             "error": _error_message(exc),
             "traceback": "".join(traceback.format_exception(exc, limit=-8)),
-            **describe_method(fairness if isinstance(fairness, Mapping) else {}),
+            **method,
         }
+    except BaseException as exc:  # SystemExit (Lightning's SIGTERMException on preemption), Ctrl-C
+        record = {
+            **header,
+            "status": _records.KILLED,
+            "error": type(exc).__name__ + (f": {exc}" if str(exc) else "")
+            + " (the process was asked to stop, e.g. SIGTERM on preemption; re-run with +resume=true)",
+            "traceback": "".join(traceback.format_exception(exc, limit=-8)),
+            **method,
+            "total_seconds": time.perf_counter() - start,
+            "ended": datetime.now().isoformat(timespec="seconds"),
+        }
+        write_metrics(record, output_dir)
+        raise
     record["total_seconds"] = time.perf_counter() - start
+    record["ended"] = datetime.now().isoformat(timespec="seconds")
     write_metrics(record, output_dir)
     return record
+
+
+def finished_record(output_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The job's ``metrics.json`` if it says ``status: "ok"`` (what ``+resume=true`` keeps), else ``None``."""
+    record = _records.read_record(output_dir)
+    return record if record is not None and record.get("status") == _records.OK else None
 
 
 def _drop_tip(record: logging.LogRecord) -> bool:
@@ -405,13 +545,19 @@ def _route_lightning_logs() -> None:
 def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
     """Hydra entry point (``python -m fair_lightning.train``, ``fair-lightning-train``).
 
-    Writes ``metrics.json`` into the job's output directory and returns ``objective``. A failed job
-    logs its error; in a single run it then exits with status 1, in a sweep it returns NaN so the
-    other jobs go on.
+    Writes ``metrics.json`` into the job's output directory and returns ``objective`` (finite
+    floats). A failed job logs its error; in a single run it then exits with status 1, in a sweep
+    it returns ``None`` (so does a job without a finite objective) so the other jobs go on and
+    Optuna marks the trial failed. With ``+resume=true`` a job whose ``metrics.json`` says ``ok``
+    is not run again (its recorded objective is returned).
     """
     _route_lightning_logs()
     hc = HydraConfig.get()
     output_dir = Path(hc.runtime.output_dir)
+    done = finished_record(output_dir) if cfg.get("resume") else None
+    if done is not None:
+        log.info("resume: job %s already finished (%s); not run again", hc.job.get("num"), output_dir / METRICS_FILE)
+        return _returned_objective(done, cfg.get("objective"))
     record = run_job(cfg, output_dir, overrides=list(hc.overrides.task), job_num=hc.job.get("num"))
     path = output_dir / METRICS_FILE
     if record["status"] != "ok":
@@ -426,7 +572,24 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
             record["fit_seconds"],
             path,
         )
-    return objective_values(record, cfg.get("objective"))
+    return _returned_objective(record if record["status"] == _records.OK else {}, cfg.get("objective"))
+
+
+def _returned_objective(record: Mapping[str, Any], objective: Any) -> float | tuple[float, ...] | None:
+    """``objective``'s values for the sweeper: finite floats, or ``None`` if any is missing or not finite.
+
+    ``None`` rather than NaN: Optuna's sweeper marks a trial without a number as failed and goes on,
+    while a NaN makes ``study.tell`` raise and ends the whole study.
+    """
+    values = objective_values(record, objective)
+    if values is None:
+        return None
+    finite = all(math.isfinite(v) for v in (values if isinstance(values, tuple) else (values,)))
+    if not finite:
+        log.warning("no finite value of `objective` %s for this job; returning none to the sweeper", list(
+            [objective] if isinstance(objective, str) else objective))
+        return None
+    return values
 
 
 __all__ = [
@@ -437,13 +600,16 @@ __all__ = [
     "SCALAR_METRICS",
     "build",
     "describe_method",
+    "finished_record",
     "fit_and_test",
+    "last_checkpoint",
     "main",
     "module_arguments",
     "objective_values",
     "run",
     "run_job",
     "summarize_metrics",
+    "validate_config",
     "write_metrics",
 ]
 

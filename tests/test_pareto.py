@@ -186,10 +186,12 @@ def test_frontier_table_and_plot(tmp_path):
     assert front["is_pareto"].tolist() == [True, True, False, False, False, False]
     fig = plot_pareto_frontier(front, threshold=0.05, baselines={"reductions": (0.02, 0.82)})
     assert isinstance(fig, Figure)
-    ax = fig.axes[0]
+    ax, key = fig.axes
     labels = {t.get_text() for t in ax.texts}
-    assert {"0", "1", "4", "reductions"} <= labels  # every finished job labelled with its eta, and the baseline
-    assert any("best within threshold" in t.get_text() for t in ax.get_legend().get_texts())
+    assert {"1", "2", "3", "reductions"} <= labels  # every finished job numbered, and the baseline
+    cells = {c.get_text().get_text() for c in key.tables[0].get_celld().values()}
+    assert {"eta=0", "eta=1", "eta=4", "0", "1", "2"} <= cells  # the key: number, job, setting
+    assert any("best model meeting the requirement" in t.get_text() for t in ax.get_legend().get_texts())
     fig.savefig(tmp_path / "f.png")
     # on given axes, other columns, a DP-ratio threshold (higher is better)
     other = Figure()
@@ -286,3 +288,44 @@ def test_baselines_stay_inside_the_threshold_range():
     fig = plot_pareto_frontier(table, threshold=0.05, baselines={"reductions": (0.002, 0.829)})
     lo, hi = fig.axes[0].get_xlim()
     assert lo < 0.002 < hi and lo < 0.05 < hi
+
+
+def _frontier_sweep_table():
+    rows = []
+    for i, (eta, acc, dp) in enumerate([(0, .851, .183), (1, .842, .085), (2, .838, .052), (4, .836, .041), (8, .835, .040), (64, .754, 0.0)]):
+        rates = (0.0, 0.0) if eta == 64 else (0.1, 0.1 + dp)
+        rows.append({"job_dir": f"penalty/{i}", "status": "ok", "mode": "penalty", "eta": float(eta), "tolerance": np.nan,
+                     "test_accuracy": acc, "test_dp_difference": dp, "test_selection_rate/F": rates[0], "test_selection_rate/M": rates[1],
+                     "test_dp_difference_ci_low": max(0.0, dp - 0.01), "test_dp_difference_ci_high": dp + 0.01})
+    for i, (tol, acc, dp) in enumerate([(0.0025, .826, .006), (0.005, .829, .008), (0.01, .832, .013), (0.02, .836, .022)]):
+        rows.append({"job_dir": f"lagrangian/{i}", "status": "ok", "mode": "lagrangian", "eta": np.nan, "tolerance": tol,
+                     "test_accuracy": acc, "test_dp_difference": dp, "test_selection_rate/F": 0.15, "test_selection_rate/M": 0.15 + dp,
+                     "test_dp_difference_ci_low": dp - 0.005, "test_dp_difference_ci_high": dp + 0.005})
+    return pd.DataFrame(rows)  # fmt: skip
+
+
+def test_frontier_plot_is_readable(tmp_path):
+    from matplotlib.collections import LineCollection
+
+    table = frontier_table(_frontier_sweep_table())
+    assert table["constant_predictor"].tolist() == [False] * 5 + [True] + [False] * 4
+    assert not table.loc[5, "is_pareto"]  # the constant model (DP 0 for free) is not the "fairest" on the frontier
+    fig = plot_pareto_frontier(table, threshold=0.05)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "Demographic-parity difference (test) (lower is better)"
+    assert ax.get_ylabel() == "Test accuracy (higher is better)"
+    assert "labels:" not in ax.get_title() and "test_accuracy" not in ax.get_title()
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "penalty" in legend and "Lagrangian constraint" in legend  # one entry per method
+    assert any(t.startswith("constant predictor (1") for t in legend)
+    markers = {h.get_marker() for h in ax.get_legend().legend_handles[:2]}
+    assert len(markers) == 2  # penalty and Lagrangian do not share a marker
+    assert any(isinstance(c, LineCollection) for c in ax.collections)  # error bars from the CI columns
+    fig.savefig(tmp_path / "frontier.png")
+    renderer = fig.canvas.get_renderer()
+    numbers = [t for t in ax.texts if t.get_text().isdigit()]
+    assert sorted(int(t.get_text()) for t in numbers) == list(range(1, 11))
+    boxes = [t.get_window_extent(renderer) for t in numbers]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), "two point labels overlap"

@@ -88,7 +88,9 @@ def test_fairness_options_build_a_module(option, tmp_path):
 
 def test_launcher_configs():
     parallel = _compose(["hydra/launcher=parallel"], return_hydra_config=True).hydra.launcher
-    assert parallel._target_.endswith("JoblibLauncher") and parallel.n_jobs == 2
+    assert parallel._target_ == "hydra_plugins.fair_lightning_launcher.ResilientLauncher" and parallel.n_jobs == 2
+    joblib = _compose(["hydra/launcher=joblib"], return_hydra_config=True).hydra.launcher
+    assert joblib._target_.endswith("JoblibLauncher")
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the `slurm` extra is not installed")
     slurm = _compose(["hydra/launcher=slurm"], return_hydra_config=True).hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher") and slurm.timeout_min > 0
@@ -228,3 +230,26 @@ def test_main_job_overrides():
     assert not any(o.startswith("fairness.eta") for o in lagrangian) and "fairness=penalty_dp" not in lagrangian
     submitit = sweep_overrides(["hydra/launcher=local"], sweep)
     assert not any(o.startswith("hydra.launcher.n_jobs") for o in submitit)
+
+
+# ------------------------------------------------------------------------------------ HParams
+def test_hparams_show_the_swept_and_method_settings_first_and_nothing_unused(tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from fair_lightning.callbacks._dashboard import run_hparams
+
+    logged = {}
+    monkeypatch.setattr(TensorBoardLogger, "log_hyperparams", lambda self, params, metrics=None: logged.setdefault("p", dict(params)))
+    cfg = _compose([*TINY, "logger=tensorboard", "callbacks.calibration=null", "callbacks.dashboard.figures=false",
+                    "fairness=lagrangian_dp", "fairness.tolerance=0.03"])  # fmt: skip
+    run(cfg, tmp_path)
+    params = logged["p"]
+    assert list(params)[:3] == ["mode", "tolerance", "constraints"] and params["tolerance"] == 0.03
+    assert "eta" not in params and "adversary_lr" not in params and "penalty" not in params  # unused by the mode
+    assert {"lr", "dual_lr", "dataset", "seed"} <= set(params)
+    # a swept setting comes first
+    penalty = run_hparams({"mode": "penalty", "eta": 4.0, "lr": 0.01, "tolerance": 0.01, "adversary_lr": 1e-3},
+                          {"dataset": "adult", "seed": 0}, swept=["lr", "eta", "resume"])  # fmt: skip
+    assert list(penalty) == ["lr", "eta", "mode", "dataset", "seed"]
+    erm = run_hparams({"mode": "erm", "eta": 1.0, "tolerance": 0.01, "lr": 0.003}, {})
+    assert erm == {"mode": "erm", "lr": 0.003}

@@ -35,6 +35,63 @@ RATES_TAG = "figures/{stage}/group_rates"
 RELIABILITY_TAG = "figures/{stage}/reliability"
 
 
+#: Hyper-parameters each mode uses, most telling first (the HParams table shows these and no others).
+METHOD_HPARAMS: dict[str, tuple[str, ...]] = {
+    "erm": (),
+    "penalty": ("eta", "fairness", "penalty", "reduction", "temperature", "pairwise", "weighting", "eta_schedule",
+                "eta_warmup_steps"),
+    "lagrangian": ("tolerance", "constraints", "dual_lr", "multiplier_max", "ema_decay", "dual_damping", "temperature"),
+    "adversarial": ("eta", "fairness", "adversary_input", "adversary_lr", "adversary_hidden", "eta_schedule",
+                    "eta_warmup_steps"),
+}  # fmt: skip
+#: Hyper-parameters of every run: the optimizer, the decision threshold, then the data.
+COMMON_HPARAMS = ("lr", "weight_decay", "threshold", "min_count", "gradient_clip_val")
+DATA_HPARAMS = ("dataset", "sensitive", "batch_size", "seed")
+
+
+def swept_keys() -> list[str]:
+    """The settings a Hydra sweep varies in this job (``fairness.eta=4`` -> ``eta``); ``[]`` outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return []
+        overrides = list(HydraConfig.get().overrides.task)
+    except Exception:  # pragma: no cover - Hydra missing or not configured
+        return []
+    keys = []
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if "/" not in key and not key.startswith(("hydra.", "callbacks.", "logger.", "trainer.")) and key != "resume":
+            keys.append(key.rsplit(".", 1)[-1])
+    return keys
+
+
+def run_hparams(module: Mapping[str, Any], datamodule: Mapping[str, Any], swept: Sequence[str] = ()) -> dict[str, Any]:
+    """The HParams of a run: swept settings first, then ``mode`` and its own settings, then the rest it uses.
+
+    A mode's settings are :data:`METHOD_HPARAMS` (a Lagrangian run shows ``tolerance`` and
+    ``dual_lr``, not ``eta``); then :data:`COMMON_HPARAMS` and :data:`DATA_HPARAMS`. ``None``
+    values are left out. A module whose ``mode`` is not in the table shows all its
+    hyper-parameters (after the swept ones).
+    """
+    both = {**datamodule, **module}
+    mode = module.get("mode")
+    if mode in METHOD_HPARAMS:
+        order = ["mode", *METHOD_HPARAMS[mode], *COMMON_HPARAMS, *DATA_HPARAMS]
+        used = set(order)
+    else:
+        order = list(both)
+        used = set(both)
+    first = [k for k in swept if k in used]
+    params: dict[str, Any] = {}
+    for key in [*first, *order]:
+        value = both.get(key)
+        if key in both and key not in params and value is not None:
+            params[key] = list(value) if isinstance(value, tuple) else value
+    return params
+
+
 class FairnessDashboard(Callback):
     """Per-group figures and the HParams table of a sweep, in TensorBoard.
 
@@ -44,8 +101,9 @@ class FairnessDashboard(Callback):
       of every group (``figures/<stage>/group_rates``) and a per-group reliability diagram with
       each group's ECE (``figures/<stage>/reliability``), from per-group sums of the
       statistics core (summed over the ranks under DDP, drawn on global rank zero);
-    * the HParams table: when a fit (or a validation or test run) is set up, the module's and
-      datamodule's hyper-parameters with the metric names of ``hp_metrics`` (once per logger,
+    * the HParams table: when a fit (or a validation or test run) is set up, the settings of the
+      run (:func:`run_hparams`: the swept ones first, then the mode and its own settings, then
+      the optimizer's and the data's; nothing the mode does not use) with the metric names of ``hp_metrics`` (once per logger,
       before Lightning's own declaration, which TensorBoard would otherwise keep); at the end of
       every validation and test run, each ``hp/...`` metric copied from
       ``trainer.callback_metrics``. Placeholders are NaN (not yet measured), not 0.
@@ -130,10 +188,9 @@ class FairnessDashboard(Callback):
         self._hparams_logged.add(id(logger))
         if not trainer.is_global_zero:
             return
-        params: dict[str, Any] = {}
-        if trainer.datamodule is not None:
-            params.update(trainer.datamodule.hparams_initial)
-        params.update(pl_module.hparams_initial)
+        dm = trainer.datamodule
+        datamodule = {**dm.hparams_initial, **dm.hparams} if dm is not None else {}
+        params = run_hparams(dict(pl_module.hparams_initial), datamodule, swept_keys())
         logger.log_hyperparams(params, {name: math.nan for name in self.hp_metrics})
 
     def _log_hp_metrics(self, trainer: pl.Trainer) -> None:
@@ -326,4 +383,14 @@ def reliability_figure(sums: Tensor, names: Sequence[str], *, title: str = "", a
     return figure
 
 
-__all__ = ["DEFAULT_HP_METRICS", "FairnessDashboard", "group_rates_figure", "reliability_figure"]
+__all__ = [
+    "COMMON_HPARAMS",
+    "DATA_HPARAMS",
+    "DEFAULT_HP_METRICS",
+    "METHOD_HPARAMS",
+    "FairnessDashboard",
+    "group_rates_figure",
+    "reliability_figure",
+    "run_hparams",
+    "swept_keys",
+]
