@@ -209,9 +209,18 @@ def _check_arguments(node: Mapping[str, Any], where: Mapping[str, str], target: 
     """Check the values of ``node`` against the annotations of ``target``'s constructor."""
     try:
         cls = hydra.utils.get_class(target) if isinstance(target, str) else target
-        parameters = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls).parameters
+        parameters = dict(inspect.signature(cls.__init__ if inspect.isclass(cls) else cls).parameters)
     except Exception:  # an unknown target fails later, with Hydra's own message
         return
+    mode = node.get("mode")
+    if isinstance(mode, str):  # the method's own arguments (FairLightningModule passes them on)
+        from fair_lightning.methods import METHODS
+
+        method = METHODS.get(mode)
+        if method is not None:
+            parameters.update(
+                (k, v) for k, v in inspect.signature(method.__init__).parameters.items() if k not in parameters
+            )
     for key, value in node.items():
         if key in _NOT_ARGUMENTS:
             continue

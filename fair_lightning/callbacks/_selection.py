@@ -16,19 +16,14 @@ from typing_extensions import override
 from fair_lightning.callbacks._outputs import gather_rows
 from fair_lightning.callbacks._thresholds import validation_probabilities
 from fair_lightning.functional import GroupSums, confusion_counts, rate_difference
+from fair_lightning.functional._fairness import group_rate_table
+from fair_lightning.functional._rates import DEFINITIONS
 
 STATE_VERSION = 1
-#: Constraint definitions and the per-group rates whose max - min difference they bound.
-DEFINITIONS = {
-    "demographic_parity": ("selection_rate",),
-    "equal_opportunity": ("true_positive_rate",),
-    "equalized_odds": ("true_positive_rate", "false_positive_rate"),
-}
-_RATE_FN = {
-    "selection_rate": GroupSums.selection_rate,
-    "true_positive_rate": GroupSums.true_positive_rate,
-    "false_positive_rate": GroupSums.false_positive_rate,
-}
+#: share of validation samples in one class from which a snapshot counts as a constant predictor
+CONSTANT_SHARE = 0.99
+#: the rates recorded per group for each validation run
+_RECORDED_RATES = ("selection_rate", "true_positive_rate", "false_positive_rate")
 
 
 def _parse_constraints(constraints: Any) -> list[tuple[str, float]]:
@@ -49,6 +44,13 @@ def _parse_constraints(constraints: Any) -> list[tuple[str, float]]:
     if not parsed:
         raise ValueError("`constraints` must name at least one (definition, tolerance) pair, got none")
     return parsed
+
+
+def _snapshot(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A CPU copy of a ``state_dict`` (tensors cloned; extra states such as optimizer dicts deep-copied)."""
+    import copy
+
+    return {k: v.detach().cpu().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in state.items()}
 
 
 class ConstrainedModelSelection(Callback):
@@ -198,17 +200,21 @@ class ConstrainedModelSelection(Callback):
         record: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         record["objective"] = self._objective(trainer, sums)
         worst = -math.inf
+        table = group_rate_table(sums, tuple(dict.fromkeys((*_RECORDED_RATES, *(r for d, _ in self.constraints for r in DEFINITIONS[d])))))
         for definition, tolerance in self.constraints:
-            diff = max(float(rate_difference(_RATE_FN[r](sums))) for r in DEFINITIONS[definition])
+            diff = max(float(rate_difference(table[r])) for r in DEFINITIONS[definition])
             record[f"difference/{definition}"] = diff
             record[f"violation/{definition}"] = diff - tolerance
             worst = max(worst, diff - tolerance)
         record["max_violation"] = worst
         record["feasible"] = worst <= 1e-12
-        record["rates"] = {r: _RATE_FN[r](sums).value.clone() for r in _RATE_FN}
+        share = float(sums.pred.sum() / sums.count.sum().clamp_min(1))
+        record["selection_share"] = share
+        record["constant"] = share >= CONSTANT_SHARE or share <= 1 - CONSTANT_SHARE
+        record["rates"] = {r: table[r].value.clone() for r in _RECORDED_RATES}
         record["count"] = sums.count.clone()
         self.records.append(record)
-        self.snapshots[len(self.records) - 1] = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        self.snapshots[len(self.records) - 1] = _snapshot(pl_module.state_dict())
         self._prune()
 
     # --- choosing ---------------------------------------------------------------------------------
@@ -216,10 +222,12 @@ class ConstrainedModelSelection(Callback):
         return 1.0 if self.mode == "max" else -1.0
 
     def _rank_key(self, i: int) -> tuple:
+        # feasible and non-constant first (best objective); then a feasible constant predictor
+        # (only when the tolerance leaves nothing else); then the least violating
         r = self.records[i]
         if r["feasible"]:
-            return (0, -self._sign() * r["objective"], i)
-        return (1, r["max_violation"], -self._sign() * r["objective"], i)
+            return (int(bool(r.get("constant", False))), -self._sign() * r["objective"], i)
+        return (2, r["max_violation"], -self._sign() * r["objective"], i)
 
     def _prune(self) -> None:
         if self.keep is None:
@@ -239,7 +247,13 @@ class ConstrainedModelSelection(Callback):
         r = self.records[best]
         objective = self.monitor or "validation accuracy"
         n_feasible = sum(rec["feasible"] for rec in self.records)
-        if r["feasible"]:
+        if r["feasible"] and r.get("constant"):
+            self.reason = (
+                f"only constant predictors meet every constraint on validation: epoch {r['epoch']} predicts one class "
+                f"for {100 * max(r['selection_share'], 1 - r['selection_share']):.1f}% of the rows; the tolerance "
+                "leaves nothing else on this data"
+            )
+        elif r["feasible"]:
             self.reason = (
                 f"epoch {r['epoch']} has the best {objective} ({r['objective']:.4f}) of the {n_feasible} of "
                 f"{len(self.records)} validation runs that meet every constraint"
@@ -259,12 +273,36 @@ class ConstrainedModelSelection(Callback):
             return
         if self.restore:
             state = self.snapshots[self.best_index]
-            pl_module.load_state_dict({k: v.to(pl_module.device) for k, v in state.items()})
+            pl_module.load_state_dict({k: v.to(pl_module.device) if isinstance(v, Tensor) else v for k, v in state.items()})
         last = self.records[-1]
         rank_zero_info(
             f"ConstrainedModelSelection: {'restored' if self.restore else 'chose'} epoch {self.best_epoch}: {self.reason}"
             + ("" if last["feasible"] else f" (the last epoch, {last['epoch']}, violates a constraint by {last['max_violation']:.4f})")
         )
+        for warning in self.verdict():
+            rank_zero_warn(f"ConstrainedModelSelection: {warning}", category=UserWarning)
+
+    def verdict(self) -> list[str]:
+        """What a reader of the chosen model must know: a violated constraint on validation, a
+        constant predictor, or feasibility that came and went across epochs (oscillation)."""
+        out = []
+        if self.best_index is None:
+            return out
+        r = self.records[self.best_index]
+        if not r["feasible"]:
+            out.append(
+                f"the chosen model (epoch {r['epoch']}) violates a constraint on validation by {r['max_violation']:.4f}: "
+                "no epoch met every tolerance; loosen the tolerance, train longer, or add group thresholds"
+            )
+        if r.get("constant"):
+            out.append(f"the chosen model (epoch {r['epoch']}) is a constant predictor on validation")
+        flips = sum(a["feasible"] != b["feasible"] for a, b in zip(self.records, self.records[1:]))
+        if flips >= 3:
+            out.append(
+                f"feasibility on validation changed {flips} times over {len(self.records)} validation runs: the "
+                "constrained rates oscillate; the chosen epoch is a snapshot of that oscillation"
+            )
+        return out
 
     def report(self) -> Any:
         """The recorded table as a pandas DataFrame (one row per validation run; ``chosen`` marks the pick)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 
 from fair_lightning.constraints import (
     LagrangeMultipliers,
@@ -33,6 +33,21 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
         tensor = tensor.clone()
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+class _DualOptimizerState(nn.Module):
+    """Carries a custom dual optimizer's state in the ``state_dict`` (as extra state)."""
+
+    def __init__(self, multipliers: LagrangeMultipliers) -> None:
+        super().__init__()
+        self._owner = [multipliers]  # a list: not a registered submodule
+
+    def get_extra_state(self) -> dict:
+        return self._owner[0].dual_state_dict()
+
+    def set_extra_state(self, state: Any) -> None:
+        if state:
+            self._owner[0].load_dual_state_dict(state)
 
 
 @register_method("lagrangian")
@@ -110,6 +125,8 @@ class Lagrangian(FairnessMethod):
             dual_optimizer=dual_optimizer,
             dual_damping=check_number(dual_damping, "dual_damping", low=0),
         )
+        if dual_optimizer is not None:  # its state (momentum, ...) travels in the state_dict
+            self.dual_state = _DualOptimizerState(self.multipliers)
         # optimizer steps per epoch: sets the per-step dual rate and the running sums' memory
         self.register_buffer("steps_per_epoch", torch.zeros((), dtype=torch.long))
         self._warned_steps = False
@@ -212,12 +229,6 @@ class Lagrangian(FairnessMethod):
         frame["violation_hard"] = self.hard_violations().detach().double().cpu().numpy()
         return frame
 
-    def get_extra_state(self) -> dict:
-        return {"dual_optimizer": self.multipliers.dual_state_dict()}
-
-    def set_extra_state(self, state: Any) -> None:
-        if isinstance(state, dict) and state.get("dual_optimizer"):
-            self.multipliers.load_dual_state_dict(state["dual_optimizer"])
 
 
 __all__ = ["Lagrangian", "all_reduce_sum"]

@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""Do constraints hold on held-out data with the library's defaults? (issue: constraints that hold)
+
+Every data set and attribute gets the same settings (no per-data-set tuning): an MLP 2x128,
+batch 256, 15 epochs, Adam at the module's default learning rate, and each method at its
+library defaults. For each (case, tolerance, seed) it trains
+
+* ``erm``: the unconstrained MLP (the baseline the others must not be less fair than);
+* ``lagrangian``: ``mode="lagrangian"`` with ``ConstrainedModelSelection`` on validation (the model
+  the library returns);
+* ``lagrangian+thr``: the same, then group thresholds fitted on validation at the tolerance;
+* ``erm+thr``: group thresholds fitted on the unconstrained MLP's validation scores (post-processing
+  baseline, OxonFair / error-parity style);
+
+and the peers on the same splits: fairlearn ``ThresholdOptimizer(LogisticRegression)`` (exact
+parity) and ``ExponentiatedGradient(LogisticRegression, difference_bound=tolerance)``.
+
+It prints per case the medians over seeds and the checks of the issue:
+
+(a) test difference <= tolerance + 2 binomial standard errors (of the two groups that set it), in
+    at least 90% of runs, for the model the library returns;
+(b) no returned model less fair on test than the unconstrained one, none constant;
+(c) at matched test difference, accuracy within 0.005 of the best peer.
+
+    python scripts/bench_constraints.py                       # everything (about 30 min on 2 cores)
+    python scripts/bench_constraints.py --cases compas-sex german-age --seeds 3 --tolerances 0.02
+    python scripts/bench_constraints.py --markdown            # also print the BENCHMARKS.md section
+
+Results are written to ``--out`` (JSON lines, one per run) so a re-run can ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+CASES = {
+    # name: (data set, sensitive column, row filter / recoding, seeds)
+    "adult-sex": ("adult", "sex", None, 3),
+    "adult-race": ("adult", "race", "white_vs_nonwhite", 3),
+    "compas-race": ("compas", "race", None, 5),
+    "compas-race4": ("compas", "race", "four_largest", 5),
+    "compas-sex": ("compas", "sex", None, 5),
+    "german-age": ("german", "age_group", None, 5),
+    "census-sex": ("census_kdd", "sex", None, 3),
+}
+TOLERANCES = (0.01, 0.02, 0.05)
+EO_CASES = {"adult-sex": (0.02, 0.05), "compas-race": (0.02, 0.05)}
+EPOCHS, BATCH, HIDDEN = 15, 256, 128
+CONSTANT_SHARE = 0.99
+
+
+# ---------------------------------------------------------------------------------- data
+def make_data(case: str, seed: int):
+    import pandas as pd
+
+    from fair_lightning.data import TabularDataModule
+    from fair_lightning.data._datamodule import DATASETS
+
+    name, column, recode, _ = CASES[case]
+    data = DATASETS[name]()
+    frame = data.frame
+    if recode == "white_vs_nonwhite":
+        frame = frame.copy()
+        frame[column] = pd.Categorical(np.where(frame[column].astype(str) == "White", "White", "Non-white"))
+        data = dataclasses.replace(data, frame=frame)
+    elif recode == "four_largest":
+        keep = frame[column].value_counts().index[:4]
+        mask = frame[column].isin(keep).to_numpy()
+        frame = frame[mask].reset_index(drop=True)
+        frame[column] = frame[column].cat.remove_unused_categories()
+        split = None if data.split is None else np.asarray(data.split)[mask]
+        data = dataclasses.replace(data, frame=frame, split=split)
+    dm = TabularDataModule(data, sensitive=column, batch_size=BATCH, seed=seed)
+    dm.setup("fit")
+    return dm
+
+
+def _split(dm, split):
+    x, y, g = dm.tensors(split) if hasattr(dm, "tensors") else dm._tensors[split]
+    return x, y, g
+
+
+# ---------------------------------------------------------------------------------- metrics
+def _diff_and_se(pred, y, g, num_groups, definition):
+    """Max - min difference of the definition's rates and the binomial SE of the two groups
+    that set it (the larger of the rates' when there are two)."""
+    from fair_lightning.functional import group_sums
+    from fair_lightning.functional._rates import DEFINITIONS
+
+    sums = group_sums(torch_tensor(pred), torch_tensor(y), torch_tensor(g).long(), num_groups)
+    best = (0.0, 0.0)
+    for rate in DEFINITIONS[definition]:
+        num, den = sums.numerators_denominators((rate,))
+        num, den = num[0].numpy(), den[0].numpy()
+        ok = den > 0
+        r = np.where(ok, num / np.where(ok, den, 1), np.nan)
+        if ok.sum() < 2:
+            continue
+        hi, lo = int(np.nanargmax(r)), int(np.nanargmin(r))
+        d = float(r[hi] - r[lo])
+        se = math.sqrt(r[hi] * (1 - r[hi]) / den[hi] + r[lo] * (1 - r[lo]) / den[lo])
+        if d >= best[0]:
+            best = (d, se)
+    return best
+
+
+def torch_tensor(a):
+    import torch
+
+    return a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
+
+
+def summarize(pred, y, g, num_groups, definition):
+    pred = np.asarray(pred, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    d, se = _diff_and_se(pred, y, g, num_groups, definition)
+    share = float(pred.mean())
+    return {
+        "accuracy": float((pred == y).mean()),
+        "difference": d,
+        "se": se,
+        "selection_share": share,
+        "constant": bool(share >= CONSTANT_SHARE or share <= 1 - CONSTANT_SHARE),
+    }
+
+
+# ---------------------------------------------------------------------------------- jobs
+def train_job(job):
+    """One training run: ERM (all tolerances' post-processing) or a constrained run."""
+    import lightning.pytorch as pl
+    import torch
+    from torch import nn
+
+    from fair_lightning.callbacks import ConstrainedModelSelection
+    from fair_lightning.module import FairLightningModule
+    from fair_lightning.postprocessing import GroupThresholds
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    case, seed, method, definition, tolerances = job["case"], job["seed"], job["method"], job["definition"], job["tolerances"]
+    dm = make_data(case, seed)
+    pl.seed_everything(seed, verbose=False)
+    d = dm.num_features
+    model = nn.Sequential(nn.Linear(d, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
+    kwargs = {}
+    callbacks = []
+    selection = None
+    if method == "lagrangian":
+        kwargs = {"constraints": definition, "tolerance": tolerances[0]}
+        selection = ConstrainedModelSelection([(definition, tolerances[0])])
+        callbacks.append(selection)
+    module = FairLightningModule(model, num_groups=dm.num_groups, group_names=dm.group_names, mode=method,
+                                 grad_ratio_every_n_steps=0, **kwargs)
+    trainer = pl.Trainer(max_epochs=EPOCHS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=callbacks, num_sanity_val_steps=0)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    seconds = time.perf_counter() - start
+
+    def probs(split):
+        x, y, g = _split(dm, split)
+        module.eval()
+        with torch.no_grad():
+            p = torch.sigmoid(module(x).reshape(-1)).double()
+        return p, y, g
+
+    pv, yv, gv = probs("val")
+    pt, yt, gt = probs("test")
+    G = dm.num_groups
+    rows = []
+    base = {"case": case, "seed": seed, "definition": definition, "seconds": seconds}
+    if method == "lagrangian":
+        tol = tolerances[0]
+        rows.append({**base, "method": "lagrangian", "tolerance": tol, "epoch": selection.best_epoch,
+                     "val": summarize((pv > 0.5).numpy(), yv, gv, G, definition),
+                     "test": summarize((pt > 0.5).numpy(), yt, gt, G, definition)})
+    else:
+        rows.append({**base, "method": "erm", "tolerance": None,
+                     "val": summarize((pv > 0.5).numpy(), yv, gv, G, definition),
+                     "test": summarize((pt > 0.5).numpy(), yt, gt, G, definition)})
+    for tol in tolerances:
+        thr = GroupThresholds(definition, tolerance=tol).fit(pv, yv, gv, G)
+        name = "lagrangian+thr" if method == "lagrangian" else "erm+thr"
+        rows.append({**base, "method": name, "tolerance": tol,
+                     "val": summarize(thr.predict(pv, gv).numpy(), yv, gv, G, definition),
+                     "test": summarize(thr.predict(pt, gt).numpy(), yt, gt, G, definition)})
+    return rows
+
+
+def peer_job(job):
+    """fairlearn ThresholdOptimizer and ExponentiatedGradient on logistic regression."""
+    from fairlearn.postprocessing import ThresholdOptimizer
+    from fairlearn.reductions import DemographicParity, EqualizedOdds, ExponentiatedGradient
+    from sklearn.linear_model import LogisticRegression
+
+    warnings.filterwarnings("ignore")
+    case, seed, definition, tolerances = job["case"], job["seed"], job["definition"], job["tolerances"]
+    dm = make_data(case, seed)
+    xtr, ytr, gtr = (t.numpy() for t in _split(dm, "train"))
+    xte, yte, gte = (t.numpy() for t in _split(dm, "test"))
+    G = dm.num_groups
+    rows = []
+    base = {"case": case, "seed": seed, "definition": definition}
+    lr = LogisticRegression(max_iter=1000)
+    constraint = "demographic_parity" if definition == "demographic_parity" else "equalized_odds"
+    to = ThresholdOptimizer(estimator=lr, constraints=constraint, predict_method="predict_proba", prefit=False)
+    to.fit(xtr, ytr, sensitive_features=gtr)
+    pred = to.predict(xte, sensitive_features=gte, random_state=seed)
+    rows.append({**base, "method": "fairlearn-TO", "tolerance": 0.0, "test": summarize(pred, yte, gte, G, definition)})
+    for tol in tolerances:
+        moment = DemographicParity(difference_bound=tol) if definition == "demographic_parity" else EqualizedOdds(difference_bound=tol)
+        eg = ExponentiatedGradient(LogisticRegression(max_iter=1000), moment, max_iter=30)
+        eg.fit(xtr, ytr, sensitive_features=gtr)
+        pred = eg.predict(xte, random_state=seed)
+        rows.append({**base, "method": "fairlearn-EG", "tolerance": tol, "test": summarize(pred, yte, gte, G, definition)})
+    return rows
+
+
+# ---------------------------------------------------------------------------------- report
+def report(rows, markdown=False):
+    by = defaultdict(list)
+    for r in rows:
+        by[(r["case"], r["definition"], r["method"], r["tolerance"])].append(r)
+    erm = {(r["case"], r["definition"], r["seed"]): r for r in rows if r["method"] == "erm"}
+    lines = []
+    out = lines.append
+    out("| case | definition | method | tol | seeds | test acc (median) | test diff (median) | held (a) | less fair than ERM | constant |")
+    out("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    totals = defaultdict(lambda: [0, 0, 0, 0])  # method -> runs, held, harmful, constant
+    for (case, definition, method, tol), rs in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3] or 0)):
+        acc = statistics.median(r["test"]["accuracy"] for r in rs)
+        diff = statistics.median(r["test"]["difference"] for r in rs)
+        held = harmful = constant = 0
+        for r in rs:
+            t = r["test"]
+            if tol is not None:
+                held += t["difference"] <= tol + 2 * t["se"]
+            base = erm.get((case, definition, r["seed"]))
+            if base is not None and method != "erm":
+                harmful += t["difference"] > base["test"]["difference"]
+            constant += t["constant"]
+        if tol is not None and method not in ("fairlearn-TO",):
+            tot = totals[method]
+            tot[0] += len(rs)
+            tot[1] += held
+            tot[2] += harmful
+            tot[3] += constant
+        out(f"| {case} | {definition} | {method} | {'-' if tol is None else tol} | {len(rs)} | {acc:.4f} | {diff:.4f} | "
+            f"{'-' if tol is None else f'{held}/{len(rs)}'} | {harmful if method != 'erm' else '-'} | {constant} |")
+    out("")
+    out("| method | runs | (a) held | (a) share | (b) less fair than ERM | (b) constant |")
+    out("| --- | --- | --- | --- | --- | --- |")
+    for method, (n, held, harmful, constant) in sorted(totals.items()):
+        out(f"| {method} | {n} | {held} | {held / max(n, 1):.0%} | {harmful} | {constant} |")
+    # (c): at matched test difference, our accuracy vs the best peer at a difference no larger
+    out("")
+    out("(c) accuracy at matched test difference (medians over seeds; peers whose median test difference <= ours + 0.005):")
+    out("")
+    out("| case | definition | tol | ours (lagrangian+thr) acc / diff | best peer | peer acc / diff | gap |")
+    out("| --- | --- | --- | --- | --- | --- | --- |")
+    med = {k: (statistics.median(r["test"]["accuracy"] for r in rs), statistics.median(r["test"]["difference"] for r in rs))
+           for k, rs in by.items()}
+    for (case, definition, method, tol), (acc, diff) in sorted(med.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3] or 0)):
+        if method != "lagrangian+thr":
+            continue
+        peers = [(m, a, d) for (c2, d2, m, t2), (a, d) in med.items()
+                 if c2 == case and d2 == definition and m in ("fairlearn-TO", "fairlearn-EG", "erm+thr") and d <= diff + 0.005]
+        if not peers:
+            out(f"| {case} | {definition} | {tol} | {acc:.4f} / {diff:.4f} | none at this difference | - | - |")
+            continue
+        m, a, d = max(peers, key=lambda p: p[1])
+        out(f"| {case} | {definition} | {tol} | {acc:.4f} / {diff:.4f} | {m} | {a:.4f} / {d:.4f} | {acc - a:+.4f} |")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--tolerances", nargs="+", type=float, default=list(TOLERANCES))
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per case (default: the issue's 3 or 5)")
+    parser.add_argument("--no-eo", action="store_true", help="skip the equalized-odds runs")
+    parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default="outputs/bench_constraints.jsonl")
+    parser.add_argument("--resume", action="store_true", help="skip runs already in --out")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = []
+    if (args.resume or args.report_only) and out.exists():
+        done = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    if args.report_only:
+        report(done, args.markdown)
+        return 0
+    seen = {(r["case"], r["seed"], r["method"], r["definition"], r.get("tolerance")) for r in done}
+    jobs = []
+    for case in args.cases:
+        seeds = args.seeds or CASES[case][3]
+        defs = [("demographic_parity", tuple(args.tolerances))]
+        if not args.no_eo and case in EO_CASES:
+            defs.append(("equalized_odds", EO_CASES[case]))
+        for seed in range(seeds):
+            for definition, tols in defs:
+                if (case, seed, "erm", definition, None) not in seen:
+                    jobs.append(("train", {"case": case, "seed": seed, "method": "erm", "definition": definition, "tolerances": tols}))
+                for tol in tols:
+                    if (case, seed, "lagrangian", definition, tol) not in seen:
+                        jobs.append(("train", {"case": case, "seed": seed, "method": "lagrangian", "definition": definition, "tolerances": (tol,)}))
+                if not args.no_peers and (case, seed, "fairlearn-TO", definition, 0.0) not in seen:
+                    jobs.append(("peer", {"case": case, "seed": seed, "definition": definition, "tolerances": tols}))
+    print(f"{len(jobs)} jobs, {args.workers} workers", flush=True)
+    rows = list(done)
+    with ProcessPoolExecutor(max_workers=args.workers) as pool, out.open("a") as sink:
+        futures = [pool.submit(train_job if kind == "train" else peer_job, job) for kind, job in jobs]
+        for i, fut in enumerate(futures):
+            try:
+                result = fut.result()
+            except Exception as err:  # a failed run is reported, never fatal to the others
+                print(f"job {jobs[i]} failed: {type(err).__name__}: {err}", flush=True)
+                continue
+            for r in result:
+                sink.write(json.dumps(r) + "\n")
+            sink.flush()
+            rows += result
+            print(f"[{i + 1}/{len(jobs)}] {jobs[i][1]['case']} seed {jobs[i][1]['seed']} {jobs[i][1].get('method', 'peers')}", flush=True)
+    report(rows, args.markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
