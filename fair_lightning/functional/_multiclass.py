@@ -128,7 +128,8 @@ def check_class_scores(preds: Tensor, num_classes: int, *, name: str = "preds", 
             )
         if not preds.is_floating_point():
             preds = preds.float()
-        if torch.isnan(preds).any():
+        # one cheap reduction first: a finite total rules NaN out; only otherwise scan element-wise
+        if not bool(torch.isfinite(preds.sum())) and torch.isnan(preds).any():
             raise ValueError(f"`{name}` contains NaN ({int(torch.isnan(preds).sum())} of {preds.numel()} values)")
         return preds
     if preds.ndim == 1 and labels_ok:
@@ -185,7 +186,9 @@ def predicted_classes(
     if preds.ndim == 1:
         return preds.long()
     if decision_rule is None:
-        return preds.argmax(1)  # argmax of logits == argmax of their softmax
+        # the argmax of logits is that of their softmax; ``max(1).indices`` is the same first-index
+        # argmax, and about a third faster than ``argmax(1)`` on the CPU for small K
+        return preds.max(1).indices
     labels = decision_rule(class_probabilities(preds, from_logits=from_logits))
     if not isinstance(labels, Tensor) or labels.shape != preds.shape[:1] or labels.is_floating_point():
         raise ValueError(
@@ -222,7 +225,9 @@ def multiclass_confusion_counts(
         validated (see :func:`multiclass_group_sums`).
     """
     k = num_classes
-    cell = (groups.reshape(-1).long() * k + target.reshape(-1).long()) * k + pred_classes.reshape(-1).long()
+    groups, target, pred_classes = (t.reshape(-1) for t in (groups, target, pred_classes))
+    groups, target, pred_classes = (t if t.dtype == torch.long else t.long() for t in (groups, target, pred_classes))
+    cell = torch.add(pred_classes, torch.add(target, groups, alpha=k), alpha=k)  # (g * K + y) * K + yhat
     w = None if weight is None else weight.reshape(-1).to(dtype)
     counts = torch.bincount(cell, weights=w, minlength=num_groups * k * k)
     return counts.to(dtype).view(num_groups, k, k)
@@ -464,7 +469,13 @@ def multiclass_demographic_parity_difference(
     """Per class, the largest minus smallest group selection rate ``P(yhat = c | g)``; reduced over classes."""
     check_average(average)
     sums = multiclass_group_sums(
-        preds, _selection_target(preds), groups, num_groups, num_classes, from_logits=from_logits, decision_rule=decision_rule
+        preds,
+        _selection_target(preds),
+        groups,
+        num_groups,
+        num_classes,
+        from_logits=from_logits,
+        decision_rule=decision_rule,
     )
     return multiclass_definition_difference(sums, "demographic_parity", average=average)
 
@@ -483,7 +494,13 @@ def multiclass_demographic_parity_ratio(
     (``"min"``: the worst class)."""
     check_average(average, RATIO_AVERAGES)
     sums = multiclass_group_sums(
-        preds, _selection_target(preds), groups, num_groups, num_classes, from_logits=from_logits, decision_rule=decision_rule
+        preds,
+        _selection_target(preds),
+        groups,
+        num_groups,
+        num_classes,
+        from_logits=from_logits,
+        decision_rule=decision_rule,
     )
     return _multiclass_dp_ratio_compute(sums, average)
 
