@@ -111,11 +111,16 @@ class _MulticlassConfusionMetric(Metric):
         if self.validate_args:
             preds = check_class_scores(preds, k)
             n = preds.shape[0]
-            target = torch.zeros(n, dtype=torch.long, device=preds.device) if target is None else check_class_target(target, n, k)
+            if target is None:
+                target = torch.zeros(n, dtype=torch.long, device=preds.device)
+            else:
+                target = check_class_target(target, n, k)
             groups = check_groups(groups, n, self.num_groups)
         elif target is None:
             target = torch.zeros(preds.shape[0], dtype=torch.long, device=preds.device)
-        scores = preds / self.temperature if self.decision_rule is not None and preds.ndim == 2 and self.from_logits else preds
+        scores = preds
+        if self.decision_rule is not None and preds.ndim == 2 and self.from_logits:
+            scores = preds / self.temperature
         labels = predicted_classes(scores, from_logits=self.from_logits, decision_rule=self.decision_rule)
         if self.validate_args and self.decision_rule is not None and labels.numel():
             if int(labels.min()) < 0 or int(labels.max()) >= k:
@@ -200,7 +205,9 @@ class MulticlassEqualizedOddsDifference(_MulticlassDifference):
 
     _definition = "equalized_odds"
 
-    def __init__(self, num_groups: int, num_classes: int, *, agg: Literal["worst_case", "mean"] = "worst_case", **kwargs: Any) -> None:
+    def __init__(
+        self, num_groups: int, num_classes: int, *, agg: Literal["worst_case", "mean"] = "worst_case", **kwargs: Any
+    ) -> None:
         _check_agg(agg)
         super().__init__(num_groups, num_classes, **kwargs)
         self.agg = agg

@@ -51,7 +51,8 @@ class _RegressionSumsMetric(Metric):
         self.num_groups = check_num_groups(num_groups)
         self.group_names = check_group_names(group_names, num_groups)
         self.validate_args = validate_args
-        self.add_state("sums", default=torch.zeros(len(RegressionSums._fields), num_groups, dtype=torch.float64), dist_reduce_fx="sum")
+        zeros = torch.zeros(len(RegressionSums._fields), num_groups, dtype=torch.float64)
+        self.add_state("sums", default=zeros, dist_reduce_fx="sum")
 
     def update(self, preds: Tensor, target: Tensor | None, groups: Tensor) -> None:
         """Add a batch: ``(N,)`` predictions, ``(N,)`` targets (``None`` for the mean-prediction
@@ -144,7 +145,8 @@ class PredictionDistributionGap(Metric):
             bin_edges = torch.linspace(low, high, n_bins + 1, dtype=torch.float64)
         self.register_buffer("bin_edges", check_bin_edges(bin_edges))
         self.validate_args = validate_args
-        self.add_state("histogram", default=torch.zeros(num_groups, self.bin_edges.numel() + 1, dtype=torch.float64), dist_reduce_fx="sum")
+        zeros = torch.zeros(num_groups, self.bin_edges.numel() + 1, dtype=torch.float64)
+        self.add_state("histogram", default=zeros, dist_reduce_fx="sum")
 
     def update(self, preds: Tensor, target: Tensor | None, groups: Tensor) -> None:
         """Add a batch of ``(N,)`` predictions and group ids (``target`` is ignored)."""

@@ -206,7 +206,8 @@ def prediction_histogram(preds: Tensor, groups: Tensor, num_groups: int, bin_edg
     edges = bin_edges.to(device=preds.device, dtype=torch.float64)
     bins = torch.bucketize(preds.reshape(-1).to(torch.float64), edges, right=False)
     nb = edges.numel() + 1
-    return torch.bincount(groups.reshape(-1).long() * nb + bins, minlength=num_groups * nb).to(torch.float64).view(num_groups, nb)
+    counts = torch.bincount(groups.reshape(-1).long() * nb + bins, minlength=num_groups * nb)
+    return counts.to(torch.float64).view(num_groups, nb)
 
 
 def cdf_gap_from_histogram(histogram: Tensor) -> Tensor:
