@@ -42,7 +42,10 @@ def as_vector(x: Tensor, name: str) -> Tensor:
     if x.ndim == 2 and x.shape[1] == 1:
         x = x[:, 0]
     if x.ndim != 1:
-        raise ValueError(f"`{name}` must have shape (N,) or (N, 1), got {_describe(x)}")
+        hint = ""
+        if x.ndim == 2:  # K-class scores or one-hot labels given to a binary (one score per sample) consumer
+            hint = f"; {x.shape[1]} columns are K-class scores or one-hot labels: see fair_lightning.metrics_multiclass"
+        raise ValueError(f"`{name}` must have shape (N,) or (N, 1), got {_describe(x)}{hint}")
     return x
 
 
