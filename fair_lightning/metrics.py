@@ -273,3 +273,38 @@ __all__ = [
     "GroupRates",
     "fairness_metrics",
 ]
+
+# K-class and regression metrics live in their own modules; re-exported here
+from fair_lightning.metrics_multiclass import (  # noqa: E402
+    MulticlassAccuracyDifference,
+    MulticlassDemographicParityDifference,
+    MulticlassDemographicParityRatio,
+    MulticlassEqualizedOddsDifference,
+    MulticlassEqualOpportunityDifference,
+    MulticlassGroupCalibrationError,
+    MulticlassGroupRates,
+    multiclass_fairness_metrics,
+)
+from fair_lightning.metrics_regression import (  # noqa: E402
+    GroupLossDifference,
+    PredictionDistributionGap,
+    RegressionDemographicParityDifference,
+    RegressionGroupStatistics,
+    regression_fairness_metrics,
+)
+
+__all__ += [
+    "GroupLossDifference",
+    "MulticlassAccuracyDifference",
+    "MulticlassDemographicParityDifference",
+    "MulticlassDemographicParityRatio",
+    "MulticlassEqualOpportunityDifference",
+    "MulticlassEqualizedOddsDifference",
+    "MulticlassGroupCalibrationError",
+    "MulticlassGroupRates",
+    "PredictionDistributionGap",
+    "RegressionDemographicParityDifference",
+    "RegressionGroupStatistics",
+    "multiclass_fairness_metrics",
+    "regression_fairness_metrics",
+]

@@ -68,9 +68,10 @@ from fair_lightning.functional import (
     check_num_groups,
     check_scores,
     confusion_counts,
-    masked_divide,
     rate_difference,
 )
+from fair_lightning.functional._fairness import group_rate_table
+from fair_lightning.functional._rates import DEFINITIONS
 
 #: Constraints :class:`GroupThresholds` accepts (aliases map to these).
 CONSTRAINTS = ("demographic_parity", "equal_opportunity", "equalized_odds")
@@ -114,15 +115,16 @@ class OperatingPoints(NamedTuple):
         """Number of correct predictions of each point, ``TP + TN``."""
         return self.true_pos + self.negatives[:, None] - self.false_pos
 
+    def sums(self) -> GroupSums:
+        """The :class:`GroupSums` of every point, fields ``(G, points)``."""
+        shape = self.true_pos.shape
+        return GroupSums(
+            self.count[:, None].expand(shape), self.positives[:, None].expand(shape), self.true_pos + self.false_pos, self.true_pos
+        )
+
     def rate(self, name: str) -> Tensor:
-        """``"selection_rate"``, ``"true_positive_rate"`` or ``"false_positive_rate"`` of each point (0 if undefined)."""
-        if name == "selection_rate":
-            return masked_divide(self.true_pos + self.false_pos, self.count[:, None].expand_as(self.true_pos)).value
-        if name == "true_positive_rate":
-            return masked_divide(self.true_pos, self.positives[:, None].expand_as(self.true_pos)).value
-        if name == "false_positive_rate":
-            return masked_divide(self.false_pos, self.negatives[:, None].expand_as(self.false_pos)).value
-        raise ValueError(f"unknown rate {name!r}")
+        """A rate of the one rate table at each point (0 if undefined)."""
+        return self.sums().rate(name).value
 
 
 def operating_points(scores: Tensor, labels: Tensor, groups: Tensor, num_groups: int) -> OperatingPoints:
@@ -366,11 +368,7 @@ class GroupThresholds:
         return scores.double().cpu(), labels.long().cpu(), groups_t.cpu(), num_groups
 
     def _rate_names(self) -> tuple[str, ...]:
-        return {
-            "demographic_parity": ("selection_rate",),
-            "equal_opportunity": ("true_positive_rate",),
-            "equalized_odds": ("true_positive_rate", "false_positive_rate"),
-        }[self.constraint]
+        return DEFINITIONS[self.constraint]
 
     # --- fit ------------------------------------------------------------------------------------
     def fit(self, scores: Any, labels: Any, groups: Any, num_groups: int | None = None) -> GroupThresholds:
@@ -564,11 +562,7 @@ class GroupThresholds:
 
     def _fit_summary(self, scores: Tensor, labels: Tensor, groups: Tensor) -> None:
         sums = self.expected_sums(scores, labels, groups)
-        rates = {
-            "selection_rate": sums.selection_rate(),
-            "true_positive_rate": sums.true_positive_rate(),
-            "false_positive_rate": sums.false_positive_rate(),
-        }
+        rates = group_rate_table(sums, ("selection_rate", "true_positive_rate", "false_positive_rate"))
         self.fit_sums_ = sums
         self.fit_rates_ = {k: torch.where(r.valid, r.value, torch.full_like(r.value, math.nan)) for k, r in rates.items()}
         self.fit_accuracy_ = float(sums.total().accuracy().value[0])

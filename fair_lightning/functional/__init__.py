@@ -98,3 +98,50 @@ __all__ += [
     "newcombe_interval",
     "wilson_interval",
 ]
+
+# K-class and regression group statistics (fair_lightning.functional._multiclass, ._regression)
+from fair_lightning.functional._multiclass import (  # noqa: E402
+    group_accuracy,
+    multiclass_accuracy_difference,
+    multiclass_calibration_error_from_sums,
+    multiclass_calibration_sums,
+    multiclass_confusion_counts,
+    multiclass_definition_difference,
+    multiclass_demographic_parity_difference,
+    multiclass_demographic_parity_ratio,
+    multiclass_equal_opportunity_difference,
+    multiclass_equalized_odds_difference,
+    multiclass_group_rates,
+    multiclass_group_sums,
+    multiclass_rate_table,
+)
+from fair_lightning.functional._regression import (  # noqa: E402
+    RegressionSums,
+    group_loss_difference,
+    prediction_cdf_gap,
+    regression_demographic_parity_difference,
+    regression_group_statistics,
+    regression_group_sums,
+)
+
+__all__ += [
+    "RegressionSums",
+    "group_accuracy",
+    "group_loss_difference",
+    "multiclass_accuracy_difference",
+    "multiclass_calibration_error_from_sums",
+    "multiclass_calibration_sums",
+    "multiclass_confusion_counts",
+    "multiclass_definition_difference",
+    "multiclass_demographic_parity_difference",
+    "multiclass_demographic_parity_ratio",
+    "multiclass_equal_opportunity_difference",
+    "multiclass_equalized_odds_difference",
+    "multiclass_group_rates",
+    "multiclass_group_sums",
+    "multiclass_rate_table",
+    "prediction_cdf_gap",
+    "regression_demographic_parity_difference",
+    "regression_group_statistics",
+    "regression_group_sums",
+]

@@ -34,15 +34,11 @@ from torch import Tensor
 
 from fair_lightning.functional._checks import check_group_inputs, check_num_groups
 from fair_lightning.functional._core import GroupSums, Rate
+from fair_lightning.functional._rates import DEFINITIONS
+from fair_lightning.functional._rates import RATES as _RATE_TABLE
 
-#: Rates an interval can be asked for, as ``(numerator, denominator)`` of :class:`GroupSums`.
-RATES = ("selection_rate", "true_positive_rate", "false_positive_rate", "accuracy")
-#: Constraint definitions understood by :func:`constraint_holds`, with the rates they equalize.
-DEFINITIONS = {
-    "demographic_parity": ("selection_rate",),
-    "equal_opportunity": ("true_positive_rate",),
-    "equalized_odds": ("true_positive_rate", "false_positive_rate"),
-}
+#: Rates an interval can be asked for: every rate of the one rate table.
+RATES = tuple(_RATE_TABLE)
 DIFFERENCE_METHODS = ("pair", "conservative")
 BOOTSTRAP_METHODS = ("multinomial", "poisson")
 VERDICTS = ("holds", "violated", "uncertain")
@@ -163,16 +159,12 @@ def max_min_difference_interval(
 
 
 def rate_fraction(sums: GroupSums, rate: str) -> tuple[Tensor, Tensor]:
-    """``(numerator, denominator)`` of a rate of :class:`GroupSums` (one of :data:`RATES`)."""
-    if rate == "selection_rate":
-        return sums.pred, sums.count
-    if rate == "true_positive_rate":
-        return sums.pred_label, sums.label
-    if rate == "false_positive_rate":
-        return sums.pred - sums.pred_label, sums.count - sums.label
-    if rate == "accuracy":
-        return sums.count - sums.label - sums.pred + 2 * sums.pred_label, sums.count
-    raise ValueError(f"`rate` must be one of {list(RATES)}, got {rate!r}")
+    """``(numerator, denominator)`` of a rate of :class:`GroupSums` (one of :data:`RATES`), from
+    the one rate table."""
+    if rate not in RATES:
+        raise ValueError(f"`rate` must be one of {list(RATES)}, got {rate!r}")
+    num, den = sums.numerators_denominators((rate,))
+    return num[0], den[0]
 
 
 def group_rate_intervals(sums: GroupSums, rate: str = "selection_rate", confidence: float = 0.95) -> Interval:
@@ -243,16 +235,18 @@ def _batched_difference(rate: Rate) -> Tensor:
 
 
 #: Named statistics of :func:`bootstrap_interval` (``GroupSums -> tensor``, batched over replicates).
+def _definition_difference(definition: str) -> Callable[[GroupSums], Tensor]:
+    def statistic(s: GroupSums) -> Tensor:
+        return torch.stack([_batched_difference(s.rate(r)) for r in DEFINITIONS[definition]]).max(0).values
+
+    return statistic
+
+
 STATISTICS: dict[str, Callable[[GroupSums], Tensor]] = {
-    "selection_rate": lambda s: _as_nan(s.selection_rate()),
-    "true_positive_rate": lambda s: _as_nan(s.true_positive_rate()),
-    "false_positive_rate": lambda s: _as_nan(s.false_positive_rate()),
-    "accuracy": lambda s: _as_nan(s.accuracy()),
-    "dp_difference": lambda s: _batched_difference(s.selection_rate()),
-    "eop_difference": lambda s: _batched_difference(s.true_positive_rate()),
-    "eo_difference": lambda s: torch.maximum(
-        _batched_difference(s.true_positive_rate()), _batched_difference(s.false_positive_rate())
-    ),
+    **{name: (lambda s, name=name: _as_nan(s.rate(name))) for name in ("selection_rate", "true_positive_rate", "false_positive_rate", "accuracy")},
+    "dp_difference": _definition_difference("demographic_parity"),
+    "eop_difference": _definition_difference("equal_opportunity"),
+    "eo_difference": _definition_difference("equalized_odds"),
 }
 
 
