@@ -387,7 +387,9 @@ class LagrangeMultipliers(nn.Module):
         dual_lr: learning rate of the ascent.
         multiplier_max: upper bound of each multiplier (projection onto ``[0, multiplier_max]``).
         ema_decay: decay of the running group sums, in ``[0, 1)``; 0 uses the batch alone.
-        min_count: groups with fewer (running) samples are not constrained.
+        min_count: an inequality whose groups have fewer samples behind the rate in the running
+            sums is not constrained: its multiplier is held at 0 for the model (never constrained on
+            noise) and does not move. In a batch, any group with a sample takes part.
         dual_optimizer: ``params -> optimizer`` (e.g. SGD with momentum) for the ascent; default
             plain SGD with ``dual_lr``, done in place.
         dual_damping: proportional gain ``kappa >= 0`` of the PI update (0: plain ascent).
@@ -438,8 +440,9 @@ class LagrangeMultipliers(nn.Module):
         self.dual_optimizer = dual_optimizer([self.integral]) if dual_optimizer is not None else None
 
     def soft_violations(self, soft_sums: GroupSums) -> Tensor:
-        """Differentiable violations of the batch, from soft group sums."""
-        return constraint_violations(soft_sums, self.constraints, self.min_count)[0]
+        """Differentiable violations of the batch, from soft group sums (every group with a sample
+        takes part; ``min_count`` acts on the running sums, through the multipliers)."""
+        return constraint_violations(soft_sums, self.constraints, 0)[0]
 
     def lagrangian_term(
         self, soft_preds: Tensor, target: Tensor, groups: Tensor, *, cells: Tensor | None = None,
@@ -471,7 +474,7 @@ class LagrangeMultipliers(nn.Module):
         # in the predictions' precision (float32 at least)
         dtype = soft_preds.dtype if soft_preds.dtype in (torch.float32, torch.float64) else torch.float32
         lam = self.multipliers if self.multipliers.dtype == dtype else self.multipliers.to(dtype)
-        plan = self._plan(dtype, lam.device)
+        plan = self._plan(dtype, lam.device, soft=True)
         if counts is None:
             cell_counts = torch.bincount(cells, minlength=2 * self.num_groups).to(dtype)
         else:
@@ -493,8 +496,8 @@ class LagrangeMultipliers(nn.Module):
             weights, const = weights.to(soft_preds.dtype), const.to(soft_preds.dtype)
         return torch.dot(weights, soft_preds) - const
 
-    def _plan(self, dtype: torch.dtype, device: torch.device) -> _StepPlan:
-        return _step_plan(self.constraints, self.num_groups, self.min_count, dtype, device)
+    def _plan(self, dtype: torch.dtype, device: torch.device, soft: bool = False) -> _StepPlan:
+        return _step_plan(self.constraints, self.num_groups, 0 if soft else self.min_count, dtype, device)
 
     def dual_step(self, batch_hard: GroupSums | Tensor) -> Tensor:
         """Update the running sums with a batch of hard predictions (already all-reduced) and take
@@ -518,7 +521,7 @@ class LagrangeMultipliers(nn.Module):
         else:
             running.view(-1).copy_(flat)
         self.num_updates.add_(1)
-        hard, _ = _violations(plan, running.view(-1))
+        hard, valid = _violations(plan, running.view(-1))
         integral, step = self.integral, hard.to(self.integral.dtype)
         if self.dual_optimizer is None:
             integral.add_(step, alpha=self.dual_lr)
@@ -531,6 +534,8 @@ class LagrangeMultipliers(nn.Module):
             torch.add(integral, step, alpha=self.dual_damping, out=self.multipliers).clamp_(0.0, self.multiplier_max)
         else:
             self.multipliers.copy_(integral)
+        # an inequality undefined on the running sums (too few samples) does not push the model
+        self.multipliers.mul_(valid)
         return hard
 
     def hard_violations(self) -> Tensor:

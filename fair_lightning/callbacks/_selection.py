@@ -15,7 +15,7 @@ from typing_extensions import override
 
 from fair_lightning.callbacks._outputs import gather_rows
 from fair_lightning.callbacks._thresholds import validation_probabilities
-from fair_lightning.functional import GroupSums, confusion_counts, rate_difference
+from fair_lightning.functional import GroupSums, Rate, confusion_counts, rate_difference
 from fair_lightning.functional._fairness import group_rate_table
 from fair_lightning.functional._rates import DEFINITIONS
 
@@ -90,6 +90,8 @@ class ConstrainedModelSelection(Callback):
         keep: how many snapshots to keep: ``None`` (all), or ``k >= 1``: the ``k`` best feasible
             ones plus the least violating one (the table keeps every epoch).
         threshold: decision threshold on the probabilities.
+        min_count: groups with fewer validation samples behind a rate are left out of that rate's
+            difference (too few to judge; listed in :meth:`report` through the per-group counts).
         outputs_fn: ``(pl_module, outputs, batch) -> (probs, target, groups)``.
         restore: load the chosen snapshot into the module at the end of fit.
 
@@ -115,6 +117,7 @@ class ConstrainedModelSelection(Callback):
         mode: str = "max",
         keep: int | None = None,
         threshold: float = 0.5,
+        min_count: float = 10,
         outputs_fn: Callable[[pl.LightningModule, Any, Any], tuple[Tensor, Tensor, Tensor]] | None = None,
         restore: bool = True,
     ) -> None:
@@ -129,6 +132,9 @@ class ConstrainedModelSelection(Callback):
             raise ValueError(f"`outputs_fn` must be callable, got {type(outputs_fn).__name__}")
         self.monitor, self.mode, self.keep = monitor, mode, keep
         self.threshold = float(threshold)
+        if isinstance(min_count, bool) or not isinstance(min_count, (int, float)) or not 0 <= min_count < math.inf:
+            raise ValueError(f"`min_count` must be a finite number >= 0, got {min_count!r}")
+        self.min_count = float(min_count)
         self.outputs_fn = outputs_fn
         self.restore = bool(restore)
         self.records: list[dict[str, Any]] = []
@@ -202,7 +208,7 @@ class ConstrainedModelSelection(Callback):
         worst = -math.inf
         table = group_rate_table(sums, tuple(dict.fromkeys((*_RECORDED_RATES, *(r for d, _ in self.constraints for r in DEFINITIONS[d])))))
         for definition, tolerance in self.constraints:
-            diff = max(float(rate_difference(table[r])) for r in DEFINITIONS[definition])
+            diff = max(float(rate_difference(self._enough(table[r], sums, r))) for r in DEFINITIONS[definition])
             record[f"difference/{definition}"] = diff
             record[f"violation/{definition}"] = diff - tolerance
             worst = max(worst, diff - tolerance)
@@ -216,6 +222,11 @@ class ConstrainedModelSelection(Callback):
         self.records.append(record)
         self.snapshots[len(self.records) - 1] = _snapshot(pl_module.state_dict())
         self._prune()
+
+    def _enough(self, rate: Rate, sums: GroupSums, name: str) -> Rate:
+        """The rate with groups below ``min_count`` validation samples behind it left out."""
+        _, den = sums.numerators_denominators((name,))
+        return Rate(rate.value, rate.valid & (den[0] >= self.min_count))
 
     # --- choosing ---------------------------------------------------------------------------------
     def _sign(self) -> float:

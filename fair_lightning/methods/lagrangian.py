@@ -80,7 +80,9 @@ class Lagrangian(FairnessMethod):
             step at its own learning rate (``dual_lr`` then does not apply); default projected
             SGD at ``dual_lr / steps_per_epoch``.
         temperature: temperature of the smooth indicator in the soft violations.
-        min_count: groups with fewer (running) samples behind a rate are not constrained.
+        min_count: a group with fewer samples behind a rate in the running sums is not constrained
+            on that rate (its noisy rate never moves a multiplier); it takes part again once it has
+            enough. :meth:`state_table` lists which inequalities are active.
         threshold: probability threshold of the hard predictions.
         group_names: names of the groups (in the inequalities' logged names).
     """
@@ -102,7 +104,7 @@ class Lagrangian(FairnessMethod):
         steps_per_epoch: int | None = None,
         dual_optimizer: Callable[[Iterable[Tensor]], torch.optim.Optimizer] | None = None,
         temperature: float = 1.0,
-        min_count: float = 1,
+        min_count: float = 10,
         threshold: float = 0.5,
         group_names: Sequence[str] | None = None,
     ) -> None:
