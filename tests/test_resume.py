@@ -241,3 +241,24 @@ def test_loader_tolerates_a_state_without_position():
     loader = _loader(BatchIndexSampler(50, 8))
     loader.load_state_dict({})
     assert len(list(loader)) == len(loader.sampler)
+
+
+def test_resume_from_a_checkpoint_written_after_mid_epoch_validation(tmp_path):
+    """``val_check_interval``: the checkpoint is written at validation end, after 4 of the epoch's
+    5 batches; the resumed run trains batch 4 next."""
+    full, before, after = BatchRecorder(), BatchRecorder(), BatchRecorder()
+    module, trainer = make_module("lagrangian"), make_trainer(callbacks=[full], val_check_interval=2)
+    trainer.fit(module, datamodule=make_datamodule(False))
+    expected = snapshot(module, trainer)
+
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="v-{step}", monitor="val/loss", save_top_k=-1)
+    trainer = make_trainer(callbacks=[before, checkpoint], val_check_interval=2, enable_checkpointing=True, max_steps=5)
+    trainer.fit(make_module("lagrangian"), datamodule=make_datamodule(False))
+    ckpt = tmp_path / "v-step=4.ckpt"
+    assert torch.load(ckpt, weights_only=False)["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 0, "batches": 4}]
+
+    module, trainer = make_module("lagrangian"), make_trainer(callbacks=[after], val_check_interval=2)
+    trainer.fit(module, datamodule=make_datamodule(False), ckpt_path=ckpt)
+    assert before.seen[:4] + after.seen == full.seen
+    assert_same(expected["state_dict"], snapshot(module, trainer)["state_dict"], "state_dict")
+    assert_same(expected["optimizers"], snapshot(module, trainer)["optimizers"], "optimizers")
