@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -79,17 +80,78 @@ class InMemoryDataLoader(DataLoader):
     some 5% of an epoch of a small MLP. It iterates ``self.sampler`` at call time, so a sampler
     that Lightning substitutes (``DistributedSamplerWrapper`` under DDP) is honoured. Any other
     configuration (workers, pinned memory, ``batch_size``) uses ``DataLoader``'s own iterator.
+
+    Resumable mid-epoch: :meth:`state_dict` gives the epoch of the pass in progress (the
+    sampler's ``epoch``) and how many batches it has handed out; after :meth:`load_state_dict`,
+    the next pass over that same epoch skips those batches and goes on with the rest of the
+    epoch's order. Lightning saves and restores this state with the checkpoint (a dataloader with
+    ``state_dict``/``load_state_dict`` is stateful to it), so ``fit(ckpt_path=...)`` from a
+    checkpoint written mid-epoch continues with the next unseen batch instead of starting the
+    epoch over. In-process, the skipped batches are never gathered (only the sampler's index
+    list is drawn); with worker processes they are loaded and dropped. A sampler without an
+    ``epoch`` attribute cannot be matched to its epoch, so its passes are never skipped.
     """
 
     def __iter__(self) -> Iterator:
+        # A generator: the pass, its epoch and its skip are fixed when iteration starts, not when
+        # ``iter()`` is called (Lightning creates iterators before it sets the sampler's epoch).
         if self.num_workers > 0 or self.pin_memory or self.batch_size is not None or self.batch_sampler is not None:
-            return super().__iter__()
+            return self._iter_with_torch()
         return self._iter_in_process()
+
+    def _start_pass(self) -> tuple[list, int]:
+        """The position record of a new pass (``[epoch, batches handed out]``) and its skip."""
+        epoch = getattr(self.sampler, "epoch", None)
+        epoch = int(epoch) if isinstance(epoch, numbers.Integral) else None
+        resume = self.__dict__.pop("_resume_position", None)
+        skip = resume[1] if resume is not None and epoch is not None and resume[0] == epoch else 0
+        position = [epoch, skip]
+        self._position = position
+        return position, skip
 
     def _iter_in_process(self) -> Iterator:
         dataset, collate_fn = self.dataset, self.collate_fn
-        for index in self.sampler:
+        position, skip = self._start_pass()
+        indices = iter(self.sampler)
+        for _ in range(skip):
+            if next(indices, None) is None:
+                return
+        for index in indices:
+            position[1] += 1  # counted before the yield: a batch handed out is a batch consumed
             yield collate_fn(dataset[index])
+
+    def _iter_with_torch(self) -> Iterator:
+        position, skip = self._start_pass()
+        for i, batch in enumerate(super().__iter__()):
+            if i < skip:
+                continue
+            position[1] += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int | None]:
+        """``{"epoch": e, "batches": k}``: the pass in progress draws epoch ``e``'s order and has
+        handed out ``k`` batches (``epoch`` is ``None`` before the first pass)."""
+        position = self.__dict__.get("_resume_position") or self.__dict__.get("_position") or (None, 0)
+        return {"epoch": position[0], "batches": int(position[1])}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Make the next pass over epoch ``state_dict["epoch"]`` skip its first
+        ``state_dict["batches"]`` batches; also sets the sampler's epoch (when it has
+        ``set_epoch``) so that a plain loop resumes there too."""
+        if not isinstance(state_dict, Mapping):
+            raise ValueError(f"`state_dict` must be a mapping with 'epoch' and 'batches', got {type(state_dict).__name__}")
+        epoch, batches = state_dict.get("epoch"), state_dict.get("batches", 0)
+        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0):
+            raise ValueError(f"`state_dict['epoch']` must be an int >= 0 or None, got {epoch!r}")
+        if isinstance(batches, bool) or not isinstance(batches, numbers.Integral) or batches < 0:
+            raise ValueError(f"`state_dict['batches']` must be an int >= 0, got {batches!r}")
+        if epoch is None:
+            self.__dict__.pop("_resume_position", None)
+            return
+        self._resume_position = (int(epoch), int(batches))
+        set_epoch = getattr(self.sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(int(epoch))
 
 
 def num_batches_for(num_samples: int, batch_size: int, num_replicas: int = 1) -> int:

@@ -117,6 +117,13 @@ class TabularDataModule(pl.LightningDataModule):
     ``stratified_batches=True`` every batch contains every group
     (:class:`~fair_lightning.data.GroupStratifiedBatchSampler`).
 
+    Resuming: an epoch's batch order depends only on ``seed`` and the epoch, and the training
+    loader is stateful (:meth:`~fair_lightning.data.InMemoryDataLoader.state_dict`): a checkpoint
+    written mid-epoch (``ModelCheckpoint(every_n_train_steps=...)``, or after a mid-epoch
+    validation) records how many of the epoch's batches were handed out, and
+    ``trainer.fit(..., ckpt_path=...)`` goes on with the next one, so the resumed run sees the
+    same batches as an uninterrupted one.
+
     Distributed training (DDP): ``batch_size`` is per process. The number of batches of every
     split is a multiple of the world size and all ranks draw the same batch list, which
     Lightning's default sampler replacement (``use_distributed_sampler=True``) shards by rank:
