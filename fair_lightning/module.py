@@ -402,7 +402,11 @@ class FairLightningModule(pl.LightningModule):
 
         task = self.task_loss(logits, target)
         self._check_finite("task loss", task, step)
-        term = None if isinstance(self.method, ERM) else self.method(logits, target, groups, rep)
+        if isinstance(self.method, ERM):  # no term: count the step only
+            term = None
+            self.method.num_steps.add_(1)
+        else:
+            term = self.method(logits, target, groups, rep)
         total = task if term is None else task + term
         task_grads = None
         if term is not None and self.grad_ratio_every_n_steps and step % self.grad_ratio_every_n_steps == 0 and term.requires_grad:
@@ -597,6 +601,9 @@ class FairLightningModule(pl.LightningModule):
     # ------------------------------------------------------------------ checkpointing
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state: dict[str, Any] = {"version": 2, "mode": self.mode}
+        # the running epoch means: a checkpoint taken mid-epoch resumes them (Lightning does not
+        # call on_train_epoch_start on a mid-epoch restart)
+        state["epoch_sums"] = {k: v.detach().clone() for k, v in self._epoch_sums.items()}
         calibrator = self.prediction_calibrator
         if calibrator is not None and hasattr(calibrator, "state_dict"):
             state["calibrator"] = calibrator.state_dict()
@@ -610,6 +617,7 @@ class FairLightningModule(pl.LightningModule):
         weights = checkpoint.get("state_dict")
         if state.get("version", 1) < 2 and isinstance(weights, dict):
             _upgrade_v1_state_dict(weights)
+        self._epoch_sums = {k: v.clone() for k, v in state.get("epoch_sums", {}).items()}
         if state.get("calibrator") is not None:
             from fair_lightning.calibration import GroupFairnessCalibrator
 

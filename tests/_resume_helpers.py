@@ -24,7 +24,7 @@ MAX_EPOCHS = 3
 METHOD_ARGS: dict[str, dict[str, Any]] = {
     "erm": {},
     "penalty": {"eta": 1.0},
-    "lagrangian": {"tolerance": 0.02},
+    "lagrangian": {"tolerance": 0.02, "min_count": 1},
     "adversarial": {"eta": 1.0},
 }
 

@@ -1,8 +1,7 @@
 """Every epoch value FairLightningModule logs under 2-process DDP equals the single-process value.
 
 The model is held fixed (SGD at lr 0), so both runs see the same weights; the DDP run's global
-batch (one local batch per rank, DistributedSampler without shuffling) is the single run's batch
-of twice the size. Epoch means are sample-weighted sums reduced across ranks, so they must agree
+batch (one local batch per rank) is the single run's batch of twice the size. Epoch means are sample-weighted sums reduced across ranks, so they must agree
 exactly, on every rank.
 """
 
@@ -51,15 +50,33 @@ def _module(mode):
     )
 
 
+class _RankBlocks(torch.utils.data.Sampler):
+    """Rank r's t-th batch is rows [2tB + rB, 2tB + (r + 1)B): the two ranks' t-th batches together
+    are the single run's t-th batch of 2B rows."""
+
+    def __len__(self):
+        return N // (2 * LOCAL_BATCH)
+
+    def __iter__(self):
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        for t in range(len(self)):
+            start = 2 * t * LOCAL_BATCH + rank * LOCAL_BATCH
+            yield list(range(start, start + LOCAL_BATCH))
+
+
 def _fit(tmp_path, mode, tag, **trainer_kwargs):
     data = _data()
-    batch = LOCAL_BATCH * trainer_kwargs.get("devices", 1)
+    if trainer_kwargs.get("devices", 1) == 2:
+        loader = DataLoader(data, batch_sampler=_RankBlocks())
+        trainer_kwargs["use_distributed_sampler"] = False
+    else:
+        loader = DataLoader(data, batch_size=2 * LOCAL_BATCH)
     trainer = pl.Trainer(
         max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[_Dump(str(tmp_path), tag), DestroyProcessGroup()],
         **trainer_kwargs,
     )
-    trainer.fit(_module(mode), DataLoader(data, batch_size=batch), DataLoader(data, batch_size=batch))
+    trainer.fit(_module(mode), loader, loader)
 
 
 @pytest.mark.ddp
