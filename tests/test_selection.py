@@ -174,3 +174,32 @@ def test_ddp_chooses_the_same_epoch_as_one_process(tmp_path):
     assert ranks[0]["best"] == single.best_epoch
     assert ranks[0]["objective"] == pytest.approx([r["objective"] for r in single.records], abs=1e-12)
     assert float(module.weight) == SCHEDULE[single.best_epoch][0]  # rank zero's restored weights come back
+
+
+def test_thresholds_option_judges_each_epoch_after_group_thresholds(tmp_path):
+    """With ``thresholds=True`` every epoch is judged after per-group thresholds fitted on the
+    validation outputs at the tolerance: the unfair but accurate last epoch becomes feasible, is
+    chosen, and its thresholds are set on the module (equal to fitting them directly)."""
+    from fair_lightning.postprocessing import GroupThresholds
+
+    tol = 0.05
+    selection = ConstrainedModelSelection([("demographic_parity", tol)], thresholds=True)
+    module = Oscillating()
+    train, val = _loaders()
+    _trainer(tmp_path, [selection]).fit(module, train, val)
+    assert all(r["feasible"] for r in selection.records)
+    assert all(r["difference/demographic_parity"] <= tol + 1e-12 for r in selection.records)
+    best = max(range(len(selection.records)), key=lambda i: selection.records[i]["objective"])
+    assert selection.best_index == best
+    x, y, groups = _data()
+    w, b0, b1 = SCHEDULE[selection.best_epoch]
+    probs = torch.sigmoid(w * x + torch.tensor([b0, b1])[groups]).double()
+    direct = GroupThresholds("demographic_parity", tolerance=tol).fit(probs, y.long(), groups, 2)
+    assert module.prediction_thresholds is not None
+    torch.testing.assert_close(module.prediction_thresholds.predict(probs, groups), direct.predict(probs, groups))
+    state = selection.state_dict()
+    fresh = ConstrainedModelSelection([("demographic_parity", tol)], thresholds=True)
+    fresh.load_state_dict(state)
+    assert set(fresh.threshold_states) == set(selection.threshold_states)
+    with pytest.raises(ValueError, match="one constraint"):
+        ConstrainedModelSelection([("demographic_parity", 0.1), ("equal_opportunity", 0.1)], thresholds=True)

@@ -90,6 +90,11 @@ class ConstrainedModelSelection(Callback):
         keep: how many snapshots to keep: ``None`` (all), or ``k >= 1``: the ``k`` best feasible
             ones plus the least violating one (the table keeps every epoch).
         threshold: decision threshold on the probabilities.
+        thresholds: at every validation run, also fit per-group thresholds
+            (:class:`~fair_lightning.postprocessing.GroupThresholds`) on the validation outputs at the
+            constraint's tolerance, and judge the snapshot by its thresholded predictions; the chosen
+            snapshot's thresholds are set as ``pl_module.prediction_thresholds`` (applied by
+            ``FairLightningModule.predict_step``). One constraint only.
         min_count: groups with fewer validation samples behind a rate are left out of that rate's
             difference (too few to judge; listed in :meth:`report` through the per-group counts).
         outputs_fn: ``(pl_module, outputs, batch) -> (probs, target, groups)``.
@@ -120,8 +125,17 @@ class ConstrainedModelSelection(Callback):
         min_count: float = 10,
         outputs_fn: Callable[[pl.LightningModule, Any, Any], tuple[Tensor, Tensor, Tensor]] | None = None,
         restore: bool = True,
+        thresholds: bool = False,
     ) -> None:
         self.constraints = _parse_constraints(constraints)
+        if not isinstance(thresholds, bool):
+            raise ValueError(f"`thresholds` must be a bool, got {thresholds!r}")
+        if thresholds and len(self.constraints) != 1:
+            raise ValueError(
+                f"`thresholds=True` fits group thresholds for one constraint, got {len(self.constraints)}: {self.constraints}"
+            )
+        self.thresholds = thresholds
+        self.threshold_states: dict[int, dict[str, Any]] = {}  # record index -> fitted GroupThresholds state
         if mode not in ("max", "min"):
             raise ValueError(f"`mode` must be 'max' or 'min', got {mode!r}")
         if monitor is not None and not isinstance(monitor, str):
@@ -142,11 +156,12 @@ class ConstrainedModelSelection(Callback):
         self.best_index: int | None = None
         self.reason = ""
         self._rows: list[Tensor] = []
+        self._fitted: dict[str, Any] | None = None
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(constraints=self.constraints, monitor=self.monitor)
+        return self._generate_state_key(constraints=self.constraints, monitor=self.monitor, thresholds=self.thresholds)
 
     @property
     def best_epoch(self) -> int | None:
@@ -182,6 +197,14 @@ class ConstrainedModelSelection(Callback):
         if not isinstance(num_groups, int):
             num_groups = int(groups.max()) + 1
         hard = rows[:, 0] > self.threshold
+        self._fitted = None
+        if self.thresholds:
+            from fair_lightning.postprocessing import GroupThresholds
+
+            definition, tolerance = self.constraints[0]
+            fitted = GroupThresholds(definition, tolerance=tolerance).fit(rows[:, 0], rows[:, 1].long(), groups, num_groups)
+            hard = fitted.predict(rows[:, 0], groups) > 0.5
+            self._fitted = fitted.state_dict()
         return GroupSums.from_confusion(confusion_counts(hard, rows[:, 1].long(), groups, num_groups))
 
     def _objective(self, trainer: pl.Trainer, sums: GroupSums) -> float:
@@ -221,6 +244,8 @@ class ConstrainedModelSelection(Callback):
         record["count"] = sums.count.clone()
         self.records.append(record)
         self.snapshots[len(self.records) - 1] = _snapshot(pl_module.state_dict())
+        if self._fitted is not None:
+            self.threshold_states[len(self.records) - 1] = self._fitted
         self._prune()
 
     def _enough(self, rate: Rate, sums: GroupSums, name: str) -> Rate:
@@ -248,6 +273,7 @@ class ConstrainedModelSelection(Callback):
         infeasible = [i for i in kept if not self.records[i]["feasible"]][:1]
         for i in set(self.snapshots) - set(feasible) - set(infeasible):
             del self.snapshots[i]
+            self.threshold_states.pop(i, None)
 
     def choose(self) -> int | None:
         """Index (into :attr:`records`) of the snapshot to restore; sets :attr:`reason`."""
@@ -285,6 +311,10 @@ class ConstrainedModelSelection(Callback):
         if self.restore:
             state = self.snapshots[self.best_index]
             pl_module.load_state_dict({k: v.to(pl_module.device) if isinstance(v, Tensor) else v for k, v in state.items()})
+            if self.best_index in self.threshold_states:
+                from fair_lightning.postprocessing import GroupThresholds
+
+                pl_module.prediction_thresholds = GroupThresholds.from_state_dict(self.threshold_states[self.best_index])
         last = self.records[-1]
         rank_zero_info(
             f"ConstrainedModelSelection: {'restored' if self.restore else 'chose'} epoch {self.best_epoch}: {self.reason}"
@@ -371,6 +401,7 @@ class ConstrainedModelSelection(Callback):
             "version": STATE_VERSION,
             "records": [dict(r) for r in self.records],
             "snapshots": {int(k): v for k, v in self.snapshots.items()},
+            "threshold_states": {int(k): v for k, v in self.threshold_states.items()},
             "best_index": self.best_index,
         }
 
@@ -384,7 +415,8 @@ class ConstrainedModelSelection(Callback):
             )
         self.records = [dict(r) for r in state_dict.get("records", [])]
         self.snapshots = {int(k): v for k, v in state_dict.get("snapshots", {}).items()}
+        self.threshold_states = {int(k): v for k, v in state_dict.get("threshold_states", {}).items()}
         self.best_index = state_dict.get("best_index")
 
 
-__all__ = ["ConstrainedModelSelection", "DEFINITIONS"]
+__all__ = ["ConstrainedModelSelection"]
