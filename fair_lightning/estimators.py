@@ -379,6 +379,10 @@ class FairNeuralClassifier(ClassifierMixin, BaseEstimator):
         # the same rules and messages as ReductionsWrapper (shape, one row per sample, no NaN)
         check_sensitive_features(sensitive_features, n_samples)
         frame = _sensitive_frame(sensitive_features, n_samples)
+        from fair_lightning.data import check_sensitive_levels
+
+        for column in frame.columns:  # a continuous attribute would make one group per value
+            check_sensitive_levels(frame[column], f"sensitive_features[{column!r}]")
         return GroupSpec.from_frame(frame, list(frame.columns))
 
     def _build_module(self, n_features: int, spec: GroupSpec) -> FairLightningModule:

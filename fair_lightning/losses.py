@@ -195,7 +195,15 @@ class FairnessLoss(nn.Module):
             logits, groups = logits.reshape(-1), groups.reshape(-1)
             target = torch.zeros_like(logits) if target is None else target.reshape(-1)
         preds = soft_predictions(logits, self.temperature)
-        return group_sums(preds, target, groups, self.num_groups, validate_args=False)
+        try:
+            return group_sums(preds, target, groups, self.num_groups, validate_args=False)
+        except RuntimeError as err:  # unchecked input: name what went wrong
+            if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= self.num_groups):
+                raise IndexError(
+                    f"`groups` must be ids in [0, num_groups={self.num_groups}), got values in "
+                    f"[{int(groups.min())}, {int(groups.max())}] (validate_args=False skips this check)"
+                ) from err
+            raise
 
     def gaps(self, sums: GroupSums) -> GroupGaps:
         """Per-group (or pairwise) gaps of the rates this loss equalizes."""

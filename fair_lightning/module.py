@@ -325,6 +325,29 @@ class FairLightningModule(pl.LightningModule):
             groups = check_groups(groups, logits.numel(), self.num_groups)
         return logits, target.reshape(-1), groups.reshape(-1).long()
 
+    def _forward_checked(self, x: Any, representation: bool = False) -> Any:
+        """``self(x)`` (or :meth:`forward_with_representation`), with a clear error when the
+        features' dtype is not the model's (``float64`` features into a ``float32`` model)."""
+        if isinstance(x, Tensor) and x.is_floating_point() and x.dtype != self.dtype:
+            raise ValueError(
+                f"the batch's features `x` have dtype {x.dtype} but the model's parameters are {self.dtype}; "
+                f"convert the features (`x.to({self.dtype})`, e.g. in your Dataset) or the model "
+                f"(`model.to({x.dtype})`)"
+            )
+        return self.forward_with_representation(x) if representation else self(x)
+
+    def _explain_unchecked(self, err: RuntimeError, groups: Tensor | None) -> None:
+        """With ``validate_args=False`` a bad group id surfaces as an indexing error deep in the
+        statistics core: name it instead."""
+        if self.validate_args or not isinstance(groups, Tensor) or groups.numel() == 0:
+            return
+        lo, hi = int(groups.min()), int(groups.max())
+        if lo < 0 or hi >= self.num_groups:
+            raise ValueError(
+                f"`groups` must be ids in [0, num_groups={self.num_groups}), got values in [{lo}, {hi}] "
+                "(validate_args=False skips this check on every step; it failed here)"
+            ) from err
+
     def _reduce_sum(self, tensor: Tensor) -> Tensor:
         trainer = self._trainer
         if trainer is None or trainer.world_size == 1:
@@ -393,10 +416,17 @@ class FairLightningModule(pl.LightningModule):
         x, target, groups = self.unpack_batch(batch)
         rep = None
         if self.method.needs_representation:
-            logits, rep = self.forward_with_representation(x)
+            logits, rep = self._forward_checked(x, representation=True)
         else:
-            logits = self(x)
+            logits = self._forward_checked(x)
         logits, target, groups = self._check_batch(logits, target, groups)
+        try:
+            return self._training_step_checked(logits, target, groups, rep)
+        except RuntimeError as err:
+            self._explain_unchecked(err, groups)
+            raise
+
+    def _training_step_checked(self, logits: Tensor, target: Tensor, groups: Tensor, rep: Tensor | None) -> Tensor:
         step = int(self.method.num_steps)
         detail = self._detail_step(step)
 
@@ -525,10 +555,14 @@ class FairLightningModule(pl.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
         x, target, groups = self.unpack_batch(batch)
-        logits, target, groups = self._check_batch(self(x), target, groups)
+        logits, target, groups = self._check_batch(self._forward_checked(x), target, groups)
         loss = self.task_loss(logits, target)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
-        metrics.update(logits, target, groups)
+        try:
+            metrics.update(logits, target, groups)
+        except RuntimeError as err:
+            self._explain_unchecked(err, groups)
+            raise
         probs = torch.sigmoid(logits)
         (self.val_accuracy if stage == "val" else self.test_accuracy).update(probs, target)
         (self.val_auroc if stage == "val" else self.test_auroc).update(probs, target)

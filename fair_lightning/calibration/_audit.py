@@ -106,6 +106,11 @@ def multicalibration_audit(
     y, _ = as_tensor(labels, "labels")
     y = check_binary_target(y, n, "labels")
     p, y = p.detach().cpu().double(), y.detach().cpu().double()
+    if sensitive is None:
+        raise ValueError(
+            "`sensitive` is required: the sensitive attribute codes, shape (N,) or (N, A), or a pandas DataFrame "
+            "of categorical columns; got None"
+        )
     spec, codes = _sensitive_codes(sensitive, group_spec, n)
     if isinstance(max_order, bool) or not isinstance(max_order, (int, np.integer)) or max_order < 0:
         raise ValueError(f"`max_order` must be an int >= 0, got {max_order!r}")

@@ -263,6 +263,19 @@ class GroupFairnessCalibrator(BaseEstimator):
         num_units = len(hierarchy.names)
         counts = grouped_sum(torch.ones(unit.numel(), dtype=torch.float64), unit, num_units).long()
         own = counts >= self.min_group_size
+        one_label = torch.zeros_like(own)
+        if method == "temperature" and not self.temperature_bias:
+            # a temperature alone cannot move a group's probabilities towards its only label
+            positives = grouped_sum(y[sample], unit, num_units)
+            one_label = own & ((positives == 0) | (positives == counts))
+            own &= ~one_label
+            if bool(one_label[1:].any()):
+                _warn(
+                    f"{int(one_label[1:].sum())} calibration group(s) hold a single label; temperature scaling "
+                    "(without `temperature_bias`) cannot fit them, so they use their parent's or the global map "
+                    "(see `report()`)",
+                    stacklevel=6,
+                )
         own[0] = True
         if int(counts[0]) < self.min_group_size:
             _warn(
@@ -303,7 +316,7 @@ class GroupFairnessCalibrator(BaseEstimator):
         self.group_spec_ = spec
         group_counts = counts[hierarchy.group_offset : hierarchy.group_offset + num_groups]
         self.group_counts_ = group_counts.clone()
-        self._report = _group_report(hierarchy, counts, own, parent, self.shrinkage, self.min_group_size, num_groups)
+        self._report = _group_report(hierarchy, counts, own, parent, self.shrinkage, self.min_group_size, num_groups, one_label)
         self.fallback_ = _fallbacks(self._report, names, group_counts)
 
         before = torch.sigmoid(x) if method == "temperature" else x
@@ -605,7 +618,7 @@ def _blend_params(own: Tensor, parent: Tensor, weight: float) -> Tensor:
     return weight * own + (1 - weight) * parent
 
 
-def _group_report(hierarchy, counts, own, parent, shrinkage, min_group_size, num_groups) -> dict[str, list]:
+def _group_report(hierarchy, counts, own, parent, shrinkage, min_group_size, num_groups, one_label=None) -> dict[str, list]:
     report = {"map": [], "source": [], "own_weight": [], "reason": []}
     names = hierarchy.names
     for i in range(num_groups):
@@ -618,6 +631,12 @@ def _group_report(hierarchy, counts, own, parent, shrinkage, min_group_size, num
                 entry = (*entry[:3], entry[3] + f"; shrunk towards {names[p]!r} with weight {w:.3g} on its own fit")
         elif n == 0:
             entry = ("global", GLOBAL_NAME, 0.0, "not seen at fit time (0 samples): uses the global map")
+        elif one_label is not None and bool(one_label[u]):
+            entry = (
+                "parent" if p else "global", names[p] if p else GLOBAL_NAME, 0.0,
+                f"{n} samples, all with one label: a temperature without a bias cannot fit it "
+                f"(temperature_bias=True can); uses the map of {names[p] if p else GLOBAL_NAME!r}",
+            )
         elif p == 0:
             why = "no marginal parent has enough samples" if hierarchy.parents[u] else "no parent group"
             entry = ("global", GLOBAL_NAME, 0.0, f"{n} samples < min_group_size={min_group_size} and {why}: uses the global map")
