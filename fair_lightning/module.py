@@ -42,7 +42,10 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
+from fair_lightning.functional import GroupSums
 from fair_lightning.functional._checks import check_binary_target, check_group_names, check_groups, check_num_groups
+from fair_lightning.functional._rates import DEFINITIONS
+from fair_lightning.functional._uncertainty import max_min_difference_interval, rate_fraction
 from fair_lightning.losses import _check_logits, binary_cross_entropy_with_logits
 from fair_lightning.methods import ERM, METHODS, FairnessMethod, make_method
 from fair_lightning.methods._base import check_number
@@ -558,13 +561,24 @@ class FairLightningModule(pl.LightningModule):
         logits, target, groups = self._check_batch(self._forward_checked(x), target, groups)
         loss = self.task_loss(logits, target)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
+        scores = logits
+        thresholds = self.prediction_thresholds
+        if thresholds is not None:
+            # the returned classifier is the thresholded one: its rates are those of its decisions
+            # (and its probabilities are 0/1 for the calibration metric)
+            probs = torch.sigmoid(logits)
+            if self.prediction_calibrator is not None:
+                calibrator = self.prediction_calibrator
+                probs = calibrator.transform(logits if getattr(calibrator, "method", None) == "temperature" else probs, groups)
+            decisions = thresholds.apply(probs.to(torch.float64), groups).to(logits.dtype)
+            scores = torch.where(decisions > 0.5, 30.0, -30.0).to(logits.dtype)
         try:
-            metrics.update(logits, target, groups)
+            metrics.update(scores, target, groups)
         except RuntimeError as err:
             self._explain_unchecked(err, groups)
             raise
         probs = torch.sigmoid(logits)
-        (self.val_accuracy if stage == "val" else self.test_accuracy).update(probs, target)
+        (self.val_accuracy if stage == "val" else self.test_accuracy).update(torch.sigmoid(scores), target)
         (self.val_auroc if stage == "val" else self.test_auroc).update(probs, target)
         (self.val_loss if stage == "val" else self.test_loss).update(loss.detach(), weight=logits.numel())
         # callbacks (calibration, dashboard, selection, thresholds) reuse these instead of a second forward pass
@@ -582,12 +596,30 @@ class FairLightningModule(pl.LightningModule):
         values[f"{stage}/auroc"] = auroc.compute()
         values[f"{stage}/loss"] = loss.compute()
         group = metrics["group"]
-        count, pred = float(group.count.sum()), float(group.pred.sum())
+        sums = GroupSums.from_stacked(self._reduce_sum(group.group_sums.stack()))  # synced, like compute()
+        count, pred = float(sums.count.sum()), float(sums.pred.sum())
         if stage == "val" and count > 0:
             self._val_selection_share = pred / count
+        values.update(self._difference_intervals(sums, stage))
         self.log_dict(values, prog_bar=False)
         for m in (metrics, accuracy, auroc, loss):
             m.reset()
+
+    @staticmethod
+    def _difference_intervals(sums: GroupSums, stage: str, confidence: float = 0.95) -> dict[str, Tensor]:
+        """95% Newcombe intervals of the DP and EO differences (max - min over groups with data);
+        for EO the larger of the TPR and FPR intervals' ends."""
+        out = {}
+        for key, definition in (("dp_difference", "demographic_parity"), ("eo_difference", "equalized_odds")):
+            lows, highs = [], []
+            for rate in DEFINITIONS[definition]:
+                num, den = rate_fraction(sums, rate)
+                interval, _ = max_min_difference_interval(num, den, confidence)
+                lows.append(float(interval.low))
+                highs.append(float(interval.high))
+            out[f"{stage}/{key}_ci_low"] = torch.tensor(max(lows))
+            out[f"{stage}/{key}_ci_high"] = torch.tensor(max(highs))
+        return out
 
     def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         return self._eval_step(batch, "val")

@@ -80,6 +80,10 @@ SCALAR_METRICS = (
     "eo_difference",
     "eopp_difference",
     "calibration_error_max",
+    "dp_difference_ci_low",
+    "dp_difference_ci_high",
+    "eo_difference_ci_low",
+    "eo_difference_ci_high",
 )
 #: Per-group metrics copied from ``<stage>/<name>/<group>`` to ``<stage>_<name>: {group: value}``.
 GROUP_METRICS = (
@@ -157,6 +161,7 @@ def build(cfg: DictConfig, output_dir: str | os.PathLike) -> Components:
     )
     loggers = _instantiate_named(cfg.get("logger"), "logger", save_dir=str(output_dir))
     callbacks = _instantiate_named(cfg.get("callbacks"), "callbacks")
+    callbacks += selection_callbacks(cfg, module)
     trainer = hydra.utils.instantiate(cfg.trainer, _partial_=True, _convert_="all")(
         default_root_dir=str(output_dir),
         logger=loggers if loggers else False,
@@ -164,6 +169,24 @@ def build(cfg: DictConfig, output_dir: str | os.PathLike) -> Components:
         enable_checkpointing=any(isinstance(cb, ModelCheckpoint) for cb in callbacks),
     )
     return Components(datamodule, model, module, trainer)
+
+
+def selection_callbacks(cfg: DictConfig, module: Any) -> list:
+    """``ConstrainedModelSelection`` for a constrained method (``selection.enabled``): the best epoch
+    that meets the method's constraints on validation, judged after group thresholds
+    (``selection.thresholds``, one constraint only). Constraints over a partition are judged by the
+    method itself, not here."""
+    from fair_lightning.callbacks import ConstrainedModelSelection
+
+    options = cfg.get("selection") or {}
+    constraints = getattr(module.method, "constraints", None)
+    if not options.get("enabled", True) or not constraints:
+        return []
+    pairs = [(c.definition, c.tolerance) for c in constraints if c.partition is None and c.definition != "accuracy_parity"]
+    if not pairs:
+        return []
+    thresholds = bool(options.get("thresholds", True)) and len(pairs) == 1
+    return [ConstrainedModelSelection(pairs, thresholds=thresholds, min_count=options.get("min_count", 10))]
 
 
 # ---------------------------------------------------------------------------------- validation
@@ -304,8 +327,9 @@ def fit_and_test(trainer: Any, module: Any, datamodule: Any, ckpt_path: str | os
     """``trainer.fit`` (resumed from ``ckpt_path`` if given) then ``trainer.test``; the summary of
     :func:`summarize_metrics` plus timings.
 
-    The validation metrics are those of the last validation run of ``fit``. The raw logged values
-    are under ``"metrics"``.
+    The validation metrics are those of the last validation run of ``fit``, or, when a selection
+    callback restored another epoch, of the restored model. The raw logged values are under
+    ``"metrics"``.
     """
     with warnings.catch_warnings():
         for pattern in _QUIET_WARNINGS:
@@ -313,6 +337,9 @@ def fit_and_test(trainer: Any, module: Any, datamodule: Any, ckpt_path: str | os
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
         fit_seconds = time.perf_counter() - start
+        if any(getattr(cb, "restore", False) and getattr(cb, "best_index", None) is not None for cb in trainer.callbacks):
+            # a selection callback restored another epoch: validate what is returned
+            trainer.validate(module, datamodule=datamodule, verbose=False)
         raw = {k: _float(v) for k, v in trainer.callback_metrics.items()}
         start = time.perf_counter()
         trainer.test(module, datamodule=datamodule, verbose=False)

@@ -253,3 +253,23 @@ def test_hparams_show_the_swept_and_method_settings_first_and_nothing_unused(tmp
     assert list(penalty) == ["lr", "eta", "mode", "dataset", "seed"]
     erm = run_hparams({"mode": "erm", "eta": 1.0, "tolerance": 0.01, "lr": 0.003}, {})
     assert erm == {"mode": "erm", "lr": 0.003}
+
+
+def test_lagrangian_job_selects_on_validation_with_thresholds_and_reports_intervals(tmp_path):
+    """The lagrangian configs add ConstrainedModelSelection(thresholds=True): the returned model
+    meets the tolerance on validation (after group thresholds), its test metrics are of the
+    thresholded classifier, and the record carries 95% intervals of the differences."""
+    cfg = _compose([*TINY, "fairness=lagrangian_dp", "fairness.tolerance=0.05", "callbacks=none", "trainer.max_epochs=3"])
+    from fair_lightning.callbacks import ConstrainedModelSelection
+
+    parts = build(cfg, tmp_path)
+    selection = [cb for cb in parts.trainer.callbacks if isinstance(cb, ConstrainedModelSelection)]
+    assert len(selection) == 1 and selection[0].thresholds and selection[0].constraints == [("demographic_parity", 0.05)]
+    record = run(cfg, tmp_path)
+    assert record["status"] == "ok"
+    assert record["val_dp_difference"] <= 0.05 + 1e-9  # thresholds fitted on validation at the tolerance
+    for stage in ("val", "test"):
+        low, high = record[f"{stage}_dp_difference_ci_low"], record[f"{stage}_dp_difference_ci_high"]
+        assert 0.0 <= low <= record[f"{stage}_dp_difference"] <= high <= 1.0
+    off = _compose([*TINY, "fairness=lagrangian_dp", "callbacks=none", "selection.enabled=false"])
+    assert not [cb for cb in build(off, tmp_path).trainer.callbacks if isinstance(cb, ConstrainedModelSelection)]
