@@ -173,20 +173,20 @@ def build(cfg: DictConfig, output_dir: str | os.PathLike) -> Components:
 
 def selection_callbacks(cfg: DictConfig, module: Any) -> list:
     """``ConstrainedModelSelection`` for a constrained method (``selection.enabled``): the best epoch
-    that meets the method's constraints on validation, judged after group thresholds
-    (``selection.thresholds``, one constraint only). Constraints over a partition are judged by the
-    method itself, not here."""
+    that meets the method's constraints on validation (hierarchical ones over their partitions
+    too), judged after group thresholds (``selection.thresholds``; one constraint over the module's
+    own groups only)."""
     from fair_lightning.callbacks import ConstrainedModelSelection
 
     options = cfg.get("selection") or {}
     constraints = getattr(module.method, "constraints", None)
     if not options.get("enabled", True) or not constraints:
         return []
-    pairs = [(c.definition, c.tolerance) for c in constraints if c.partition is None and c.definition != "accuracy_parity"]
-    if not pairs:
+    judged = [c for c in constraints if c.definition != "accuracy_parity"]
+    if not judged:
         return []
-    thresholds = bool(options.get("thresholds", True)) and len(pairs) == 1
-    return [ConstrainedModelSelection(pairs, thresholds=thresholds, min_count=options.get("min_count", 10))]
+    thresholds = bool(options.get("thresholds", True)) and len(judged) == 1 and judged[0].partition is None
+    return [ConstrainedModelSelection(judged, thresholds=thresholds, min_count=options.get("min_count", 10))]
 
 
 # ---------------------------------------------------------------------------------- validation

@@ -27,6 +27,12 @@ _RECORDED_RATES = ("selection_rate", "true_positive_rate", "false_positive_rate"
 
 
 def _parse_constraints(constraints: Any) -> list[tuple[str, float]]:
+    if _is_constraint(constraints):
+        constraints = [constraints]
+    if isinstance(constraints, Sequence) and not isinstance(constraints, str) and constraints and all(
+        _is_constraint(c) for c in constraints
+    ):
+        return [(c.definition, float(c.tolerance)) for c in constraints]
     if isinstance(constraints, Mapping):
         constraints = list(constraints.items())
     elif isinstance(constraints, tuple) and len(constraints) == 2 and isinstance(constraints[0], str):
@@ -44,6 +50,28 @@ def _parse_constraints(constraints: Any) -> list[tuple[str, float]]:
     if not parsed:
         raise ValueError("`constraints` must name at least one (definition, tolerance) pair, got none")
     return parsed
+
+
+def _coarse(sums: GroupSums, partition: tuple[int, ...]) -> GroupSums:
+    """The sums of coarse groups: ``partition[g]`` is the coarse group of group ``g``."""
+    stacked = sums.stack()
+    index = torch.as_tensor(partition, device=stacked.device)
+    out = stacked.new_zeros(stacked.shape[0], int(index.max()) + 1).index_add_(1, index, stacked)
+    return GroupSums.from_stacked(out)
+
+
+def _is_constraint(value: Any) -> bool:
+    from fair_lightning.constraints import FairnessConstraint
+
+    return isinstance(value, FairnessConstraint)
+
+
+def _partitions(constraints: Any) -> list[tuple[tuple[int, ...] | None, str]]:
+    """``(partition, label)`` of each constraint (FairnessConstraint objects may carry a partition)."""
+    items = [constraints] if _is_constraint(constraints) else constraints
+    if isinstance(items, Sequence) and not isinstance(items, str) and items and all(_is_constraint(c) for c in items):
+        return [(c.partition, c.label) for c in items]
+    return [(None, definition) for definition, _ in _parse_constraints(constraints)]
 
 
 def _snapshot(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -83,7 +111,10 @@ class ConstrainedModelSelection(Callback):
     Args:
         constraints: ``(definition, tolerance)`` pairs, or a mapping ``{definition: tolerance}``;
             definitions ``"demographic_parity"``, ``"equal_opportunity"``, ``"equalized_odds"``.
-            The tolerance bounds the max - min difference across groups.
+            The tolerance bounds the max - min difference across groups. Or
+            :class:`~fair_lightning.constraints.FairnessConstraint` objects, whose ``partition``
+            (e.g. from :func:`~fair_lightning.constraints.hierarchical_constraints`) compares coarser
+            groups; records are keyed by their ``label``.
         monitor: a key of ``trainer.callback_metrics`` to use as the objective; default ``None``,
             the validation accuracy computed here.
         mode: ``"max"`` or ``"min"`` for ``monitor`` (accuracy: ``"max"``).
@@ -128,9 +159,13 @@ class ConstrainedModelSelection(Callback):
         thresholds: bool = False,
     ) -> None:
         self.constraints = _parse_constraints(constraints)
+        self._parts = _partitions(constraints)
+        labels = [label for _, label in self._parts]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"`constraints` must have distinct names (give each a `name`), got {labels}")
         if not isinstance(thresholds, bool):
             raise ValueError(f"`thresholds` must be a bool, got {thresholds!r}")
-        if thresholds and len(self.constraints) != 1:
+        if thresholds and (len(self.constraints) != 1 or self._parts[0][0] is not None):
             raise ValueError(
                 f"`thresholds=True` fits group thresholds for one constraint, got {len(self.constraints)}: {self.constraints}"
             )
@@ -230,10 +265,12 @@ class ConstrainedModelSelection(Callback):
         record["objective"] = self._objective(trainer, sums)
         worst = -math.inf
         table = group_rate_table(sums, tuple(dict.fromkeys((*_RECORDED_RATES, *(r for d, _ in self.constraints for r in DEFINITIONS[d])))))
-        for definition, tolerance in self.constraints:
-            diff = max(float(rate_difference(self._enough(table[r], sums, r))) for r in DEFINITIONS[definition])
-            record[f"difference/{definition}"] = diff
-            record[f"violation/{definition}"] = diff - tolerance
+        for (definition, tolerance), (partition, label) in zip(self.constraints, self._parts):
+            part_sums = sums if partition is None else _coarse(sums, partition)
+            part_table = table if partition is None else group_rate_table(part_sums, DEFINITIONS[definition])
+            diff = max(float(rate_difference(self._enough(part_table[r], part_sums, r))) for r in DEFINITIONS[definition])
+            record[f"difference/{label}"] = diff
+            record[f"violation/{label}"] = diff - tolerance
             worst = max(worst, diff - tolerance)
         record["max_violation"] = worst
         record["feasible"] = worst <= 1e-12
@@ -373,6 +410,8 @@ class ConstrainedModelSelection(Callback):
         index = sorted(self.snapshots)
         if not index:
             raise RuntimeError("ConstrainedModelSelection has no snapshot: fit first")
+        if any(partition is not None for partition, _ in self._parts):
+            raise RuntimeError("`mixture` supports constraints over the module's own groups only (no `partition`)")
         rows, bounds = [], []
         for definition, tolerance in self.constraints:
             for rate in DEFINITIONS[definition]:
