@@ -7,7 +7,8 @@
 1. Runs the Hydra application as two sweeps (:data:`DEFAULT_SWEEPS`) on the ``adult_sex``
    experiment, two jobs at a time with the joblib launcher (``hydra/launcher=parallel``), into a
    fresh ``outputs/sweep-<timestamp>``: the demographic-parity penalty with ``eta`` in
-   ``0 ... 64`` (8 values), and the Lagrangian constraint with ``tolerance`` in ``0.0025 ... 0.06``.
+   ``0 ... 64`` (8 values), and the Lagrangian constraint with ``tolerance`` (the max - min DP
+   difference) in ``0.005 ... 0.1``.
    Extra arguments are Hydra overrides for both; choosing a ``fairness`` option runs that one
    sweep instead (the user's own axes), e.g. ``fairness=lagrangian_dp fairness.tolerance=...``.
 2. Runs the Pareto report on the whole directory (:func:`fair_lightning.pareto.main`, as
@@ -45,7 +46,7 @@ DEFAULT_OVERRIDES: dict[str, str] = {
 #: The main job's sweeps: name (subdirectory) -> the method and its axis.
 DEFAULT_SWEEPS: dict[str, dict[str, str]] = {
     "penalty": {"fairness": "penalty_dp", "fairness.eta": "0,0.25,0.5,1,2,4,8,64"},
-    "lagrangian": {"fairness": "lagrangian_dp", "fairness.tolerance": "0.0025,0.005,0.01,0.02,0.03,0.06"},
+    "lagrangian": {"fairness": "lagrangian_dp", "fairness.tolerance": "0.005,0.01,0.02,0.04,0.06,0.1"},
 }
 #: Fairness requirement drawn on the frontier (demographic-parity difference).
 THRESHOLD = 0.05

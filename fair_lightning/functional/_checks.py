@@ -17,18 +17,25 @@ def check_num_groups(num_groups: object) -> int:
     return num_groups
 
 
+def check_names(names: object, count: int, what: str = "group") -> list[str]:
+    """``names`` as a list of ``count`` unique strings (default ``{what}_0``, ...), for the
+    argument ``{what}_names`` with ``num_{what}s`` entries."""
+    arg, num = f"{what}_names", f"num_{what}es" if what.endswith("s") else f"num_{what}s"
+    if names is None:
+        return [f"{what}_{i}" for i in range(count)]
+    if isinstance(names, str):
+        raise ValueError(f"`{arg}` must be a sequence of {count} names, got the string {names!r}")
+    out = [str(n) for n in names]
+    if len(out) != count:
+        raise ValueError(f"`{arg}` must have {num}={count} entries, got {len(out)}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"`{arg}` must be unique, got {out}")
+    return out
+
+
 def check_group_names(group_names: object, num_groups: int) -> list[str]:
     """``group_names`` as a list of ``num_groups`` unique strings (default ``group_0``, ...)."""
-    if group_names is None:
-        return [f"group_{g}" for g in range(num_groups)]
-    if isinstance(group_names, str):
-        raise ValueError(f"`group_names` must be a sequence of {num_groups} names, got the string {group_names!r}")
-    names = [str(n) for n in group_names]
-    if len(names) != num_groups:
-        raise ValueError(f"`group_names` must have num_groups={num_groups} entries, got {len(names)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"`group_names` must be unique, got {names}")
-    return names
+    return check_names(group_names, num_groups, "group")
 
 
 def _describe(t: Tensor) -> str:

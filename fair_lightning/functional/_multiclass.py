@@ -30,7 +30,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from fair_lightning.functional._checks import _describe, check_groups, check_num_groups
+from fair_lightning.functional._checks import _describe, check_groups, check_names, check_num_groups
 from fair_lightning.functional._core import GroupSums, Rate, grouped_sum, masked_divide
 from fair_lightning.functional._fairness import EO_AGGREGATIONS
 from fair_lightning.functional._rates import definition_rates
@@ -61,16 +61,7 @@ def check_average(average: object, choices: tuple = AVERAGES) -> None:
 
 def check_class_names(class_names: object, num_classes: int) -> list[str]:
     """``class_names`` as ``num_classes`` unique strings (default ``class_0``, ...)."""
-    if class_names is None:
-        return [f"class_{c}" for c in range(num_classes)]
-    if isinstance(class_names, str):
-        raise ValueError(f"`class_names` must be a sequence of {num_classes} names, got the string {class_names!r}")
-    names = [str(n) for n in class_names]
-    if len(names) != num_classes:
-        raise ValueError(f"`class_names` must have num_classes={num_classes} entries, got {len(names)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"`class_names` must be unique, got {names}")
-    return names
+    return check_names(class_names, num_classes, "class")
 
 
 def check_class_target(target: Tensor, n: int, num_classes: int, name: str = "target") -> Tensor:
