@@ -165,6 +165,7 @@ class FairLightningModule(pl.LightningModule):
         context["num_classes"] = self.num_classes
         if self.num_classes is not None:
             context.pop("threshold")  # K classes: hard predictions are the argmax
+            context["class_names"] = self.class_names
         if (
             mode == "adversarial" and kwargs.get("adversary_input") == "representation"
             and kwargs.get("adversary") is None and "representation_features" not in kwargs
