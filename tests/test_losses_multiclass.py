@@ -202,3 +202,35 @@ def test_binary_only_methods_refuse_num_classes():
     with pytest.raises(ValueError, match="num_classes=4, but the module has num_classes=3"):
         make_method(Penalty(2, num_classes=4), {"num_groups": 2, "num_classes": 3})
     assert isinstance(make_method(ERM(2), {"num_groups": 2}), ERM)
+
+
+@pytest.mark.parametrize("fairness", ["demographic_parity", "equalized_odds"])
+def test_adversary_on_softmax_outputs(batch, fairness):
+    from fair_lightning.methods import Adversarial
+
+    logits, target, groups = batch
+    torch.manual_seed(0)
+    method = Adversarial(G, num_classes=K, fairness=fairness, eta=0.7).double()
+    seen = {}
+
+    def remember(module, inputs, output):
+        seen.setdefault("x", inputs[0])
+
+    method.adversary.register_forward_hook(remember)
+    x = logits.clone().requires_grad_(True)
+    loss = method(x, target, groups)
+    features = seen["x"]
+    width = K + (K if fairness == "equalized_odds" else 0)
+    assert features.shape == (N, width)
+    torch.testing.assert_close(features[:, :K], torch.softmax(logits, 1))
+    if fairness == "equalized_odds":
+        torch.testing.assert_close(features[:, K:], torch.nn.functional.one_hot(target, K).double())
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(method.adversary(features), groups))
+    # gradient reversal: the model's gradient is -eta times the adversary loss's gradient
+    (grad,) = torch.autograd.grad(loss, x)
+    z = logits.clone().requires_grad_(True)
+    f = torch.softmax(z, 1)
+    if fairness == "equalized_odds":
+        f = torch.cat((f, torch.nn.functional.one_hot(target, K).double()), 1)
+    (plain,) = torch.autograd.grad(torch.nn.functional.cross_entropy(method.adversary(f), groups), z)
+    torch.testing.assert_close(grad, -0.7 * plain)
