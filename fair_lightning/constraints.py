@@ -13,9 +13,17 @@ forms:
   difference may then reach ``2 * tolerance``.
 
 A constraint may also be stated over a coarser partition of the groups (``partition``: the
-coarse group of each group), so that several constraints cover an attribute's marginal groups
-and their intersections at once, each with its own tolerance (:func:`hierarchical_constraints`).
+coarse group of each group, ``-1`` to leave a group out), so that several constraints cover an
+attribute's marginal groups and their intersections at once, each with its own tolerance
+(:func:`hierarchical_constraints`). The overall rate of a constraint is its member groups' total.
 Each inequality has its own multiplier.
+
+K classes: the one-vs-rest sums of class ``c`` are a binary :class:`~fair_lightning.functional.GroupSums`
+over the groups, so the sums of all classes are binary sums over ``K * G`` *fine* groups
+(``c * G + g``, label ``[y == c]``, prediction the softmax probability of ``c`` or ``[argmax == c]``).
+:func:`class_constraints` turns each constraint into one per class whose partition covers only
+that class's fine groups; everything below (violations, the dual step, the linear primal term)
+then works unchanged.
 
 The two players of the proxy-Lagrangian see different violations:
 
@@ -74,7 +82,8 @@ class FairnessConstraint:
             (``|rate(g) - rate(all)| <= tolerance`` for every group).
         partition: optional coarse group of each group (length ``num_groups``): the constraint
             then holds between the coarse groups (e.g. an attribute's marginal groups when the
-            groups are intersections). ``None``: the groups themselves.
+            groups are intersections); ``-1`` leaves a group out of the constraint (its rate and
+            its overall rate). ``None``: the groups themselves.
         partition_names: names of the coarse groups (default ``part_0``, ...).
         name: a prefix for the logged names of the inequalities (default: the definition).
     """
@@ -97,8 +106,11 @@ class FairnessConstraint:
             raise ValueError(f"`bound` must be one of {list(BOUNDS)}, got {self.bound!r}")
         if self.partition is not None:
             part = tuple(int(p) for p in self.partition)
-            if not part or min(part) < 0:
-                raise ValueError(f"`partition` must be non-negative coarse group ids, one per group, got {self.partition!r}")
+            if not part or min(part) < -1 or max(part) < 0:
+                raise ValueError(
+                    "`partition` must be coarse group ids >= 0 (or -1 to leave a group out), one per group, with at "
+                    f"least one member, got {self.partition!r}"
+                )
             object.__setattr__(self, "partition", part)
             n = max(part) + 1
             if self.partition_names is not None and len(self.partition_names) != n:
@@ -138,7 +150,8 @@ class FairnessConstraint:
                 f"got {len(self.partition)}"
             )
         out = torch.zeros(max(self.partition) + 1, num_groups, dtype=dtype)
-        out[list(self.partition), list(range(num_groups))] = 1.0
+        members = [g for g, p in enumerate(self.partition) if p >= 0]
+        out[[self.partition[g] for g in members], members] = 1.0
         return out
 
     def inequalities(self, num_groups: int) -> list[tuple[int, int | None, str]]:
@@ -221,6 +234,35 @@ def hierarchical_constraints(
     return tuple(out)
 
 
+def class_constraints(
+    constraints: Sequence[FairnessConstraint],
+    num_groups: int,
+    num_classes: int,
+    group_names: Sequence[str],
+    class_names: Sequence[str],
+) -> tuple[FairnessConstraint, ...]:
+    """One constraint per class and given constraint, over ``num_classes * num_groups`` fine groups.
+
+    Fine group ``c * G + g`` is group ``g`` of class ``c``'s one-vs-rest problem. The constraint for
+    class ``c`` keeps the given one's partition on class ``c``'s fine groups and leaves every other
+    fine group out (``-1``); its name is ``"{label}[{class}]"`` (e.g.
+    ``demographic_parity[class_3]/selection_rate/group_0-group_1``).
+    """
+    out = []
+    for con in constraints:
+        base = list(range(num_groups)) if con.partition is None else list(con.partition)
+        if len(base) != num_groups:
+            raise ValueError(
+                f"`partition` of constraint {con.label!r} must have one entry per group ({num_groups}), got {len(base)}"
+            )
+        names = tuple(con.part_names(group_names))
+        for c, cname in enumerate(class_names):
+            partition = [-1] * (num_classes * num_groups)
+            partition[c * num_groups : (c + 1) * num_groups] = base
+            out.append(FairnessConstraint(con.definition, con.tolerance, con.bound, tuple(partition), names, f"{con.label}[{cname}]"))
+    return tuple(out)
+
+
 def constraint_names(constraints: Sequence[FairnessConstraint], group_names: Sequence[str]) -> list[str]:
     """Stable names of the inequalities, in multiplier order: ``"{definition}/{rate}/{g}-{h}"``
     (``bound="difference"``: ``rate(g) - rate(h) <= tol``) or ``"{definition}/{rate}/{g}/{upper|lower}"``
@@ -255,7 +297,8 @@ def constraint_violations(
     ``sums`` is a :class:`GroupSums` or its stacked ``(4, G)`` form (hard or soft; differentiable
     in soft sums). Order matches :func:`constraint_names`. Undefined ones (a compared group
     absent, or with fewer than ``min_count`` samples behind the rate) are 0: they neither push
-    the model nor move a multiplier. The overall rate counts every group, masked or not.
+    the model nor move a multiplier. The overall rate counts every member group of the
+    constraint (every group without a partition), masked or not.
     """
     stacked = sums if isinstance(sums, Tensor) else sums.stack()
     plan = _step_plan(tuple(constraints), stacked.shape[-1], min_count, stacked.dtype, stacked.device)
@@ -327,7 +370,7 @@ def _build_step_plan(
             for p in range(P):
                 unit_parts.append((rate, member[p]))
                 unit_min.append(float(min_count) if min_count > 0 else torch.finfo(dtype).tiny)
-            unit_parts.append((rate, torch.ones(G, dtype=dtype)))
+            unit_parts.append((rate, member.sum(0).clamp_max(1.0)))  # overall: the members' total
             unit_min.append(-1.0)
             units += P + 1
             for g, h, side in ineq:
@@ -556,6 +599,7 @@ __all__ = [
     "FairnessConstraint",
     "LagrangeMultipliers",
     "BOUNDS",
+    "class_constraints",
     "constraint_names",
     "constraint_table",
     "constraint_violations",

@@ -6,6 +6,14 @@ of each group's rate to the overall rate (or between pairs of groups), and aggre
 with per-group weights. The same :func:`rate_gaps` serves the Lagrangian constraints in
 :mod:`fair_lightning.constraints`, on soft sums for the primal step and hard sums for the dual step.
 
+K classes (``num_classes=K``): the logits are ``(N, K)``, the target holds class indices, and the
+soft predictions are ``softmax(logits / temperature)``. Each class ``c`` is its one-vs-rest binary
+problem (:func:`~fair_lightning.functional.soft_multiclass_group_sums`: per-(class, group) sums
+with ``(K, G)`` fields), so every rate of the table applies per class; the gaps ``(C, K, G)`` are
+reduced over rates, classes and groups together, with the same group weights and ``min_count``
+(accuracy parity compares the groups' mean probability of the true class, the class-pooled TPR).
+Binary classification (one logit, ``num_classes=None``) is unchanged.
+
 Small groups: a group with fewer than ``min_count`` samples *in the batch* (for the rate in
 question: positives for TPR, negatives for FPR) is masked out: its noisy rate cannot dominate the
 gradient. ``weighting`` sets how the remaining groups count (see
@@ -23,6 +31,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fair_lightning.functional import GroupSums, Rate, group_sums, grouped_sum, masked_divide, soft_predictions
+from fair_lightning.functional._multiclass import (
+    check_class_scores,
+    check_class_target,
+    check_num_classes,
+    pooled,
+    soft_multiclass_group_sums,
+)
 from fair_lightning.functional._rates import DEFINITIONS, check_definition
 from fair_lightning.functional._checks import check_binary_target, check_groups, check_num_groups, check_scores
 from fair_lightning.groups import WEIGHT_SCHEMES, group_weights
@@ -92,24 +107,45 @@ def aggregate_gaps(gaps: GroupGaps, weights: Tensor, penalty: str = "abs", reduc
 
 
 def pairwise_gaps(sums: GroupSums, rates: Sequence[str], min_count: float = 1) -> GroupGaps:
-    """Gaps between every pair of groups ``rate(g) - rate(h)``, ``g < h``: shape ``(C, G*(G-1)/2)``."""
-    G = sums.count.numel()
+    """Gaps between every pair of groups ``rate(g) - rate(h)``, ``g < h``: shape ``(C, G*(G-1)/2)``
+    (``(C, ..., G*(G-1)/2)`` for sums with leading dimensions, such as ``(K, G)`` per class)."""
+    G = sums.count.shape[-1]
     i, j = torch.triu_indices(G, G, offset=1, device=sums.count.device)
     num, den = sums.numerators_denominators(tuple(rates))
     rate = masked_divide(num, den)
     ok = rate.valid & (den >= min_count)
-    valid = ok[:, i] & ok[:, j]
-    gap = torch.where(valid, rate.value[:, i] - rate.value[:, j], torch.zeros_like(rate.value[:, i]))
-    return GroupGaps(gap, valid, torch.minimum(den[:, i], den[:, j]))
+    valid = ok[..., i] & ok[..., j]
+    gap = torch.where(valid, rate.value[..., i] - rate.value[..., j], torch.zeros_like(rate.value[..., i]))
+    return GroupGaps(gap, valid, torch.minimum(den[..., i], den[..., j]))
 
 
 def _check_logits(logits: Tensor, name: str = "logits") -> Tensor:
     if isinstance(logits, Tensor) and logits.ndim == 2 and logits.shape[1] != 1:
         raise ValueError(
             f"`{name}` must have shape (N,) or (N, 1) (one logit per sample for binary classification), "
-            f"got shape {tuple(logits.shape)}"
+            f"got shape {tuple(logits.shape)}; for K-class logits pass `num_classes={logits.shape[1]}`"
         )
     return check_scores(logits, name)
+
+
+def _check_class_logits(logits: Tensor, num_classes: int, name: str = "logits") -> Tensor:
+    """``(N, K)`` floating logits of a K-class classifier, else a ``ValueError`` naming ``name``."""
+    if isinstance(logits, Tensor) and logits.ndim <= 1 or isinstance(logits, Tensor) and logits.ndim == 2 and logits.shape[1] == 1:
+        raise ValueError(
+            f"`{name}` must have shape (N, num_classes={num_classes}) (one logit per class), got shape "
+            f"{tuple(logits.shape)}; one logit per sample is a binary classifier: leave `num_classes` unset"
+        )
+    if isinstance(logits, Tensor) and not logits.is_floating_point():
+        raise ValueError(f"`{name}` must be floating-point logits of shape (N, {num_classes}), got dtype {logits.dtype}")
+    logits = check_class_scores(logits, num_classes, name=name, labels_ok=False)
+    if not bool(torch.isfinite(logits.sum())) and not bool(torch.isfinite(logits).all()):
+        raise ValueError(f"`{name}` contains non-finite values")
+    return logits
+
+
+def check_num_classes_arg(num_classes: object) -> int | None:
+    """``None`` (binary: one logit) or an int >= 2, else a ``ValueError`` naming ``num_classes``."""
+    return None if num_classes is None else check_num_classes(num_classes)
 
 
 class FairnessLoss(nn.Module):
@@ -131,10 +167,15 @@ class FairnessLoss(nn.Module):
         group_weights: fixed ``(num_groups,)`` non-negative weights; overrides ``weighting``.
         min_count: groups with fewer samples than this in the batch are masked.
         validate_args: check inputs on every call.
+        num_classes: ``None`` for a binary classifier (one logit per sample); ``K >= 2`` for
+            ``(N, K)`` logits with class-index targets (per-(class, group) softmax rates; the
+            gaps of all classes are reduced together).
     """
 
     rates: tuple[str, ...] = DEFINITIONS["demographic_parity"]
     requires_target: bool = False
+    #: K classes: compare the class-pooled sums (one rate per group) instead of each class's
+    pooled_classes: bool = False
 
     def __init__(
         self,
@@ -148,9 +189,11 @@ class FairnessLoss(nn.Module):
         group_weights: Tensor | Sequence[float] | None = None,
         min_count: float = 1,
         validate_args: bool = True,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         self.num_groups = check_num_groups(num_groups)
+        self.num_classes = check_num_classes_arg(num_classes)
         if not temperature > 0:
             raise ValueError(f"`temperature` must be > 0, got {temperature}")
         if penalty not in PENALTIES:
@@ -176,24 +219,37 @@ class FairnessLoss(nn.Module):
 
     def check_inputs(self, logits: Tensor, target: Tensor | None, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Validate and flatten a batch; ``target`` may be ``None`` unless the loss needs labels."""
-        logits = _check_logits(logits)
-        n = logits.numel()
+        if self.num_classes is not None:
+            logits = _check_class_logits(logits, self.num_classes)
+            n = logits.shape[0]
+        else:
+            logits = _check_logits(logits)
+            n = logits.numel()
         if target is None:
             if self.requires_target:
                 raise ValueError(f"`target` is required by {type(self).__name__}, got None")
             target = torch.zeros(n, dtype=torch.long, device=logits.device)
+        elif self.num_classes is not None:
+            target = check_class_target(target, n, self.num_classes)
         elif self.validate_args or self.requires_target:
             target = check_binary_target(target, n)
         groups = check_groups(groups, n, self.num_groups)
         return logits, target, groups
 
     def soft_sums(self, logits: Tensor, target: Tensor | None, groups: Tensor) -> GroupSums:
-        """Per-group sums of the soft predictions (differentiable)."""
+        """Per-group sums of the soft predictions (differentiable); ``(K, G)`` fields for K classes."""
         if self.validate_args:
             logits, target, groups = self.check_inputs(logits, target, groups)
+        elif self.num_classes is not None:
+            groups = groups.reshape(-1)
+            target = groups.new_zeros(groups.shape) if target is None else target.reshape(-1)
         else:
             logits, groups = logits.reshape(-1), groups.reshape(-1)
             target = torch.zeros_like(logits) if target is None else target.reshape(-1)
+        if self.num_classes is not None:
+            probs = torch.softmax(logits if self.temperature == 1 else logits / self.temperature, dim=1)
+            sums = soft_multiclass_group_sums(probs, target, groups, self.num_groups)
+            return pooled(sums) if self.pooled_classes else sums
         preds = soft_predictions(logits, self.temperature)
         try:
             return group_sums(preds, target, groups, self.num_groups, validate_args=False)
@@ -206,19 +262,21 @@ class FairnessLoss(nn.Module):
             raise
 
     def gaps(self, sums: GroupSums) -> GroupGaps:
-        """Per-group (or pairwise) gaps of the rates this loss equalizes."""
+        """Per-group (or pairwise) gaps of the rates this loss equalizes, ``(C, G)`` (``(C, K, G)``
+        for K classes)."""
         fn = pairwise_gaps if self.pairwise else rate_gaps
         return fn(sums, self.rates, self.min_count)
 
     def weights(self, sums: GroupSums) -> Tensor:
         """Per-group weights, or per-pair weights (the product) with ``pairwise=True``."""
+        count = sums.count if sums.count.dim() == 1 else sums.count.reshape(-1, sums.count.shape[-1])[0]
         if self.group_weights is not None:
-            w = self.group_weights.to(sums.count)
+            w = self.group_weights.to(count)
         elif self.weighting == "uniform":
             # invalid (absent, too small) groups are masked by aggregate_gaps already
-            w = torch.ones_like(sums.count)
+            w = torch.ones_like(count)
         else:
-            w = group_weights(sums.count.detach(), self.weighting, 0)
+            w = group_weights(count.detach(), self.weighting, 0)
         if self.pairwise:
             i, j = torch.triu_indices(self.num_groups, self.num_groups, offset=1, device=w.device)
             w = w[i] * w[j]
@@ -251,10 +309,19 @@ class EqualizedOddsLoss(FairnessLoss):
 
 
 class AccuracyParityLoss(FairnessLoss):
-    """Gap between each group's soft accuracy and the overall one (equal error rates)."""
+    """Gap between each group's soft accuracy and the overall one (equal error rates).
+
+    K classes: a group's soft accuracy is its mean probability of the true class (the TPR of the
+    class-pooled one-vs-rest sums, as :func:`~fair_lightning.functional.group_accuracy`)."""
 
     rates = DEFINITIONS["accuracy_parity"]
     requires_target = True
+
+    def __init__(self, num_groups: int, **kwargs) -> None:
+        super().__init__(num_groups, **kwargs)
+        if self.num_classes is not None:
+            self.pooled_classes = True
+            self.rates = ("true_positive_rate",)
 
 
 class MutualInformationLoss(FairnessLoss):
@@ -265,6 +332,9 @@ class MutualInformationLoss(FairnessLoss):
     and ``r`` the overall one (``P(g)`` over the groups kept by ``min_count``). It is 0 exactly at
     demographic parity and, unlike a gap, weighs a group by its size. ``penalty``, ``reduction``,
     ``pairwise`` and ``weighting`` do not apply.
+
+    K classes: ``sum_g P(g) * KL(Cat(r_g) || Cat(r))`` with ``r_g`` the ``(K,)`` soft selection
+    rates of group ``g`` (the mutual information of the softmax prediction and the group).
     """
 
     def __init__(self, num_groups: int, *, temperature: float = 1.0, min_count: float = 1, eps: float = 1e-6, **kwargs) -> None:
@@ -272,7 +342,10 @@ class MutualInformationLoss(FairnessLoss):
         self.eps = eps
 
     def forward(self, logits: Tensor, target: Tensor | None, groups: Tensor) -> Tensor:
-        num, den = self.soft_sums(logits, target, groups).numerators_denominators(self.rates)
+        sums = self.soft_sums(logits, target, groups)
+        if self.num_classes is not None:
+            return self._categorical(sums)
+        num, den = sums.numerators_denominators(self.rates)
         keep = den[0] >= max(self.min_count, 1)
         count = torch.where(keep, den[0], torch.zeros_like(den[0]))
         pred = torch.where(keep, num[0], torch.zeros_like(num[0]))
@@ -280,6 +353,18 @@ class MutualInformationLoss(FairnessLoss):
         r_g = (pred / count.clamp_min(1)).clamp(self.eps, 1 - self.eps)
         r = (pred.sum() / n).clamp(self.eps, 1 - self.eps)
         kl = r_g * torch.log(r_g / r) + (1 - r_g) * torch.log((1 - r_g) / (1 - r))
+        return (count / n * kl).sum()
+
+    def _categorical(self, sums: GroupSums) -> Tensor:
+        num, den = sums.numerators_denominators(self.rates)  # (1, K, G) each
+        num, den = num[0], den[0, 0]  # (K, G) predicted mass, (G,) group sizes
+        keep = den >= max(self.min_count, 1)
+        count = torch.where(keep, den, torch.zeros_like(den))
+        pred = num * keep
+        n = count.sum().clamp_min(1)
+        r_g = (pred / count.clamp_min(1)).clamp_min(self.eps)  # (K, G)
+        r = (pred.sum(1, keepdim=True) / n).clamp_min(self.eps)  # (K, 1)
+        kl = (r_g * torch.log(r_g / r)).sum(0) * keep  # (G,)
         return (count / n * kl).sum()
 
 
@@ -372,7 +457,8 @@ class FairnessRegularizer(nn.Module):
     """``task_loss(logits, target) + eta * penalty(logits, target, groups)``, returning all three.
 
     Args:
-        task_loss: ``(logits, target) -> scalar``; default binary cross-entropy on logits.
+        task_loss: ``(logits, target) -> scalar``; default binary cross-entropy on logits (cross-entropy
+            when ``penalty`` has ``num_classes``).
         penalty: a :class:`FairnessLoss` (or any ``(logits, target, groups) -> scalar`` module).
         eta: fairness strength, ``>= 0``.
     """
@@ -381,7 +467,8 @@ class FairnessRegularizer(nn.Module):
         super().__init__()
         if eta < 0:
             raise ValueError(f"`eta` must be >= 0, got {eta}")
-        self.task_loss = task_loss or binary_cross_entropy_with_logits
+        multiclass = getattr(penalty, "num_classes", None) is not None
+        self.task_loss = task_loss or (cross_entropy_with_logits if multiclass else binary_cross_entropy_with_logits)
         self.penalty = penalty
         self.eta = eta
 
@@ -389,6 +476,11 @@ class FairnessRegularizer(nn.Module):
         task = self.task_loss(logits, target)
         fairness = self.penalty(logits, target, groups)
         return RegularizedLoss(task + self.eta * fairness, task, fairness)
+
+
+def cross_entropy_with_logits(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy of ``(N, K)`` logits and ``(N,)`` class indices (integer or integral float)."""
+    return F.cross_entropy(logits, target.reshape(-1).long())
 
 
 def binary_cross_entropy_with_logits(logits: Tensor, target: Tensor) -> Tensor:
@@ -412,6 +504,8 @@ __all__ = [
     "aggregate_gaps",
     "check_definition",
     "binary_cross_entropy_with_logits",
+    "check_num_classes_arg",
+    "cross_entropy_with_logits",
     "make_fairness_loss",
     "gaps_from_ratios",
     "pairwise_gaps",

@@ -40,16 +40,24 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassAccuracy, MulticlassAUROC
 
 from fair_lightning.functional import GroupSums
 from fair_lightning.functional._checks import check_binary_target, check_group_names, check_groups, check_num_groups
+from fair_lightning.functional._multiclass import check_class_names, check_class_target
 from fair_lightning.functional._rates import DEFINITIONS
 from fair_lightning.functional._uncertainty import max_min_difference_interval, rate_fraction
-from fair_lightning.losses import _check_logits, binary_cross_entropy_with_logits
+from fair_lightning.losses import (
+    _check_class_logits,
+    _check_logits,
+    binary_cross_entropy_with_logits,
+    check_num_classes_arg,
+    cross_entropy_with_logits,
+)
 from fair_lightning.methods import ERM, METHODS, FairnessMethod, make_method
 from fair_lightning.methods._base import check_number
 from fair_lightning.metrics import fairness_metrics
+from fair_lightning.metrics_multiclass import multiclass_fairness_metrics
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -62,11 +70,20 @@ CONSTANT_SHARE = 0.99
 
 
 class FairLightningModule(pl.LightningModule):
-    """A LightningModule that trains a binary classifier fair by design.
+    """A LightningModule that trains a binary or K-class classifier fair by design.
 
     Args:
         model: any ``nn.Module`` mapping the features to one logit per sample (``(N,)`` or
-            ``(N, 1)``). Optional when subclassing and overriding :meth:`forward`.
+            ``(N, 1)``, binary) or to ``(N, K)`` class logits (K classes). Optional when
+            subclassing and overriding :meth:`forward`.
+        num_classes: ``None`` (binary, one logit per sample) or ``K >= 2`` for ``(N, K)`` logits
+            and class-index targets: the task loss is then the cross-entropy, the method
+            equalizes each class's rates, validation and test log the multiclass metrics
+            (``val/selection_rate/<class>/<group>``, ``val/dp_difference`` (worst class),
+            ``val/eo_difference``, ``val/accuracy``, ...) and ``predict_step`` returns the
+            softmax probabilities. Left unset, it is read from a model that is an
+            ``nn.Sequential`` ending in an ``nn.Linear`` with more than one output.
+        class_names: names of the classes in logged keys (default ``class_0``, ...).
         num_groups: number of (possibly intersectional) groups; ids in ``[0, num_groups)``.
         mode: the fairness method: a registered name (``"erm"``, ``"penalty"``,
             ``"lagrangian"``, ``"adversarial"``) or a :class:`~fair_lightning.methods.FairnessMethod`.
@@ -92,6 +109,8 @@ class FairLightningModule(pl.LightningModule):
         model: nn.Module | None = None,
         *,
         num_groups: int,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
         mode: str | FairnessMethod = "erm",
         method_args: Mapping[str, Any] | None = None,
         group_names: Sequence[str] | None = None,
@@ -119,6 +138,14 @@ class FairLightningModule(pl.LightningModule):
         self.save_hyperparameters(ignore=ignore)
         self.num_groups = check_num_groups(num_groups)
         self.group_names = check_group_names(group_names, num_groups)
+        if num_classes is None:
+            num_classes = _infer_num_classes(model)
+        if num_classes is None and isinstance(mode, FairnessMethod):
+            num_classes = getattr(mode, "num_classes", None)
+        self.num_classes = check_num_classes_arg(num_classes)
+        if class_names is not None and self.num_classes is None:
+            raise ValueError(f"`class_names` needs `num_classes` (K-class logits), got class_names={class_names!r}")
+        self.class_names = check_class_names(class_names, self.num_classes) if self.num_classes else None
         self.lr = check_number(lr, "lr", low=0, low_open=True)
         self.weight_decay = check_number(weight_decay, "weight_decay", low=0)
         self.threshold = check_number(threshold, "threshold", low=0, low_open=True)
@@ -138,6 +165,10 @@ class FairLightningModule(pl.LightningModule):
         self.validate_args = validate_args
 
         context: dict[str, Any] = {"num_groups": num_groups, "group_names": self.group_names, "threshold": self.threshold}
+        context["num_classes"] = self.num_classes
+        if self.num_classes is not None:
+            context.pop("threshold")  # K classes: hard predictions are the argmax
+            context["class_names"] = self.class_names
         if (
             mode == "adversarial" and kwargs.get("adversary_input") == "representation"
             and kwargs.get("adversary") is None and "representation_features" not in kwargs
@@ -154,10 +185,18 @@ class FairLightningModule(pl.LightningModule):
         self._user_step_depth = 0
         self._fair_step_ran = False
 
-        self.val_metrics = fairness_metrics(num_groups, group_names=self.group_names, from_logits=True, threshold=self.threshold, prefix="val/")
+        if self.num_classes is None:
+            self.val_metrics = fairness_metrics(num_groups, group_names=self.group_names, from_logits=True, threshold=self.threshold, prefix="val/")
+            self.val_accuracy, self.test_accuracy = BinaryAccuracy(threshold=self.threshold), BinaryAccuracy(threshold=self.threshold)
+            self.val_auroc, self.test_auroc = BinaryAUROC(), BinaryAUROC()
+        else:
+            k = self.num_classes
+            self.val_metrics = multiclass_fairness_metrics(
+                num_groups, k, class_names=self.class_names, group_names=self.group_names, from_logits=True, prefix="val/"
+            )
+            self.val_accuracy, self.test_accuracy = (MulticlassAccuracy(k, average="micro") for _ in range(2))
+            self.val_auroc, self.test_auroc = MulticlassAUROC(k), MulticlassAUROC(k)
         self.test_metrics = self.val_metrics.clone(prefix="test/")
-        self.val_accuracy, self.test_accuracy = BinaryAccuracy(threshold=self.threshold), BinaryAccuracy(threshold=self.threshold)
-        self.val_auroc, self.test_auroc = BinaryAUROC(), BinaryAUROC()
         # sample-weighted means, summed across DDP ranks: equal to the single-process value
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         #: the latest per-step diagnostics (violations, multipliers, grad-norm ratio, eta), also
@@ -229,7 +268,9 @@ class FairLightningModule(pl.LightningModule):
         )
 
     def task_loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        """The task loss; binary cross-entropy on logits by default."""
+        """The task loss; binary cross-entropy on logits by default (cross-entropy for K classes)."""
+        if self.num_classes is not None:
+            return cross_entropy_with_logits(logits, target)
         return binary_cross_entropy_with_logits(logits, target)
 
     def primal_parameters(self) -> list[Tensor]:
@@ -320,12 +361,16 @@ class FairLightningModule(pl.LightningModule):
         )
 
     def _check_batch(self, logits: Tensor, target: Tensor | None, groups: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        logits = _check_logits(logits)
+        k = self.num_classes
+        logits = _check_logits(logits) if k is None else _check_class_logits(logits, k)
         if target is None or groups is None:
             raise ValueError("training and evaluation batches must provide `target` and `groups`; see `unpack_batch`")
+        n = logits.shape[0]
         if self.validate_args:
-            target = check_binary_target(target, logits.numel())
-            groups = check_groups(groups, logits.numel(), self.num_groups)
+            target = check_binary_target(target, n) if k is None else check_class_target(target, n, k)
+            groups = check_groups(groups, n, self.num_groups)
+        elif k is not None:
+            target = target.long()
         return logits, target.reshape(-1), groups.reshape(-1).long()
 
     def _forward_checked(self, x: Any, representation: bool = False) -> Any:
@@ -458,7 +503,7 @@ class FairLightningModule(pl.LightningModule):
             opt.step()
         self.method.after_optimizer_step()
         self._step_schedulers("step")
-        self._log_step(task, total, logits.numel(), detail)
+        self._log_step(task, total, logits.shape[0], detail)
         return total.detach()
 
     def _log_step(self, task: Tensor, total: Tensor, n: int, detail: bool) -> None:
@@ -563,7 +608,7 @@ class FairLightningModule(pl.LightningModule):
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         scores = logits
         thresholds = self.prediction_thresholds
-        if thresholds is not None:
+        if thresholds is not None and self.num_classes is None:
             # the returned classifier is the thresholded one: its rates are those of its decisions
             # (and its probabilities are 0/1 for the calibration metric)
             probs = torch.sigmoid(logits)
@@ -577,10 +622,11 @@ class FairLightningModule(pl.LightningModule):
         except RuntimeError as err:
             self._explain_unchecked(err, groups)
             raise
-        probs = torch.sigmoid(logits)
-        (self.val_accuracy if stage == "val" else self.test_accuracy).update(torch.sigmoid(scores), target)
+        probs = torch.sigmoid(logits) if self.num_classes is None else torch.softmax(logits, 1)
+        decided = torch.sigmoid(scores) if self.num_classes is None else probs
+        (self.val_accuracy if stage == "val" else self.test_accuracy).update(decided, target)
         (self.val_auroc if stage == "val" else self.test_auroc).update(probs, target)
-        (self.val_loss if stage == "val" else self.test_loss).update(loss.detach(), weight=logits.numel())
+        (self.val_loss if stage == "val" else self.test_loss).update(loss.detach(), weight=logits.shape[0])
         # callbacks (calibration, dashboard, selection, thresholds) reuse these instead of a second forward pass
         return {"loss": loss, "logits": logits.detach(), "target": target, "groups": groups}
 
@@ -596,11 +642,17 @@ class FairLightningModule(pl.LightningModule):
         values[f"{stage}/auroc"] = auroc.compute()
         values[f"{stage}/loss"] = loss.compute()
         group = metrics["group"]
-        sums = GroupSums.from_stacked(self._reduce_sum(group.group_sums.stack()))  # synced, like compute()
-        count, pred = float(sums.count.sum()), float(sums.pred.sum())
-        if stage == "val" and count > 0:
-            self._val_selection_share = pred / count
-        values.update(self._difference_intervals(sums, stage))
+        if self.num_classes is None:
+            sums = GroupSums.from_stacked(self._reduce_sum(group.group_sums.stack()))  # synced, like compute()
+            count, pred = float(sums.count.sum()), float(sums.pred.sum())
+            if stage == "val" and count > 0:
+                self._val_selection_share = pred / count
+            values.update(self._difference_intervals(sums, stage))
+        else:
+            predicted = self._reduce_sum(group.confusion.sum((0, 1)))  # (K,) predictions per class
+            count = float(predicted.sum())
+            if stage == "val" and count > 0:
+                self._val_selection_share = (int(predicted.argmax()), float(predicted.max()) / count)
         self.log_dict(values, prog_bar=False)
         for m in (metrics, accuracy, auroc, loss):
             m.reset()
@@ -635,6 +687,15 @@ class FairLightningModule(pl.LightningModule):
 
     def on_fit_end(self) -> None:
         share = self._val_selection_share
+        if isinstance(share, tuple):  # K classes: (most predicted class, its share)
+            cls, share = share
+            if share >= CONSTANT_SHARE:
+                rank_zero_warn(
+                    f"the trained model predicts class {self.class_names[cls]} for {100 * share:.1f}% of the validation "
+                    f"samples: a (near-)constant classifier (mode={self.mode!r}). Its fairness metrics are trivially "
+                    "small; lower the learning rate or loosen the fairness strength, and compare with mode='erm'."
+                )
+            return
         if share is not None and (share >= CONSTANT_SHARE or share <= 1 - CONSTANT_SHARE):
             cls = 1 if share >= 0.5 else 0
             rank_zero_warn(
@@ -646,8 +707,11 @@ class FairLightningModule(pl.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """Probabilities of the positive class (calibrated per group when a calibrator is set), or,
         when group thresholds are set (:class:`~fair_lightning.callbacks.GroupThresholdCallback`),
-        the 0/1 decisions they make."""
+        the 0/1 decisions they make. K classes: the ``(N, K)`` softmax probabilities (calibrated
+        per group by a K-class calibrator when one is set)."""
         x, _, groups = self.unpack_batch(batch)
+        if self.num_classes is not None:
+            return self._predict_classes(_check_class_logits(self(x), self.num_classes), groups)
         logits = _check_logits(self(x))
         probs = torch.sigmoid(logits)
         calibrator = self.prediction_calibrator
@@ -663,6 +727,17 @@ class FairLightningModule(pl.LightningModule):
                 raise ValueError("group thresholds are set, so prediction batches must provide `groups`")
             return thresholds.apply(probs, groups)
         return probs
+
+    def _predict_classes(self, logits: Tensor, groups: Tensor | None) -> Tensor:
+        if self.prediction_thresholds is not None:
+            raise ValueError("group thresholds are for binary classifiers; this module has num_classes="
+                             f"{self.num_classes} (predict the argmax of the probabilities instead)")
+        calibrator = self.prediction_calibrator
+        if calibrator is None:
+            return torch.softmax(logits, 1)
+        if groups is None:
+            raise ValueError("a group calibrator is set, so prediction batches must provide `groups`")
+        return calibrator.transform(logits, groups)
 
     # ------------------------------------------------------------------ checkpointing
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -692,6 +767,14 @@ class FairLightningModule(pl.LightningModule):
             from fair_lightning.postprocessing import GroupThresholds
 
             self.prediction_thresholds = GroupThresholds.from_state_dict(state["thresholds"])
+
+
+def _infer_num_classes(model: nn.Module | None) -> int | None:
+    """``K`` for an ``nn.Sequential`` ending in an ``nn.Linear`` with ``K > 1`` outputs, else ``None``."""
+    if isinstance(model, nn.Sequential) and len(model) and isinstance(model[-1], nn.Linear):
+        out = model[-1].out_features
+        return out if out > 1 else None
+    return None
 
 
 def _wrap_user_training_step(fn: Callable) -> Callable:

@@ -180,8 +180,8 @@ def selection_callbacks(cfg: DictConfig, module: Any) -> list:
 
     options = cfg.get("selection") or {}
     constraints = getattr(module.method, "constraints", None)
-    if not options.get("enabled", True) or not constraints:
-        return []
+    if not options.get("enabled", True) or not constraints or getattr(module, "num_classes", None) is not None:
+        return []  # (selection judges binary classifiers)
     judged = [c for c in constraints if c.definition != "accuracy_parity"]
     if not judged:
         return []

@@ -73,6 +73,9 @@ class FairnessMethod(nn.Module):
         num_groups: number of (possibly intersectional) groups, ids in ``[0, num_groups)``; at
             least 2 (fairness compares groups).
         group_names: names of the groups in logged keys (default ``group_0``, ...).
+        num_classes: ``None`` for a binary classifier (one logit per sample), or ``K >= 2`` for
+            ``(N, K)`` logits and class-index targets (a subclass that supports K classes takes
+            it as an argument and passes it here).
 
     Attributes:
         num_steps: training forwards seen (a buffer, checkpointed): the position of schedules.
@@ -86,9 +89,12 @@ class FairnessMethod(nn.Module):
     #: whether :meth:`compute_term` needs binary targets
     requires_target: ClassVar[bool] = False
 
-    def __init__(self, num_groups: int, *, group_names: Sequence[str] | None = None) -> None:
+    def __init__(self, num_groups: int, *, group_names: Sequence[str] | None = None, num_classes: int | None = None) -> None:
         super().__init__()
+        from fair_lightning.losses import check_num_classes_arg
+
         self.num_groups = check_num_groups(num_groups)
+        self.num_classes = check_num_classes_arg(num_classes)
         if type(self).requires_groups() and self.num_groups < 2:
             raise ValueError(
                 f"`num_groups` must be >= 2 for {type(self).__name__}: fairness compares groups, got {num_groups}"
@@ -143,15 +149,23 @@ class FairnessMethod(nn.Module):
     # ------------------------------------------------------------------ helpers
     def _check_inputs(self, logits: Tensor, target: Tensor | None, groups: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
         from fair_lightning.functional._checks import check_binary_target, check_groups
-        from fair_lightning.losses import _check_logits
+        from fair_lightning.functional._multiclass import check_class_target
+        from fair_lightning.losses import _check_class_logits, _check_logits
 
-        logits = _check_logits(logits)
+        if self.num_classes is not None:
+            logits = _check_class_logits(logits, self.num_classes)
+            n = logits.shape[0]
+        else:
+            logits = _check_logits(logits)
+            n = logits.numel()
         if target is None:
             if self.requires_target:
                 raise ValueError(f"`target` is required by {type(self).__name__}, got None")
+        elif self.num_classes is not None:
+            target = check_class_target(target, n, self.num_classes)
         else:
-            target = check_binary_target(target, logits.numel())
-        groups = check_groups(groups, logits.numel(), self.num_groups)
+            target = check_binary_target(target, n)
+        groups = check_groups(groups, n, self.num_groups)
         return logits, target, groups
 
     @classmethod
@@ -183,6 +197,11 @@ def make_method(method: str | FairnessMethod | type[FairnessMethod], context: di
                 f"the {type(method).__name__} has num_groups={method.num_groups}, but the module has "
                 f"num_groups={context['num_groups']}"
             )
+        if "num_classes" in context and getattr(method, "num_classes", None) != context["num_classes"]:
+            raise ValueError(
+                f"the {type(method).__name__} has num_classes={getattr(method, 'num_classes', None)}, but the module "
+                f"has num_classes={context['num_classes']}"
+            )
         return method
     if isinstance(method, str):
         if method not in METHODS:
@@ -193,6 +212,11 @@ def make_method(method: str | FairnessMethod | type[FairnessMethod], context: di
     else:
         raise ValueError(f"`mode` must be one of {list(METHODS)} or a FairnessMethod, got {method!r}")
     accepted = cls.argument_names()
+    if context.get("num_classes") is not None and "num_classes" not in accepted:
+        raise ValueError(
+            f"method {cls.name or cls.__name__!r} ({cls.__name__}) supports binary classification only (one logit), "
+            f"got num_classes={context['num_classes']}"
+        )
     unknown = [k for k in kwargs if k not in accepted or k in context]
     if unknown:
         own = [a for a in accepted if a not in context]

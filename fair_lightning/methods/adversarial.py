@@ -39,6 +39,9 @@ class Adversarial(FairnessMethod):
         adversary_lr: learning rate of the adversary's own Adam (:meth:`configure_optimizers`).
         adversary_hidden: hidden width of the default adversary.
         group_names: names of the groups.
+        num_classes: ``None`` (binary, one logit) or ``K`` for ``(N, K)`` logits: with
+            ``adversary_input="logit"`` the adversary sees the ``K`` softmax probabilities (and,
+            for equalized odds / equal opportunity, the one-hot label).
     """
 
     term_name = "train/adversary_loss"
@@ -57,8 +60,9 @@ class Adversarial(FairnessMethod):
         adversary_lr: float = 1e-3,
         adversary_hidden: int = 32,
         group_names: Sequence[str] | None = None,
+        num_classes: int | None = None,
     ) -> None:
-        super().__init__(num_groups, group_names=group_names)
+        super().__init__(num_groups, group_names=group_names, num_classes=num_classes)
         definition = check_definition(fairness, "fairness")
         if definition == "accuracy_parity":
             raise ValueError("`fairness` for the adversarial method must be one of demographic_parity, "
@@ -75,7 +79,7 @@ class Adversarial(FairnessMethod):
         self.reversal = GradientReversalLayer(eta)
         if adversary is None:
             if adversary_input == "logit":
-                in_features = 1
+                in_features = self.num_classes or 1
             elif representation_features is None:
                 raise ValueError(
                     "adversary_input='representation' with the default adversary needs `representation_features` "
@@ -83,7 +87,8 @@ class Adversarial(FairnessMethod):
                 )
             else:
                 in_features = int(representation_features)
-            adversary = make_adversary(in_features + int(self.uses_label), num_groups, adversary_hidden)
+            label_features = (self.num_classes or 1) if self.uses_label else 0
+            adversary = make_adversary(in_features + label_features, num_groups, adversary_hidden)
         self.adversary = adversary
 
     @property
@@ -96,12 +101,18 @@ class Adversarial(FairnessMethod):
             if representation is None:
                 raise ValueError("adversary_input='representation' needs `representation=` in the call")
             features = representation.reshape(representation.shape[0], -1)
+        elif self.num_classes is not None:
+            features = torch.softmax(logits, 1)
         else:
             features = logits.reshape(-1, 1)
         self.reversal.strength = eta = self.eta
         features = self.reversal(features)
         if self.uses_label:
-            features = torch.cat((features, target.reshape(-1, 1).to(features.dtype)), 1)
+            if self.num_classes is not None:
+                label = nn.functional.one_hot(target.reshape(-1).long(), self.num_classes).to(features.dtype)
+            else:
+                label = target.reshape(-1, 1).to(features.dtype)
+            features = torch.cat((features, label), 1)
         loss = nn.functional.cross_entropy(self.adversary(features), groups.reshape(-1).long())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the adversary loss is {loss.item()} at step {int(self.num_steps)}; lower `adversary_lr`")

@@ -19,8 +19,8 @@ class ERM(FairnessMethod):
 
     term_name = None
 
-    def __init__(self, num_groups: int, *, group_names: Sequence[str] | None = None) -> None:
-        super().__init__(num_groups, group_names=group_names)
+    def __init__(self, num_groups: int, *, group_names: Sequence[str] | None = None, num_classes: int | None = None) -> None:
+        super().__init__(num_groups, group_names=group_names, num_classes=num_classes)
 
     @classmethod
     def requires_groups(cls) -> bool:

@@ -4,6 +4,12 @@ The model descends ``task + sum(lambda * soft_violation)`` (soft, differentiable
 batch); after its step the multipliers ascend on the *hard* violation of the thresholded
 predictions, accumulated in running group sums that are all-reduced across DDP ranks first
 (Cotter et al. 2019). The arithmetic lives in :mod:`fair_lightning.constraints`.
+
+K classes (``num_classes=K``): the soft predictions are ``softmax(logits / temperature)`` and the
+hard ones the argmax; each constraint holds for every class's one-vs-rest rates
+(:func:`~fair_lightning.constraints.class_constraints`: binary constraints over ``K * G`` fine
+groups, one per (class, group)). The batch is laid out as ``K * N`` one-vs-rest samples, so the
+linear primal term and the dual step are the binary ones.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ from torch import Tensor, nn
 
 from fair_lightning.constraints import (
     LagrangeMultipliers,
+    class_constraints,
     constraint_names,
     constraint_table,
     parse_constraints,
 )
 from fair_lightning.functional import confusion_counts, group_sums, label_cells
+from fair_lightning.functional._multiclass import check_class_names
 from fair_lightning.methods._base import FairnessMethod, check_number, register_method
 
 
@@ -83,8 +91,11 @@ class Lagrangian(FairnessMethod):
         min_count: a group with fewer samples behind a rate in the running sums is not constrained
             on that rate (its noisy rate never moves a multiplier); it takes part again once it has
             enough. :meth:`state_table` lists which inequalities are active.
-        threshold: probability threshold of the hard predictions.
+        threshold: probability threshold of the hard predictions (binary only; K classes use the argmax).
         group_names: names of the groups (in the inequalities' logged names).
+        num_classes: ``None`` (binary, one logit) or ``K`` for ``(N, K)`` logits: every constraint
+            then holds for each class's one-vs-rest rates (``accuracy_parity`` is binary only).
+        class_names: names of the classes in the inequalities' logged names (default ``class_0``, ...).
     """
 
     term_name = None
@@ -107,11 +118,37 @@ class Lagrangian(FairnessMethod):
         min_count: float = 10,
         threshold: float = 0.5,
         group_names: Sequence[str] | None = None,
+        num_classes: int | None = None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
-        super().__init__(num_groups, group_names=group_names)
+        super().__init__(num_groups, group_names=group_names, num_classes=num_classes)
         if isinstance(constraints, str):
             constraints = {"definition": constraints, "bound": bound}
         parsed = parse_constraints(constraints, tolerance)
+        if class_names is not None and self.num_classes is None:
+            raise ValueError(f"`class_names` needs `num_classes` (K-class logits), got class_names={class_names!r}")
+        #: groups of the binary problems the constraints see: ``G``, or ``K * G`` (class, group) for K classes
+        self.num_units = num_groups
+        self._unit_names = list(self.group_names)
+        self.user_constraints = parsed
+        if self.num_classes is not None:
+            k = self.num_classes
+            self.class_names = check_class_names(class_names, k)
+            bad = [c.label for c in parsed if c.definition == "accuracy_parity"]
+            if bad:
+                raise ValueError(
+                    f"`constraints` {bad}: accuracy_parity is binary only in the Lagrangian; for K classes use "
+                    "Penalty(fairness='accuracy_parity') or constrain per-class rates"
+                )
+            for c in parsed:
+                if c.partition is not None and len(c.partition) != num_groups:
+                    raise ValueError(
+                        f"`partition` of constraint {c.label!r} must have one entry per group ({num_groups}), got {len(c.partition)}"
+                    )
+            parsed = class_constraints(parsed, num_groups, k, self.group_names, self.class_names)
+            self.num_units = k * num_groups
+            self._unit_names = [f"{c}/{g}" for c in self.class_names for g in self.group_names]
+            self.register_buffer("_classes", torch.arange(k), persistent=False)
         self.temperature = check_number(temperature, "temperature", low=0, low_open=True)
         self.threshold = check_number(threshold, "threshold", low=0, low_open=True, high=1)
         if self.threshold >= 1:
@@ -120,7 +157,7 @@ class Lagrangian(FairnessMethod):
         self.dual_lr = check_number(dual_lr, "dual_lr", low=0, low_open=True)
         self.memory = check_number(memory, "memory", low=0, low_open=True)
         self.multipliers = LagrangeMultipliers(
-            parsed, num_groups,
+            parsed, self.num_units,
             dual_lr=self.dual_lr,
             multiplier_max=check_number(multiplier_max, "multiplier_max", low=0, low_open=True),
             min_count=check_number(min_count, "min_count", low=0),
@@ -135,10 +172,10 @@ class Lagrangian(FairnessMethod):
         if steps_per_epoch is not None:
             self.set_steps_per_epoch(steps_per_epoch)
         self.constraints = parsed
-        self.constraint_names = constraint_names(parsed, self.group_names)
+        self.constraint_names = constraint_names(parsed, self._unit_names)
         # the batch's hard counts, waiting for the dual step after the model's optimizer step
         # (buffers: a checkpoint taken between the two keeps them)
-        self.register_buffer("pending_counts", torch.zeros(num_groups, 2, 2, dtype=torch.float64))
+        self.register_buffer("pending_counts", torch.zeros(self.num_units, 2, 2, dtype=torch.float64))
         self.register_buffer("has_pending", torch.zeros((), dtype=torch.bool))
         self._last_batch: tuple[Tensor, Tensor, Tensor] | None = None
         self._last_hard: Tensor | None = None
@@ -170,16 +207,32 @@ class Lagrangian(FairnessMethod):
                 )
                 self._warned_steps = True
             self.set_steps_per_epoch(100)
-        logits, target, groups = logits.reshape(-1), target.reshape(-1), groups.reshape(-1)
-        soft = torch.sigmoid(logits if self.temperature == 1 else logits / self.temperature)
+        if self.num_classes is not None:
+            soft, target, groups, hard = self._one_vs_rest(logits, target, groups)
+        else:
+            logits, target, groups = logits.reshape(-1), target.reshape(-1), groups.reshape(-1)
+            soft = torch.sigmoid(logits if self.temperature == 1 else logits / self.temperature)
+            hard = logits.detach() > self.logit_threshold
         cells = label_cells(target, groups)
-        confusion = confusion_counts(logits.detach() > self.logit_threshold, None, None, self.num_groups, cells=cells)
+        confusion = confusion_counts(hard, None, None, self.num_units, cells=cells)
         if self.training:
             self.pending_counts.copy_(all_reduce_sum(confusion))
             self.has_pending.fill_(True)
             self._last_batch = (soft.detach(), target, groups)
         # finite by construction: logits are checked for NaN, multipliers are clamped and checked
         return self.multipliers.lagrangian_term(soft, target, groups, cells=cells, counts=confusion)
+
+    def _one_vs_rest(self, logits: Tensor, target: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """A K-class batch as ``K * N`` one-vs-rest samples (class-major): soft predictions
+        ``softmax(logits / T)[:, c]``, labels ``[y == c]``, fine groups ``c * G + g`` and hard
+        predictions ``[argmax == c]``."""
+        classes = self._classes[:, None]  # (K, 1)
+        probs = torch.softmax(logits if self.temperature == 1 else logits / self.temperature, dim=1)
+        soft = probs.T.reshape(-1)
+        target_fine = (target.reshape(1, -1).long() == classes).reshape(-1)
+        groups_fine = (groups.reshape(1, -1).long() + classes * self.num_groups).reshape(-1)
+        hard = (logits.detach().max(1).indices[None] == classes).reshape(-1)
+        return soft, target_fine.long(), groups_fine, hard
 
     def after_optimizer_step(self) -> None:
         """The dual step on the last training batch's (all-reduced) hard counts, if pending."""
@@ -201,7 +254,7 @@ class Lagrangian(FairnessMethod):
         parts: list[tuple[str, Tensor]] = []
         if self._last_batch is not None:
             soft, target, groups = self._last_batch
-            sums = group_sums(soft, target, groups, self.num_groups, validate_args=False)
+            sums = group_sums(soft, target, groups, self.num_units, validate_args=False)
             parts.append(("fairness/violation_soft/", self.multipliers.soft_violations(sums)))
         parts += [("fairness/violation_hard/", hard), ("fairness/multiplier/", lam)]
         values = torch.cat([p.detach().double().reshape(-1) for _, p in parts]).tolist()  # one conversion
@@ -224,7 +277,7 @@ class Lagrangian(FairnessMethod):
         ``multiplier`` and ``violation_hard`` (of the running sums; ``<= 0`` is satisfied)."""
         import pandas as pd
 
-        rows = constraint_table(self.constraints, self.group_names)
+        rows = constraint_table(self.constraints, self._unit_names)
         columns = ["constraint", "definition", "rate", "group", "other", "side", "tolerance"]
         frame = pd.DataFrame(rows, columns=columns).set_index("constraint")
         frame["multiplier"] = self.multipliers.multipliers.detach().double().cpu().numpy()

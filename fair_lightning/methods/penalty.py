@@ -35,6 +35,9 @@ class Penalty(FairnessMethod):
         weighting: ``"uniform"``, ``"proportional"`` or ``"sqrt"`` group weights (gap losses only).
         min_count: groups with fewer samples in a batch are masked.
         group_names: names of the groups.
+        num_classes: ``None`` (binary, one logit) or ``K`` for ``(N, K)`` logits: the loss then
+            equalizes each class's softmax rate across groups (``softmax(logits / temperature)``),
+            the gaps of all classes reduced together.
     """
 
     requires_target = False
@@ -54,8 +57,9 @@ class Penalty(FairnessMethod):
         weighting: str | None = None,
         min_count: float = 1,
         group_names: Sequence[str] | None = None,
+        num_classes: int | None = None,
     ) -> None:
-        super().__init__(num_groups, group_names=group_names)
+        super().__init__(num_groups, group_names=group_names, num_classes=num_classes)
         self.schedule = EtaSchedule(eta, eta_schedule, eta_warmup_steps)
         options = {"penalty": penalty, "reduction": reduction, "pairwise": pairwise, "weighting": weighting}
         given = {k: v for k, v in options.items() if v is not None}
@@ -63,13 +67,20 @@ class Penalty(FairnessMethod):
             extra = sorted(given) + (["temperature"] if temperature != 1.0 else []) + (["min_count"] if min_count != 1 else [])
             if extra:
                 raise ValueError(f"{extra} configure a loss by name; they do not apply to a ready loss object (`fairness`={fairness!r})")
+            if getattr(fairness, "num_classes", None) != self.num_classes:
+                raise ValueError(
+                    f"the loss `fairness` has num_classes={getattr(fairness, 'num_classes', None)}, but the method "
+                    f"has num_classes={self.num_classes}"
+                )
             self.loss = fairness
         else:
             if not isinstance(fairness, str) or fairness not in LOSSES:
                 raise ValueError(f"`fairness` must be one of {list(LOSSES)} or a FairnessLoss, got {fairness!r}")
             if LOSSES[fairness] is MutualInformationLoss and given:
                 raise ValueError(f"{sorted(given)} do not apply to fairness='mutual_information' (a single divergence, not gaps)")
-            self.loss = LOSSES[fairness](num_groups, temperature=temperature, min_count=min_count, validate_args=False, **given)
+            self.loss = LOSSES[fairness](
+                num_groups, temperature=temperature, min_count=min_count, validate_args=False, num_classes=self.num_classes, **given
+            )
         self.requires_target = bool(getattr(self.loss, "requires_target", False))
         self.fairness = fairness if isinstance(fairness, str) else type(fairness).__name__
 
