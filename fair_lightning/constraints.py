@@ -542,7 +542,7 @@ class LagrangeMultipliers(nn.Module):
     def _plan(self, dtype: torch.dtype, device: torch.device, soft: bool = False) -> _StepPlan:
         return _step_plan(self.constraints, self.num_groups, 0 if soft else self.min_count, dtype, device)
 
-    def dual_step(self, batch_hard: GroupSums | Tensor) -> Tensor:
+    def dual_step(self, batch_hard: GroupSums | Tensor, ascend: bool = True) -> Tensor:
         """Update the running sums with a batch of hard predictions (already all-reduced) and take
         one ascent step.
 
@@ -566,6 +566,8 @@ class LagrangeMultipliers(nn.Module):
         self.num_updates.add_(1)
         hard, valid = _violations(plan, running.view(-1))
         integral, step = self.integral, hard.to(self.integral.dtype)
+        if not ascend:  # warm-up: the running sums follow the model, the multipliers stay at 0
+            return hard
         if self.dual_optimizer is None:
             integral.add_(step, alpha=self.dual_lr)
         else:  # ascent on the violation = descent on its negative

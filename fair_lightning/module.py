@@ -384,7 +384,7 @@ class FairLightningModule(pl.LightningModule):
             )
         return self.forward_with_representation(x) if representation else self(x)
 
-    def _explain_unchecked(self, err: RuntimeError, groups: Tensor | None) -> None:
+    def _explain_unchecked(self, err: Exception, groups: Tensor | None) -> None:
         """With ``validate_args=False`` a bad group id surfaces as an indexing error deep in the
         statistics core: name it instead."""
         if self.validate_args or not isinstance(groups, Tensor) or groups.numel() == 0:
@@ -470,7 +470,7 @@ class FairLightningModule(pl.LightningModule):
         logits, target, groups = self._check_batch(logits, target, groups)
         try:
             return self._training_step_checked(logits, target, groups, rep)
-        except RuntimeError as err:
+        except (RuntimeError, IndexError) as err:
             self._explain_unchecked(err, groups)
             raise
 
@@ -581,6 +581,14 @@ class FairLightningModule(pl.LightningModule):
             batches = trainer.num_training_batches
             if isinstance(batches, int) and batches > 0:
                 set_steps(max(1, batches // max(1, trainer.accumulate_grad_batches)))
+        set_total = getattr(self.method, "set_total_steps", None)
+        if set_total is not None and trainer is not None and int(getattr(self.method, "warmup_steps", 1)) == 0:
+            try:
+                total = trainer.estimated_stepping_batches
+            except Exception:  # an unsized loader: no warm-up
+                total = None
+            if isinstance(total, (int, float)) and 0 < total < float("inf"):
+                set_total(int(total))
 
     def on_train_epoch_start(self) -> None:
         self._epoch_sums = {}

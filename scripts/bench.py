@@ -57,6 +57,12 @@ SECTIONS = {
         ],  # fmt: skip
     ),
     "reductions": ("ReductionsWrapper against ExponentiatedGradient", ["bench_reductions.py"]),
+    "constraints": (
+        "Constraints on held-out data: six data sets, the library's defaults",
+        ["bench_constraints.py", "--workers", "2", "--out", "outputs/bench_constraints.jsonl"],
+    ),
+    "multiclass": ("Multiclass group-metric throughput (1M rows, 10 classes, 20 groups)", ["bench_multiclass.py", "--repeats", "5"]),
+    "sweeps": ("Sweeps: Optuna search against a grid of the same budget (Adult, sex)", ["bench_sweeps.py"]),
     "main": ("The main job: wall time and the share spent outside training", ["-m", "fair_lightning.main"]),
 }
 NOTES = """## How to read these numbers

@@ -24,7 +24,9 @@ MAX_EPOCHS = 3
 METHOD_ARGS: dict[str, dict[str, Any]] = {
     "erm": {},
     "penalty": {"eta": 1.0},
-    "lagrangian": {"tolerance": 0.02, "min_count": 1},
+    # the interrupted run stops early by max_steps, so the whole run's length is given explicitly
+    # (FairLightningModule would take it from the trainer; a preempted job keeps its max_epochs)
+    "lagrangian": {"tolerance": 0.02, "min_count": 1, "total_steps": MAX_EPOCHS * BATCHES_PER_EPOCH},
     "adversarial": {"eta": 1.0},
 }
 

@@ -237,7 +237,13 @@ class ConstrainedModelSelection(Callback):
             from fair_lightning.postprocessing import GroupThresholds
 
             definition, tolerance = self.constraints[0]
-            fitted = GroupThresholds(definition, tolerance=tolerance).fit(rows[:, 0], rows[:, 1].long(), groups, num_groups)
+            # never less fair than the snapshot itself: a model already within the tolerance keeps
+            # at most its own difference
+            plain = GroupSums.from_confusion(confusion_counts(hard, rows[:, 1].long(), groups, num_groups))
+            own = max(float(rate_difference(r)) for r in group_rate_table(plain, DEFINITIONS[definition]).values())
+            fitted = GroupThresholds(definition, tolerance=min(tolerance, own)).fit(
+                rows[:, 0], rows[:, 1].long(), groups, num_groups
+            )
             hard = fitted.predict(rows[:, 0], groups) > 0.5
             self._fitted = fitted.state_dict()
         return GroupSums.from_confusion(confusion_counts(hard, rows[:, 1].long(), groups, num_groups))

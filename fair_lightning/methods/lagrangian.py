@@ -81,6 +81,12 @@ class Lagrangian(FairnessMethod):
         dual_damping: proportional gain of the PI update: the model sees
             ``integral + dual_damping * violation`` (0: plain projected ascent).
         multiplier_max: multipliers are projected onto ``[0, multiplier_max]``.
+        dual_warmup: share of the training steps before the multipliers start to move (the
+            running sums are kept from the start). The first snapshots are then close to the
+            unconstrained model, so that selection on validation (with group thresholds) can
+            choose between in-training constraints and post-processing. Needs the total number
+            of steps (``total_steps``; ``FairLightningModule`` sets it); without it, no warm-up.
+        total_steps: optimizer steps of the whole training (``trainer.estimated_stepping_batches``).
         steps_per_epoch: optimizer steps per epoch; ``FairLightningModule`` sets it from the
             trainer. In your own LightningModule pass ``trainer.num_training_batches`` (or leave
             ``None``: 100 steps is assumed, with a warning).
@@ -112,6 +118,8 @@ class Lagrangian(FairnessMethod):
         memory: float = 0.25,
         dual_damping: float = 2.0,
         multiplier_max: float = 10.0,
+        dual_warmup: float = 0.2,
+        total_steps: int | None = None,
         steps_per_epoch: int | None = None,
         dual_optimizer: Callable[[Iterable[Tensor]], torch.optim.Optimizer] | None = None,
         temperature: float = 1.0,
@@ -166,6 +174,12 @@ class Lagrangian(FairnessMethod):
         )
         if dual_optimizer is not None:  # its state (momentum, ...) travels in the state_dict
             self.dual_state = _DualOptimizerState(self.multipliers)
+        self.dual_warmup = check_number(dual_warmup, "dual_warmup", low=0, high=1)
+        if self.dual_warmup >= 1:
+            raise ValueError(f"`dual_warmup` must be a share of training in [0, 1), got {dual_warmup}")
+        self.register_buffer("warmup_steps", torch.zeros((), dtype=torch.long))
+        if total_steps is not None:
+            self.set_total_steps(total_steps)
         # optimizer steps per epoch: sets the per-step dual rate and the running sums' memory
         self.register_buffer("steps_per_epoch", torch.zeros((), dtype=torch.long))
         self._warned_steps = False
@@ -186,6 +200,12 @@ class Lagrangian(FairnessMethod):
             raise ValueError(f"`steps_per_epoch` must be an int >= 1, got {steps!r}")
         self.steps_per_epoch.fill_(steps)
         self._apply_clock()
+
+    def set_total_steps(self, steps: int) -> None:
+        """The length of training in optimizer steps (sets the dual warm-up)."""
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"`total_steps` must be an int >= 1, got {steps!r}")
+        self.warmup_steps.fill_(int(self.dual_warmup * steps))
 
     def _apply_clock(self) -> None:
         steps = int(self.steps_per_epoch)
@@ -239,7 +259,8 @@ class Lagrangian(FairnessMethod):
         if not bool(self.has_pending):
             return
         self.has_pending.fill_(False)
-        self._last_hard = self.multipliers.dual_step(self.pending_counts)
+        ascend = int(self.multipliers.num_updates) >= int(self.warmup_steps)
+        self._last_hard = self.multipliers.dual_step(self.pending_counts, ascend=ascend)
         if not torch.isfinite(self.multipliers.multipliers).all():
             raise FloatingPointError(
                 "the Lagrange multipliers are not finite after the dual step "
