@@ -148,6 +148,28 @@ def check_num_classes_arg(num_classes: object) -> int | None:
     return None if num_classes is None else check_num_classes(num_classes)
 
 
+def check_fairness_batch(
+    logits: Tensor, target: Tensor | None, groups: Tensor, num_groups: int, num_classes: int | None = None, *,
+    requires_target: bool = False, owner: str = "the loss",
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Validate and flatten ``(logits, target, groups)`` of a binary (one logit) or K-class batch,
+    for the losses and the methods alike; ``target`` may be ``None`` unless ``requires_target``."""
+    if num_classes is not None:
+        logits = _check_class_logits(logits, num_classes)
+        n = logits.shape[0]
+    else:
+        logits = _check_logits(logits)
+        n = logits.numel()
+    if target is None:
+        if requires_target:
+            raise ValueError(f"`target` is required by {owner}, got None")
+    elif num_classes is not None:
+        target = check_class_target(target, n, num_classes)
+    else:
+        target = check_binary_target(target, n)
+    return logits, target, check_groups(groups, n, num_groups)
+
+
 class FairnessLoss(nn.Module):
     """Base class: ``forward(logits, target, groups) -> penalty`` (a differentiable scalar).
 
@@ -219,21 +241,13 @@ class FairnessLoss(nn.Module):
 
     def check_inputs(self, logits: Tensor, target: Tensor | None, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Validate and flatten a batch; ``target`` may be ``None`` unless the loss needs labels."""
-        if self.num_classes is not None:
-            logits = _check_class_logits(logits, self.num_classes)
-            n = logits.shape[0]
-        else:
-            logits = _check_logits(logits)
-            n = logits.numel()
+        logits, target, groups = check_fairness_batch(
+            logits, target, groups, self.num_groups, self.num_classes, requires_target=self.requires_target,
+            owner=type(self).__name__,
+        )
         if target is None:
-            if self.requires_target:
-                raise ValueError(f"`target` is required by {type(self).__name__}, got None")
+            n = logits.shape[0] if self.num_classes is not None else logits.numel()
             target = torch.zeros(n, dtype=torch.long, device=logits.device)
-        elif self.num_classes is not None:
-            target = check_class_target(target, n, self.num_classes)
-        elif self.validate_args or self.requires_target:
-            target = check_binary_target(target, n)
-        groups = check_groups(groups, n, self.num_groups)
         return logits, target, groups
 
     def soft_sums(self, logits: Tensor, target: Tensor | None, groups: Tensor) -> GroupSums:

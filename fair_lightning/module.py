@@ -490,19 +490,7 @@ class FairLightningModule(pl.LightningModule):
         if term is not None and self.grad_ratio_every_n_steps and step % self.grad_ratio_every_n_steps == 0 and term.requires_grad:
             task_grads = self._grad_ratio_start(task, term)
 
-        optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        for opt in optimizers:
-            opt.zero_grad()
-        self.manual_backward(total)
-        if task_grads is not None:
-            self._grad_ratio_end(task_grads)
-        if self.gradient_clip_val is not None:
-            self.clip_gradients(optimizers[0], gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm=self.gradient_clip_algorithm)
-        for opt in optimizers:
-            opt.step()
-        self.method.after_optimizer_step()
-        self._step_schedulers("step")
+        self._optimize(total, task_grads)
         self._log_step(task, total, logits.shape[0], detail)
         return total.detach()
 
@@ -519,6 +507,23 @@ class FairLightningModule(pl.LightningModule):
             if self.method.name == "lagrangian":
                 values["train/lagrangian"] = total.detach()
             self._log_detail(values)
+
+    def _optimize(self, loss: Tensor, task_grads: list[tuple[Tensor, Tensor]] | None = None) -> None:
+        """One step of every optimizer on ``loss``: zero the gradients, backward, clip the model's,
+        step, then the method's own update (dual step) and the step-interval schedulers."""
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        for opt in optimizers:
+            opt.zero_grad()
+        self.manual_backward(loss)
+        if task_grads is not None:
+            self._grad_ratio_end(task_grads)
+        if self.gradient_clip_val is not None:
+            self.clip_gradients(optimizers[0], gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm=self.gradient_clip_algorithm)
+        for opt in optimizers:
+            opt.step()
+        self.method.after_optimizer_step()
+        self._step_schedulers("step")
 
     def _optimize_user_loss(self, output: Any, method_steps_before: int) -> Any:
         """Optimize the loss a subclass's own ``training_step`` returned, as Lightning's automatic
@@ -539,17 +544,7 @@ class FairLightningModule(pl.LightningModule):
                 "groups)` to your training_step, or call `super().training_step(batch, batch_idx)`."
             )
         self._check_finite("training loss", loss.detach(), int(self.method.num_steps))
-        optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        for opt in optimizers:
-            opt.zero_grad()
-        self.manual_backward(loss)
-        if self.gradient_clip_val is not None:
-            self.clip_gradients(optimizers[0], gradient_clip_val=self.gradient_clip_val, gradient_clip_algorithm=self.gradient_clip_algorithm)
-        for opt in optimizers:
-            opt.step()
-        self.method.after_optimizer_step()
-        self._step_schedulers("step")
+        self._optimize(loss)
         self._accumulate("train/loss", loss, 1.0)
         return loss.detach() if isinstance(output, Tensor) else {**output, "loss": loss.detach()}
 

@@ -227,7 +227,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, mode):
     def make():
         pl.seed_everything(7)
         if mode == "lagrangian":
-            kw = {"dual_optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5)}
+            # total_steps: the first run stops at max_epochs=2, the whole run's length is 4 epochs
+            kw = {"dual_optimizer": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.5), "total_steps": 4 * 6}
         else:
             kw = {"eta": 1.0, "eta_schedule": "linear", "eta_warmup_steps": 10}
         return FairLightningModule(

@@ -148,25 +148,12 @@ class FairnessMethod(nn.Module):
 
     # ------------------------------------------------------------------ helpers
     def _check_inputs(self, logits: Tensor, target: Tensor | None, groups: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
-        from fair_lightning.functional._checks import check_binary_target, check_groups
-        from fair_lightning.functional._multiclass import check_class_target
-        from fair_lightning.losses import _check_class_logits, _check_logits
+        from fair_lightning.losses import check_fairness_batch
 
-        if self.num_classes is not None:
-            logits = _check_class_logits(logits, self.num_classes)
-            n = logits.shape[0]
-        else:
-            logits = _check_logits(logits)
-            n = logits.numel()
-        if target is None:
-            if self.requires_target:
-                raise ValueError(f"`target` is required by {type(self).__name__}, got None")
-        elif self.num_classes is not None:
-            target = check_class_target(target, n, self.num_classes)
-        else:
-            target = check_binary_target(target, n)
-        groups = check_groups(groups, n, self.num_groups)
-        return logits, target, groups
+        return check_fairness_batch(
+            logits, target, groups, self.num_groups, self.num_classes, requires_target=self.requires_target,
+            owner=type(self).__name__,
+        )
 
     @classmethod
     def argument_names(cls) -> list[str]:
