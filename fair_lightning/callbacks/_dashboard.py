@@ -36,16 +36,20 @@ RELIABILITY_TAG = "figures/{stage}/reliability"
 
 
 #: Hyper-parameters each mode uses, most telling first (the HParams table shows these and no others).
-METHOD_HPARAMS: dict[str, tuple[str, ...]] = {
-    "erm": (),
-    "penalty": ("eta", "fairness", "penalty", "reduction", "temperature", "pairwise", "weighting", "eta_schedule",
-                "eta_warmup_steps"),
-    "lagrangian": ("tolerance", "constraints", "dual_lr", "multiplier_max", "ema_decay", "dual_damping", "temperature"),
-    "adversarial": ("eta", "fairness", "adversary_input", "adversary_lr", "adversary_hidden", "eta_schedule",
-                    "eta_warmup_steps"),
-}  # fmt: skip
+#: Context a module passes to every method: not a method's own setting.
+_CONTEXT = ("num_groups", "group_names", "threshold", "num_classes", "class_names")
+
+
+def method_hparams(mode: object) -> tuple[str, ...] | None:
+    """A registered method's own settings (its constructor's arguments), ``None`` for an unknown mode."""
+    from fair_lightning.methods import METHODS
+
+    cls = METHODS.get(mode) if isinstance(mode, str) else None
+    return None if cls is None else tuple(a for a in cls.argument_names() if a not in _CONTEXT)
+
+
 #: Hyper-parameters of every run: the optimizer, the decision threshold, then the data.
-COMMON_HPARAMS = ("lr", "weight_decay", "threshold", "min_count", "gradient_clip_val")
+COMMON_HPARAMS = ("lr", "weight_decay", "threshold", "gradient_clip_val")
 DATA_HPARAMS = ("dataset", "sensitive", "batch_size", "seed")
 
 
@@ -70,15 +74,16 @@ def swept_keys() -> list[str]:
 def run_hparams(module: Mapping[str, Any], datamodule: Mapping[str, Any], swept: Sequence[str] = ()) -> dict[str, Any]:
     """The HParams of a run: swept settings first, then ``mode`` and its own settings, then the rest it uses.
 
-    A mode's settings are :data:`METHOD_HPARAMS` (a Lagrangian run shows ``tolerance`` and
-    ``dual_lr``, not ``eta``); then :data:`COMMON_HPARAMS` and :data:`DATA_HPARAMS`. ``None``
+    A mode's settings are its method class's own arguments (:func:`method_hparams`: a Lagrangian
+    run shows ``tolerance`` and ``dual_lr``, not ``eta``); then :data:`COMMON_HPARAMS` and :data:`DATA_HPARAMS`. ``None``
     values are left out. A module whose ``mode`` is not in the table shows all its
     hyper-parameters (after the swept ones).
     """
     both = {**datamodule, **module}
     mode = module.get("mode")
-    if mode in METHOD_HPARAMS:
-        order = ["mode", *METHOD_HPARAMS[mode], *COMMON_HPARAMS, *DATA_HPARAMS]
+    own = method_hparams(mode)
+    if own is not None:
+        order = ["mode", *own, *COMMON_HPARAMS, *DATA_HPARAMS]
         used = set(order)
     else:
         order = list(both)
@@ -387,7 +392,7 @@ __all__ = [
     "COMMON_HPARAMS",
     "DATA_HPARAMS",
     "DEFAULT_HP_METRICS",
-    "METHOD_HPARAMS",
+    "method_hparams",
     "FairnessDashboard",
     "group_rates_figure",
     "reliability_figure",
