@@ -311,6 +311,10 @@ class GroupThresholds:
         randomized: mix two thresholds per group (see above).
         grid_size: FPR grid added to the hull vertices in the randomized equalized-odds search.
         max_candidates: most window starts per rate in the deterministic equalized-odds search.
+        min_count: a group with fewer fit samples behind a constrained rate (rows for the
+            selection rate, positives for TPR, negatives for FPR) is left unconstrained (its own
+            best threshold; listed in ``unconstrained_``): thresholds fitted on a handful of rows do
+            not generalize. 0 (the default) constrains every group with data, as fairlearn does.
 
     Attributes:
         thresholds_: ``(G, 2)`` thresholds; deterministic: both columns equal.
@@ -336,6 +340,7 @@ class GroupThresholds:
         *,
         grid_size: int = 1000,
         max_candidates: int = 512,
+        min_count: float = 0,
     ) -> None:
         self.constraint = _canonical_constraint(constraint)
         if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
@@ -348,6 +353,9 @@ class GroupThresholds:
         self.randomized = bool(randomized)
         self.grid_size = grid_size
         self.max_candidates = max_candidates
+        if isinstance(min_count, bool) or not isinstance(min_count, (int, float)) or not 0 <= min_count < math.inf:
+            raise ValueError(f"`min_count` must be a finite number >= 0, got {min_count!r}")
+        self.min_count = float(min_count)
         self.thresholds_: Tensor | None = None
 
     # --- inputs ---------------------------------------------------------------------------------
@@ -386,11 +394,13 @@ class GroupThresholds:
         scores, labels, groups, num_groups = self._inputs(scores, labels, groups, num_groups)
         points = operating_points(scores, labels, groups, num_groups)
         rates = {name: points.rate(name) for name in self._rate_names()}
-        defined = points.count > 0
+        # a group with no (or fewer than min_count) samples behind a rate is left unconstrained
+        enough = max(self.min_count, 1)
+        defined = points.count >= enough
         if "true_positive_rate" in rates:
-            defined &= points.positives > 0
+            defined &= points.positives >= enough
         if "false_positive_rate" in rates:
-            defined &= points.negatives > 0
+            defined &= points.negatives >= enough
         self.unconstrained_ = torch.nonzero(~defined).reshape(-1).tolist()
         correct = points.correct()
         if self.randomized and self.constraint == "equalized_odds":
@@ -578,6 +588,7 @@ class GroupThresholds:
             "randomized": self.randomized,
             "grid_size": self.grid_size,
             "max_candidates": self.max_candidates,
+            "min_count": self.min_count,
         }
         if self.thresholds_ is not None:
             state.update(
@@ -603,6 +614,7 @@ class GroupThresholds:
             state.get("randomized", False),
             grid_size=state.get("grid_size", 1000),
             max_candidates=state.get("max_candidates", 512),
+            min_count=state.get("min_count", 0),
         )
         if state.get("thresholds") is not None:
             self.num_groups_ = int(state["num_groups"])

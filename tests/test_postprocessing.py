@@ -306,3 +306,27 @@ def test_callback_argument_errors():
         GroupThresholdCallback(outputs_fn=3)
     with pytest.raises(RuntimeError, match="no thresholds yet"):
         GroupThresholdCallback().apply(torch.rand(2), torch.tensor([0, 1]))
+
+
+def test_min_count_leaves_thin_groups_unconstrained():
+    gen = torch.Generator().manual_seed(3)
+    n = 2000
+    groups = torch.zeros(n, dtype=torch.long)
+    groups[: n // 2] = 1
+    groups[:8] = 2  # a group of 8 rows
+    scores = torch.rand(n, generator=gen, dtype=torch.float64)
+    scores[groups == 1] = (scores[groups == 1] + 0.3).clamp(max=1.0)
+    labels = (torch.rand(n, generator=gen, dtype=torch.float64) < scores).long()
+    everyone = GroupThresholds("demographic_parity", tolerance=0.02).fit(scores, labels, groups, 3)
+    thin = GroupThresholds("demographic_parity", tolerance=0.02, min_count=10).fit(scores, labels, groups, 3)
+    assert everyone.unconstrained_ == [] and thin.unconstrained_ == [2]
+    big = groups < 2
+    preds = thin.predict(scores, groups)
+    rates = [float(preds[groups == g].mean()) for g in (0, 1)]
+    assert abs(rates[0] - rates[1]) <= 0.02 + 1e-9  # the groups with enough rows still meet the tolerance
+    assert thin.fit_accuracy_ >= everyone.fit_accuracy_ - 1e-12
+    restored = GroupThresholds.from_state_dict(thin.state_dict())
+    assert restored.min_count == 10 and torch.equal(restored.predict(scores, groups), preds)
+    assert big.any()
+    with pytest.raises(ValueError, match="`min_count` must be a finite number >= 0"):
+        GroupThresholds(min_count=-1)

@@ -240,8 +240,11 @@ class ConstrainedModelSelection(Callback):
             # never less fair than the snapshot itself: a model already within the tolerance keeps
             # at most its own difference
             plain = GroupSums.from_confusion(confusion_counts(hard, rows[:, 1].long(), groups, num_groups))
-            own = max(float(rate_difference(r)) for r in group_rate_table(plain, DEFINITIONS[definition]).values())
-            fitted = GroupThresholds(definition, tolerance=min(tolerance, own)).fit(
+            own = max(
+                float(rate_difference(self._enough(rate, plain, name)))
+                for name, rate in group_rate_table(plain, DEFINITIONS[definition]).items()
+            )
+            fitted = GroupThresholds(definition, tolerance=min(tolerance, own), min_count=self.min_count).fit(
                 rows[:, 0], rows[:, 1].long(), groups, num_groups
             )
             hard = fitted.predict(rows[:, 0], groups) > 0.5
