@@ -205,8 +205,9 @@ class FairLightningModule(pl.LightningModule):
         #: optional object with ``transform(probs, groups)`` applied by ``predict_step``
         #: (set by :class:`~fair_lightning.callbacks.GroupCalibrationCallback`; in the checkpoint).
         self.prediction_calibrator: Any = None
-        #: optional object with ``predict(probs, groups) -> 0/1`` applied by ``predict_step``
-        #: when ``predict_labels`` is true (set by :class:`~fair_lightning.callbacks.GroupThresholdCallback`).
+        #: optional group thresholds (``apply(probs, groups) -> 0/1``): ``predict_step`` returns their
+        #: decisions and the test metrics are theirs (set by
+        #: :class:`~fair_lightning.callbacks.GroupThresholdCallback` or ``ConstrainedModelSelection(thresholds=True)``).
         self.prediction_thresholds: Any = None
         self._epoch_sums: dict[str, Tensor] = {}
         self._val_selection_share: float | None = None
