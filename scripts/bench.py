@@ -133,8 +133,7 @@ def _previous_sections(path: Path) -> dict[str, str]:
             sections[current] = []
         if current is not None:
             sections[current].append(line)
-    titles = {title for title, _ in SECTIONS.values()}
-    return {title: "\n".join(body) for title, body in sections.items() if title in titles}
+    return {title: "\n".join(body) for title, body in sections.items()}
 
 
 def _figure(script: list[str]) -> str | None:
@@ -197,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         # sections in their fixed order; with --only, the others are kept from the previous file
         lines += [sections[title] for title, _ in SECTIONS.values() if title in sections]
         lines += [NOTES]
+        # sections written by other scripts (each names its own command) stay after the notes
+        known = {title for title, _ in SECTIONS.values()} | {"How to read these numbers"}
+        lines += ["\n" + body for title, body in sections.items() if title not in known]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines))
         print(f"wrote {args.out}")
