@@ -310,10 +310,7 @@ def _violations(plan: _StepPlan, flat_sums: Tensor) -> tuple[Tensor, Tensor]:
     num, den = torch.mv(plan.rates, flat_sums).view(2, -1)
     rates = num / den.clamp_min(torch.finfo(den.dtype).tiny)  # empty groups: 0 / tiny = 0
     ok = (den >= plan.unit_min_count).to(den.dtype)
-    valid = torch.mv(plan.first, ok)
-    if plan.second is not None:
-        valid = valid * torch.mv(plan.second, ok)
-    valid = valid > 0.5
+    valid = torch.mv(plan.pair, ok) > 1.5  # both compared groups have enough samples
     return torch.addmv(plan.neg_tolerance, plan.gaps, rates).mul_(valid), valid
 
 
@@ -331,8 +328,8 @@ class _StepPlan(NamedTuple):
     gaps: Tensor  # (K, U): unit rates -> the left-hand side of each inequality
     neg_tolerance: Tensor  # (K,)
     tolerance: Tensor  # (K,)
-    first: Tensor  # (K, U): the unit of the inequality's first group (its validity)
-    second: Tensor | None  # (K, U): the second compared group's unit (None: no pairwise constraint)
+    pair: Tensor  # (K, U): 1 at the units of the inequality's two compared groups (2 at its one
+    # group for the gap form): ``pair @ ok > 1.5`` iff both have enough samples
     unit_min_count: Tensor  # (U,): min_count for group units, -1 for overall units (always valid)
     cell_denominators: Tensor  # (U, 2G): a batch's (group, label) counts -> each unit's denominator
     cell_slopes: Tensor  # (U, 2G): d numerator(unit) / d p of one sample of each (group, label) cell
@@ -359,7 +356,6 @@ def _build_step_plan(
     G = num_groups
     rate_rows, gap_rows, tol, first, second = [], [], [], [], []
     unit_min, units = [], 0
-    pairwise = any(c.bound == "difference" for c in constraints)
     unit_parts = []  # per unit: (rate name, (G,) 0/1 membership of the groups)
     for c in constraints:
         member = c.matrix(G, dtype)  # (P, G)
@@ -410,7 +406,7 @@ def _build_step_plan(
     confusion_to_cells = eye.sum(-1).reshape(4 * G, 2 * G).T.contiguous()  # (2G, 4G)
     tolerance = torch.tensor(tol, dtype=dtype)
     plan = _StepPlan(
-        confusion_to_sums, rates, gaps, -tolerance, tolerance, first_m, second_m if pairwise else None,
+        confusion_to_sums, rates, gaps, -tolerance, tolerance, first_m + second_m,
         torch.tensor(unit_min, dtype=dtype), cell(den_by_label), cell(slope_by_label),
         cell(const_by_label) if bool(const_by_label.any()) else None, confusion_to_cells,
         gaps.T.contiguous(), cell(slope_by_label).T.contiguous(),
@@ -524,10 +520,7 @@ class LagrangeMultipliers(nn.Module):
             cell_counts = torch.mv(plan.confusion_to_cells, counts.reshape(-1).to(dtype))
         den = torch.mv(plan.cell_denominators, cell_counts)  # (U,) denominators of the batch's unit rates
         ok = (den >= plan.unit_min_count).to(dtype)
-        valid = torch.mv(plan.first, ok)
-        if plan.second is not None:
-            valid = valid * torch.mv(plan.second, ok)
-        lam = lam * valid  # undefined inequalities neither push the model nor count
+        lam = lam * (torch.mv(plan.pair, ok) > 1.5)  # undefined inequalities neither push the model nor count
         # d(sum_k lam_k v_k)/d rate(unit), divided by the unit's denominator: d/d numerator
         share = torch.mv(plan.gaps_t, lam).div_(den.clamp_min(torch.finfo(dtype).tiny))
         # one weight per (group, label) cell: how much a sample's p moves the term

@@ -183,6 +183,9 @@ class Lagrangian(FairnessMethod):
         # optimizer steps per epoch: sets the per-step dual rate and the running sums' memory
         self.register_buffer("steps_per_epoch", torch.zeros((), dtype=torch.long))
         self._warned_steps = False
+        self._clock_set = False  # Python mirrors of buffers read on every step (no tensor reads)
+        self._pending = False
+        self._warm_done = False
         if steps_per_epoch is not None:
             self.set_steps_per_epoch(steps_per_epoch)
         self.constraints = parsed
@@ -209,17 +212,20 @@ class Lagrangian(FairnessMethod):
 
     def _apply_clock(self) -> None:
         steps = int(self.steps_per_epoch)
+        self._clock_set = steps > 0
         self.multipliers.dual_lr = self.dual_lr / steps
         # newest batch's weight 1 / (memory * steps), at most 1 (a memory shorter than a step is the batch)
         self.multipliers.ema_decay = max(0.0, 1.0 - 1.0 / (self.memory * steps))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._pending = bool(self.has_pending)
+        self._warm_done = False  # re-read from the buffers at the next step
         if int(self.steps_per_epoch) > 0:
             self._apply_clock()
 
     def compute_term(self, logits: Tensor, target: Tensor | None, groups: Tensor, representation: Tensor | None) -> Tensor:
-        if self.training and int(self.steps_per_epoch) == 0:
+        if self.training and not self._clock_set and int(self.steps_per_epoch) == 0:
             if not self._warned_steps:
                 rank_zero_warn(
                     "Lagrangian: `steps_per_epoch` is not set; assuming 100 optimizer steps per epoch for the dual "
@@ -238,6 +244,7 @@ class Lagrangian(FairnessMethod):
         if self.training:
             self.pending_counts.copy_(all_reduce_sum(confusion))
             self.has_pending.fill_(True)
+            self._pending = True
             self._last_batch = (soft.detach(), target, groups)
         # finite by construction: logits are checked for NaN, multipliers are clamped and checked
         return self.multipliers.lagrangian_term(soft, target, groups, cells=cells, counts=confusion)
@@ -256,12 +263,14 @@ class Lagrangian(FairnessMethod):
 
     def after_optimizer_step(self) -> None:
         """The dual step on the last training batch's (all-reduced) hard counts, if pending."""
-        if not bool(self.has_pending):
+        if not self._pending:
             return
+        self._pending = False
         self.has_pending.fill_(False)
-        ascend = int(self.multipliers.num_updates) >= int(self.warmup_steps)
+        ascend = self._warm_done or int(self.multipliers.num_updates) >= int(self.warmup_steps)
+        self._warm_done = ascend
         self._last_hard = self.multipliers.dual_step(self.pending_counts, ascend=ascend)
-        if not torch.isfinite(self.multipliers.multipliers).all():
+        if ascend and not math.isfinite(float(self.multipliers.multipliers.sum())):
             raise FloatingPointError(
                 "the Lagrange multipliers are not finite after the dual step "
                 f"({self.multipliers.multipliers[~torch.isfinite(self.multipliers.multipliers)][:3].tolist()}); "
