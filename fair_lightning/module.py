@@ -616,7 +616,7 @@ class FairLightningModule(pl.LightningModule):
             # the returned classifier is the thresholded one: its rates are those of its decisions
             # (and its probabilities are 0/1 for the calibration metric)
             probs = torch.sigmoid(logits)
-            if self.prediction_calibrator is not None:
+            if self.prediction_calibrator is not None and getattr(thresholds, "calibrated", False):
                 calibrator = self.prediction_calibrator
                 probs = calibrator.transform(logits if getattr(calibrator, "method", None) == "temperature" else probs, groups)
             decisions = thresholds.apply(probs.to(torch.float64), groups).to(logits.dtype)
@@ -717,7 +717,7 @@ class FairLightningModule(pl.LightningModule):
         if self.num_classes is not None:
             return self._predict_classes(_check_class_logits(self(x), self.num_classes), groups)
         logits = _check_logits(self(x))
-        probs = torch.sigmoid(logits)
+        raw = probs = torch.sigmoid(logits)
         calibrator = self.prediction_calibrator
         if calibrator is not None:
             if groups is None:
@@ -729,7 +729,8 @@ class FairLightningModule(pl.LightningModule):
         if thresholds is not None:
             if groups is None:
                 raise ValueError("group thresholds are set, so prediction batches must provide `groups`")
-            return thresholds.apply(probs, groups)
+            # the probabilities the thresholds were fitted on: calibrated or the model's own
+            return thresholds.apply(probs if getattr(thresholds, "calibrated", False) else raw, groups)
         return probs
 
     def _predict_classes(self, logits: Tensor, groups: Tensor | None) -> Tensor:

@@ -356,6 +356,10 @@ class GroupThresholds:
         if isinstance(min_count, bool) or not isinstance(min_count, (int, float)) or not 0 <= min_count < math.inf:
             raise ValueError(f"`min_count` must be a finite number >= 0, got {min_count!r}")
         self.min_count = float(min_count)
+        #: whether the thresholds were fitted on group-calibrated probabilities (then
+        #: ``FairLightningModule`` calibrates before applying them; else it applies them to the
+        #: model's own probabilities)
+        self.calibrated = False
         self.thresholds_: Tensor | None = None
 
     # --- inputs ---------------------------------------------------------------------------------
@@ -589,6 +593,7 @@ class GroupThresholds:
             "grid_size": self.grid_size,
             "max_candidates": self.max_candidates,
             "min_count": self.min_count,
+            "calibrated": self.calibrated,
         }
         if self.thresholds_ is not None:
             state.update(
@@ -616,6 +621,7 @@ class GroupThresholds:
             max_candidates=state.get("max_candidates", 512),
             min_count=state.get("min_count", 0),
         )
+        self.calibrated = bool(state.get("calibrated", False))
         if state.get("thresholds") is not None:
             self.num_groups_ = int(state["num_groups"])
             self.thresholds_ = torch.as_tensor(state["thresholds"], dtype=torch.float64)

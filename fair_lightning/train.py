@@ -337,10 +337,11 @@ def fit_and_test(trainer: Any, module: Any, datamodule: Any, ckpt_path: str | os
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
         fit_seconds = time.perf_counter() - start
-        if any(getattr(cb, "restore", False) and getattr(cb, "best_index", None) is not None for cb in trainer.callbacks):
-            # a selection callback restored another epoch: validate what is returned
-            trainer.validate(module, datamodule=datamodule, verbose=False)
         raw = {k: _float(v) for k, v in trainer.callback_metrics.items()}
+        if any(getattr(cb, "restore", False) and getattr(cb, "best_index", None) is not None for cb in trainer.callbacks):
+            # a selection callback restored another epoch (and its thresholds): validate what is returned
+            trainer.validate(module, datamodule=datamodule, verbose=False)
+            raw.update({k: _float(v) for k, v in trainer.callback_metrics.items()})
         start = time.perf_counter()
         trainer.test(module, datamodule=datamodule, verbose=False)
         test_seconds = time.perf_counter() - start

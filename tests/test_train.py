@@ -273,3 +273,14 @@ def test_lagrangian_job_selects_on_validation_with_thresholds_and_reports_interv
         assert 0.0 <= low <= record[f"{stage}_dp_difference"] <= high <= 1.0
     off = _compose([*TINY, "fairness=lagrangian_dp", "callbacks=none", "selection.enabled=false"])
     assert not [cb for cb in build(off, tmp_path).trainer.callbacks if isinstance(cb, ConstrainedModelSelection)]
+
+
+def test_lagrangian_job_with_group_calibration_applies_thresholds_to_the_probabilities_they_were_fitted_on(tmp_path):
+    """Selection fits thresholds on the model's own probabilities; the group calibrator (fitted
+    at the end of fit too) must not be applied before them: validation then meets the tolerance."""
+    cfg = _compose([*TINY, "fairness=lagrangian_dp", "fairness.tolerance=0.03", "callbacks=default",
+                    "callbacks.dashboard=null", "trainer.max_epochs=3"])  # fmt: skip
+    record = run(cfg, tmp_path)
+    assert record["status"] == "ok"
+    assert record["val_dp_difference"] <= 0.03 + 1e-9
+    assert "fairness/violation_hard_max_epoch" in record["metrics"]  # the training keys survive re-validation

@@ -184,6 +184,8 @@ class GroupThresholdCallback(Callback):
             self.thresholds = GroupThresholds(self.constraint, self.tolerance, self.randomized).fit(
                 probs, target, groups, num_groups
             )
+        # predict_step calibrates before thresholding only when the thresholds were fitted so
+        self.thresholds.calibrated = bool(self.use_calibrator and getattr(pl_module, "prediction_calibrator", None) is not None)
         setattr(pl_module, ATTRIBUTE, self.thresholds)
         t = self.thresholds
         rank_zero_info(
