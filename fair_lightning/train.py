@@ -186,7 +186,11 @@ def selection_callbacks(cfg: DictConfig, module: Any) -> list:
     if not judged:
         return []
     thresholds = bool(options.get("thresholds", True)) and len(judged) == 1 and judged[0].partition is None
-    return [ConstrainedModelSelection(judged, thresholds=thresholds, min_count=options.get("min_count", 10))]
+    return [
+        ConstrainedModelSelection(
+            judged, thresholds=thresholds, min_count=options.get("min_count", 10), margin=options.get("margin", 0.0)
+        )
+    ]
 
 
 # ---------------------------------------------------------------------------------- validation
