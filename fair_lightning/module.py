@@ -615,11 +615,7 @@ class FairLightningModule(pl.LightningModule):
         if thresholds is not None and self.num_classes is None:
             # the returned classifier is the thresholded one: its rates are those of its decisions
             # (and its probabilities are 0/1 for the calibration metric)
-            probs = torch.sigmoid(logits)
-            if self.prediction_calibrator is not None and getattr(thresholds, "calibrated", False):
-                calibrator = self.prediction_calibrator
-                probs = calibrator.transform(logits if getattr(calibrator, "method", None) == "temperature" else probs, groups)
-            decisions = thresholds.apply(probs.to(torch.float64), groups).to(logits.dtype)
+            decisions = self._threshold_decisions(logits, groups).to(logits.dtype)
             scores = torch.where(decisions > 0.5, 30.0, -30.0).to(logits.dtype)
         try:
             metrics.update(scores, target, groups)
@@ -717,21 +713,29 @@ class FairLightningModule(pl.LightningModule):
         if self.num_classes is not None:
             return self._predict_classes(_check_class_logits(self(x), self.num_classes), groups)
         logits = _check_logits(self(x))
-        raw = probs = torch.sigmoid(logits)
-        calibrator = self.prediction_calibrator
-        if calibrator is not None:
-            if groups is None:
-                raise ValueError("a group calibrator is set, so prediction batches must provide `groups`")
-            # temperature scaling works on logits (exact beyond float32's saturated sigmoid)
-            scores = logits if getattr(calibrator, "method", None) == "temperature" else probs
-            probs = calibrator.transform(scores, groups)
-        thresholds = self.prediction_thresholds
-        if thresholds is not None:
+        if self.prediction_thresholds is not None:
             if groups is None:
                 raise ValueError("group thresholds are set, so prediction batches must provide `groups`")
-            # the probabilities the thresholds were fitted on: calibrated or the model's own
-            return thresholds.apply(probs if getattr(thresholds, "calibrated", False) else raw, groups)
-        return probs
+            return self._threshold_decisions(logits, groups)
+        if self.prediction_calibrator is not None and groups is None:
+            raise ValueError("a group calibrator is set, so prediction batches must provide `groups`")
+        return self._calibrated_probs(logits, groups)
+
+    def _calibrated_probs(self, logits: Tensor, groups: Tensor | None) -> Tensor:
+        """Probabilities of the positive class, calibrated per group when a calibrator is set."""
+        probs = torch.sigmoid(logits)
+        calibrator = self.prediction_calibrator
+        if calibrator is None:
+            return probs
+        # temperature scaling works on logits (exact beyond float32's saturated sigmoid)
+        return calibrator.transform(logits if getattr(calibrator, "method", None) == "temperature" else probs, groups)
+
+    def _threshold_decisions(self, logits: Tensor, groups: Tensor) -> Tensor:
+        """The group thresholds' 0/1 decisions, on the probabilities they were fitted on
+        (calibrated, or the model's own)."""
+        thresholds = self.prediction_thresholds
+        probs = self._calibrated_probs(logits, groups) if getattr(thresholds, "calibrated", False) else torch.sigmoid(logits)
+        return thresholds.apply(probs.to(torch.float64), groups)
 
     def _predict_classes(self, logits: Tensor, groups: Tensor | None) -> Tensor:
         if self.prediction_thresholds is not None:

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from fair_lightning.callbacks._outputs import evaluation_outputs, gather_rows, group_names, num_groups_of, reduce_sum
+from fair_lightning.callbacks._outputs import ValidationRows, evaluation_outputs, group_names, num_groups_of, reduce_sum
 from fair_lightning.calibration import METHODS, GroupFairnessCalibrator
 from fair_lightning.functional import Rate, calibration_error_from_sums, calibration_sums
 from fair_lightning.functional._calibration import calibration_error_summary
@@ -125,7 +125,7 @@ class GroupCalibrationCallback(Callback):
         self.calibrator_kwargs = dict(calibrator_kwargs)
         GroupFairnessCalibrator(**self._calibrator_params())._check_params()  # bad values fail now, not after training
         self.calibrator: GroupFairnessCalibrator | None = None
-        self._rows: list[Tensor] = []
+        self._rows = ValidationRows()
         self._test_sums: Tensor | None = None
         self._restored = self._dropped = False
         self._attached: Any = None
@@ -184,9 +184,7 @@ class GroupCalibrationCallback(Callback):
     def _fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor] | None:
         num_groups = num_groups_of(pl_module)
         device = pl_module.device
-        rows = torch.cat(self._rows) if self._rows else torch.zeros(0, 3, dtype=torch.float64, device=device)
-        self._rows = []
-        rows = gather_rows(trainer, rows.to(device))
+        rows = self._rows.gather(trainer, device)
         if rows.shape[0] == 0:
             rank_zero_warn(
                 "GroupCalibrationCallback saw no validation data (no validation run, or `limit_val_batches=0`): "
@@ -220,7 +218,8 @@ class GroupCalibrationCallback(Callback):
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._rows, self._test_sums = [], None
+        self._rows.clear()
+        self._test_sums = None
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -279,7 +278,7 @@ class GroupCalibrationCallback(Callback):
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._rows = []
+            self._rows.clear()
 
     @override
     def on_validation_batch_end(
@@ -294,7 +293,7 @@ class GroupCalibrationCallback(Callback):
         if trainer.sanity_checking or dataloader_idx != 0:
             return
         logits, target, groups = evaluation_outputs(pl_module, outputs, batch)
-        self._rows.append(torch.stack((logits.double(), target.double(), groups.double()), 1))
+        self._rows.add(logits, target, groups)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -63,6 +63,28 @@ def gather_rows(trainer: pl.Trainer, rows: Tensor) -> Tensor:
     return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
 
 
+class ValidationRows:
+    """``(score, target, group)`` rows of a validation run's batches, gathered across ranks on demand
+    (what the calibration, threshold and selection callbacks fit on)."""
+
+    def __init__(self) -> None:
+        self._rows: list[Tensor] = []
+
+    def clear(self) -> None:
+        self._rows = []
+
+    def add(self, scores: Tensor, target: Tensor, groups: Tensor) -> None:
+        """Keep one batch: each argument flattened to ``(N,)``, stored as float64 columns."""
+        columns = (scores, target, groups)
+        self._rows.append(torch.stack([c.detach().reshape(-1).double() for c in columns], 1))
+
+    def gather(self, trainer: pl.Trainer, device: torch.device) -> Tensor:
+        """Every rank's rows, ``(N, 3)`` float64 in rank order (the same on every rank); empties the buffer."""
+        rows = torch.cat(self._rows) if self._rows else torch.zeros(0, 3, dtype=torch.float64)
+        self._rows = []
+        return gather_rows(trainer, rows.to(device))
+
+
 def reduce_sum(trainer: pl.Trainer, tensor: Tensor) -> Tensor:
     """Sum ``tensor`` over the ranks (a no-op on one process)."""
     if trainer.world_size == 1:

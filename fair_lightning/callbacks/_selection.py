@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from fair_lightning.callbacks._outputs import gather_rows
+from fair_lightning.callbacks._outputs import ValidationRows
 from fair_lightning.callbacks._thresholds import validation_probabilities
 from fair_lightning.functional import GroupSums, Rate, confusion_counts, rate_difference
 from fair_lightning.functional._fairness import group_rate_table
@@ -200,7 +200,7 @@ class ConstrainedModelSelection(Callback):
         self.snapshots: dict[int, dict[str, Tensor]] = {}  # record index -> weights
         self.best_index: int | None = None
         self.reason = ""
-        self._rows: list[Tensor] = []
+        self._rows = ValidationRows()
         self._fitted: dict[str, Any] | None = None
 
     @property
@@ -218,7 +218,7 @@ class ConstrainedModelSelection(Callback):
     # --- collecting -------------------------------------------------------------------------------
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._rows = []
+        self._rows.clear()
 
     @override
     def on_validation_batch_end(
@@ -230,13 +230,10 @@ class ConstrainedModelSelection(Callback):
             probs, target, groups = self.outputs_fn(pl_module, outputs, batch)
         else:
             probs, target, groups = validation_probabilities(pl_module, outputs, batch)
-        rows = torch.stack((probs.detach().reshape(-1).double(), target.detach().reshape(-1).double(), groups.detach().reshape(-1).double()), 1)
-        self._rows.append(rows)
+        self._rows.add(probs, target, groups)
 
     def _sums(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> GroupSums | None:
-        rows = torch.cat(self._rows) if self._rows else torch.zeros(0, 3, dtype=torch.float64)
-        self._rows = []
-        rows = gather_rows(trainer, rows.to(pl_module.device)).cpu()
+        rows = self._rows.gather(trainer, pl_module.device).cpu()
         if rows.shape[0] == 0:
             return None
         num_groups = getattr(pl_module, "num_groups", None)

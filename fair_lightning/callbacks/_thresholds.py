@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from fair_lightning.callbacks._outputs import evaluation_outputs, gather_rows
+from fair_lightning.callbacks._outputs import ValidationRows, evaluation_outputs
 from fair_lightning.postprocessing import GroupThresholds
 
 STATE_VERSION = 1
@@ -107,7 +107,7 @@ class GroupThresholdCallback(Callback):
         self.use_calibrator = bool(use_calibrator)
         self.num_groups = num_groups
         self.thresholds: GroupThresholds | None = None
-        self._rows: list[Tensor] = []
+        self._rows = ValidationRows()
 
     @property
     @override
@@ -145,7 +145,7 @@ class GroupThresholdCallback(Callback):
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self._rows = []
+            self._rows.clear()
 
     @override
     def on_validation_batch_end(
@@ -160,14 +160,12 @@ class GroupThresholdCallback(Callback):
         if trainer.sanity_checking or dataloader_idx != 0:
             return
         probs, target, groups = self._scores(pl_module, outputs, batch)
-        self._rows.append(torch.stack((probs.double(), target.double(), groups.double()), 1))
+        self._rows.add(probs, target, groups)
 
     # --- fitting ----------------------------------------------------------------------------------
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        rows = torch.cat(self._rows) if self._rows else torch.zeros(0, 3, dtype=torch.float64)
-        self._rows = []
-        rows = gather_rows(trainer, rows.to(pl_module.device)).detach().cpu()
+        rows = self._rows.gather(trainer, pl_module.device).cpu()
         if rows.shape[0] == 0:
             rank_zero_warn(
                 "GroupThresholdCallback saw no validation data (no validation run, or `limit_val_batches=0`): "
