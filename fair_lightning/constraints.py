@@ -354,7 +354,7 @@ def _build_step_plan(
     constraints: tuple[FairnessConstraint, ...], num_groups: int, min_count: float, dtype: torch.dtype, device
 ) -> _StepPlan:
     G = num_groups
-    rate_rows, gap_rows, tol, first, second = [], [], [], [], []
+    gap_rows, tol, first, second = [], [], [], []
     unit_min, units = [], 0
     unit_parts = []  # per unit: (rate name, (G,) 0/1 membership of the groups)
     for c in constraints:

@@ -527,7 +527,7 @@ def _place_labels(ax: Axes, points: np.ndarray, texts: Sequence[str]) -> None:
 
     order = np.argsort(display[:, 0], kind="stable")
     for i in order:
-        (px, py), text = display[i], texts[i]
+        text = texts[i]
         annotation = None
         for dx, dy in offsets:
             if annotation is not None:

@@ -64,8 +64,8 @@ def swept_keys() -> list[str]:
     except Exception:  # pragma: no cover - Hydra missing or not configured
         return []
     keys = []
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
         if "/" not in key and not key.startswith(("hydra.", "callbacks.", "logger.", "trainer.")) and key != "resume":
             keys.append(key.rsplit(".", 1)[-1])
     return keys
