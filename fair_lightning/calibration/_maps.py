@@ -8,13 +8,15 @@ Units may overlap (a sample belongs to several), so the fitters take a long list
   ``a = 1 / T``) are fitted by damped Newton steps vectorized over units: gradients and Hessians
   are per-unit sums from :func:`~fair_lightning.functional.grouped_sum`. A small ridge pulls
   ``(a, b)`` towards the identity ``(1, 0)`` so that a separable or one-class unit stays finite.
+* K-class logits get ``softmax(a * x + b)`` per unit (temperature: one ``a``; vector scaling:
+  ``a`` and ``b`` per class), fitted by the same damped Newton loop (:func:`newton_minimize`).
 * Isotonic maps are breakpoints ``(X, Y)`` from scikit-learn's pool-adjacent-violators, applied by
   piecewise-linear interpolation (constant beyond the end points).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -26,6 +28,8 @@ from fair_lightning.functional import grouped_sum
 #: Ridge strength on ``(a - 1, b)`` added to the summed negative log-likelihood.
 RIDGE = 1e-4
 _MAX_HALVINGS = 30
+#: Rows per chunk when summing the per-row K-class Hessians (bounds the memory of a Newton step).
+_CHUNK_ROWS = 4096
 # Per-row key offset for the single flat ``searchsorted`` of :func:`interpolate_rows`; the
 # breakpoints and queries lie in [0, 1], so rows with offset 4 * r never overlap.
 _ROW_OFFSET = 4.0
@@ -35,6 +39,51 @@ def _logistic_loss(a: Tensor, b: Tensor, x: Tensor, y: Tensor, unit: Tensor, num
     eta = a[unit] * x + b[unit]
     nll = grouped_sum(F.softplus(eta) - y * eta, unit, num_units)
     return nll + 0.5 * ridge * ((a - 1) ** 2 + b**2)
+
+
+def newton_minimize(
+    theta: Tensor,
+    loss: Callable[[Tensor], Tensor],
+    grad_hess: Callable[[Tensor], tuple[Tensor, Tensor]],
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-10,
+) -> tuple[Tensor, int]:
+    """Damped Newton steps on ``U`` independent (per-unit) smooth, strictly convex problems at once.
+
+    Args:
+        theta: ``(U, P)`` starting parameters.
+        loss: ``theta -> (U,)`` per-unit objective.
+        grad_hess: ``theta -> ((U, P), (U, P, P))`` per-unit gradient and Hessian.
+        max_iter: maximum number of Newton steps.
+        tol: stop when no parameter moves by more than this.
+
+    Each unit halves its own step until its objective does not go up (a unit whose objective
+    would rise after every halving keeps its parameters).
+
+    Returns:
+        ``(theta, n_iter)``.
+    """
+    value = loss(theta)
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
+        grad, hess = grad_hess(theta)
+        step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
+        size = torch.ones_like(value)
+        for _ in range(_MAX_HALVINGS):
+            candidate = theta - size[:, None] * step
+            new_value = loss(candidate)
+            worse = new_value > value + 1e-12 * value.abs()
+            if not worse.any():
+                break
+            size = torch.where(worse, size / 2, size)
+        keep = new_value > value + 1e-12 * value.abs()
+        moved = (size[:, None] * step).abs().amax(1)
+        theta = torch.where(keep[:, None], theta, candidate)
+        value = torch.where(keep, value, new_value)
+        if not bool((moved > tol).any()):
+            break
+    return theta, n_iter
 
 
 def fit_logistic(
@@ -64,37 +113,109 @@ def fit_logistic(
         ``(a, b, n_iter)``: slopes and intercepts of shape ``(U,)`` (``(1, 0)`` for units without
         rows) and the number of Newton steps taken.
     """
-    a = x.new_ones(num_units)
-    b = x.new_zeros(num_units)
-    loss = _logistic_loss(a, b, x, y, unit, num_units, ridge)
-    n_iter = 0
-    for n_iter in range(1, max_iter + 1):
+    num_params = 2 if fit_bias else 1
+
+    def split(theta: Tensor) -> tuple[Tensor, Tensor]:
+        return theta[:, 0], theta[:, 1] if fit_bias else torch.zeros_like(theta[:, 0])
+
+    def loss(theta: Tensor) -> Tensor:
+        return _logistic_loss(*split(theta), x, y, unit, num_units, ridge)
+
+    def grad_hess(theta: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = split(theta)
         q = torch.sigmoid(a[unit] * x + b[unit])
         r, w = q - y, q * (1 - q)
         s = grouped_sum(torch.stack((r * x, r, w * x * x, w * x, w), 1), unit, num_units)
-        grad_a, grad_b = s[:, 0] + ridge * (a - 1), s[:, 1] + ridge * b
-        h_aa, h_ab, h_bb = s[:, 2] + ridge, s[:, 3], s[:, 4] + ridge
-        if fit_bias:
-            det = h_aa * h_bb - h_ab**2
-            step_a = (h_bb * grad_a - h_ab * grad_b) / det
-            step_b = (h_aa * grad_b - h_ab * grad_a) / det
-        else:
-            step_a, step_b = grad_a / h_aa, torch.zeros_like(grad_b)
-        # backtracking, per unit: halve the step where the loss would go up
-        size = torch.ones_like(a)
-        for _ in range(_MAX_HALVINGS):
-            new_a, new_b = a - size * step_a, b - size * step_b
-            new_loss = _logistic_loss(new_a, new_b, x, y, unit, num_units, ridge)
-            worse = new_loss > loss + 1e-12 * loss.abs()
-            if not worse.any():
-                break
-            size = torch.where(worse, size / 2, size)
-        keep = new_loss > loss + 1e-12 * loss.abs()
-        moved = torch.maximum((size * step_a).abs(), (size * step_b).abs())
-        a, b = torch.where(keep, a, new_a), torch.where(keep, b, new_b)
-        loss = torch.where(keep, loss, new_loss)
-        if not bool((moved > tol).any()):
-            break
+        grad = torch.stack((s[:, 0] + ridge * (a - 1), s[:, 1] + ridge * b), 1)
+        hess = torch.stack((s[:, 2] + ridge, s[:, 3], s[:, 3], s[:, 4] + ridge), 1).reshape(-1, 2, 2)
+        return grad[:, :num_params], hess[:, :num_params, :num_params]
+
+    start = torch.stack((x.new_ones(num_units), x.new_zeros(num_units)), 1)[:, :num_params]
+    theta, n_iter = newton_minimize(start, loss, grad_hess, max_iter=max_iter, tol=tol)
+    a, b = split(theta)
+    return a, b, n_iter
+
+
+def _scaling_tying(num_classes: int, scaling: str, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(T, theta0)``: the map ``theta -> (scale, bias)`` of a scaling as a ``(2K, P)`` matrix
+    (``(scale, bias) = T @ theta``) and the identity map's parameters ``theta0``."""
+    k = num_classes
+    eye = torch.eye(k, dtype=dtype)
+    ones, zeros = torch.ones(k, 1, dtype=dtype), torch.zeros(k, 1, dtype=dtype)
+    if scaling == "temperature":  # one inverse temperature
+        tying = torch.cat((ones, zeros))
+    elif scaling == "temperature_bias":  # one inverse temperature and a bias per class
+        tying = torch.cat((torch.cat((ones, torch.zeros(k, k, dtype=dtype)), 1), torch.cat((zeros, eye), 1)))
+    elif scaling == "vector":  # a scale and a bias per class
+        tying = torch.eye(2 * k, dtype=dtype)
+    else:  # pragma: no cover - internal
+        raise ValueError(f"unknown scaling {scaling!r}")
+    theta0 = torch.linalg.lstsq(tying, torch.cat((ones, zeros)).squeeze(1)).solution
+    return tying, theta0
+
+
+def fit_softmax_scaling(
+    x: Tensor,
+    y: Tensor,
+    unit: Tensor,
+    num_units: int,
+    *,
+    scaling: str = "vector",
+    max_iter: int = 100,
+    tol: float = 1e-10,
+    ridge: float = RIDGE,
+    chunk_size: int = _CHUNK_ROWS,
+) -> tuple[Tensor, Tensor, int]:
+    """Per-unit scaling of K-class logits, ``softmax(a * x + b)``, by minimizing the NLL.
+
+    ``scaling``: ``"temperature"`` (``a = 1 / T`` the same for every class, ``b = 0``),
+    ``"temperature_bias"`` (one ``a``, a bias per class) or ``"vector"`` (a scale and a bias per
+    class: vector scaling, Guo et al. 2017). Newton steps vectorized over units: per-unit
+    gradients and Hessians are :func:`~fair_lightning.functional.grouped_sum` of per-row terms,
+    taken ``chunk_size`` rows at a time to bound memory. A small ridge pulls the parameters
+    towards the identity map (and fixes the biases' free common shift).
+
+    Args:
+        x: ``(M, K)`` float64 logits.
+        y: ``(M,)`` long class indices in ``[0, K)``.
+        unit: ``(M,)`` unit id of each row in ``[0, num_units)``.
+        num_units: number of units ``U``.
+
+    Returns:
+        ``(a, b, n_iter)``: ``(U, K)`` scales and biases (the identity for units without rows)
+        and the number of Newton steps taken.
+    """
+    k = x.shape[1]
+    tying, theta0 = _scaling_tying(k, scaling, x.dtype)
+    num_params = tying.shape[1]
+    onehot = F.one_hot(y, k).to(x.dtype)
+
+    def split(theta: Tensor) -> tuple[Tensor, Tensor]:
+        ab = theta @ tying.T
+        return ab[:, :k], ab[:, k:]
+
+    def loss(theta: Tensor) -> Tensor:
+        a, b = split(theta)
+        z = a[unit] * x + b[unit]
+        nll = grouped_sum(torch.logsumexp(z, 1) - (z * onehot).sum(1), unit, num_units)
+        return nll + 0.5 * ridge * ((theta - theta0) ** 2).sum(1)
+
+    def grad_hess(theta: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = split(theta)
+        grad = ridge * (theta - theta0)
+        hess = ridge * torch.eye(num_params, dtype=x.dtype).expand(num_units, -1, -1).clone()
+        for lo in range(0, x.shape[0], chunk_size):
+            xs, us = x[lo : lo + chunk_size], unit[lo : lo + chunk_size]
+            p = torch.softmax(a[us] * xs + b[us], 1)
+            design = xs[:, :, None] * tying[:k] + tying[k:]  # (m, K, P): dz / dtheta
+            v = torch.einsum("mkp,mk->mp", design, p)
+            grad += grouped_sum(v - torch.einsum("mkp,mk->mp", design, onehot[lo : lo + chunk_size]), us, num_units)
+            rows = torch.einsum("mkp,mk,mkq->mpq", design, p, design) - v[:, :, None] * v[:, None, :]
+            hess += grouped_sum(rows.reshape(-1, num_params * num_params), us, num_units).reshape(hess.shape)
+        return grad, hess
+
+    theta, n_iter = newton_minimize(theta0.expand(num_units, -1).clone(), loss, grad_hess, max_iter=max_iter, tol=tol)
+    a, b = split(theta)
     return a, b, n_iter
 
 
