@@ -196,7 +196,7 @@ def data():
 
 
 def test_unknown_method_lists_valid_ones(data):
-    with pytest.raises(ValueError, match=r"`method` must be one of \['platt', 'isotonic', 'temperature'\], got 'beta'"):
+    with pytest.raises(ValueError, match=r"`method` must be one of \['platt', 'isotonic', 'temperature', 'vector'\], got 'beta'"):
         GroupFairnessCalibrator("beta").fit(*data)
 
 

@@ -19,6 +19,9 @@ Small-group rule (one rule for every method):
 5. *Not seen at fit time* (``n = 0``): the global map; :meth:`GroupFairnessCalibrator.transform`
    warns when such a group appears.
 
+The rule is the same for K-class logits (``method="temperature"`` or ``"vector"`` on ``(N, K)``
+scores): shrinkage blends the per-class scale and bias vectors.
+
 Groups under rules 4 and 5 are listed in ``fallback_`` (group name -> :class:`Fallback`) and every
 group is in :meth:`GroupFairnessCalibrator.report`.
 """
@@ -40,6 +43,7 @@ from fair_lightning.calibration._maps import (
     blend_piecewise,
     fit_isotonic,
     fit_logistic,
+    fit_softmax_scaling,
     interpolate_rows,
     pad_breakpoints,
 )
@@ -51,10 +55,20 @@ from fair_lightning.functional import (
     group_calibration_error,
     grouped_sum,
 )
+from fair_lightning.functional._calibration import calibration_error_summary
+from fair_lightning.functional._multiclass import (
+    check_class_target,
+    multiclass_calibration_error_from_sums,
+    multiclass_calibration_sums,
+)
 from fair_lightning.groups import GroupSpec
 
-METHODS = ("platt", "isotonic", "temperature")
-STATE_VERSION = 1
+METHODS = ("platt", "isotonic", "temperature", "vector")
+#: Methods that take K-class logits ``(N, K)`` (``"temperature"`` takes binary logits ``(N,)`` too).
+MULTICLASS_METHODS = ("temperature", "vector")
+#: Newest state version read; a binary calibrator writes version 1 (older readers load it), a
+#: K-class one version 2.
+STATE_VERSION = 2
 GLOBAL_NAME = "global"
 #: Smallest inverse temperature kept for ``method="temperature"`` (a fit below it is clipped).
 MIN_INVERSE_TEMPERATURE = 1e-3
@@ -102,15 +116,21 @@ class GroupFairnessCalibrator(BaseEstimator):
         * ``"temperature"``: ``sigmoid(logit / T_g + b_g)``; here ``scores`` are **logits**
           (any finite real), one temperature per group, and a bias ``b_g`` only with
           ``temperature_bias=True`` (else ``b_g = 0``). Fitted by minimizing the NLL (Newton on
-          ``1 / T_g``).
+          ``1 / T_g``). On ``(N, K)`` K-class logits: ``softmax(logits / T_g + b_g)`` with one
+          temperature per group (the argmax, hence the accuracy, is unchanged) and, with
+          ``temperature_bias=True``, a bias per class.
+        * ``"vector"``: vector scaling of ``(N, K)`` K-class logits (Guo et al. 2017),
+          ``softmax(a_g * logits + b_g)`` with a scale and a bias per group and class. Fitted by
+          minimizing the NLL (Newton, vectorized over groups).
 
-    Every method returns calibrated probabilities. Small and unseen groups follow the rule in
+    Every method returns calibrated probabilities: ``(N,)`` for one score per sample, ``(N, K)``
+    rows summing to 1 for K-class logits (``labels`` are then class indices in ``[0, K)``). Small and unseen groups follow the rule in
     the module docstring of ``fair_lightning.calibration._calibrator`` (summarized: group ->
     largest marginal parent with enough data -> global; optional shrinkage
     ``n / (n + shrinkage)``).
 
     Args:
-        method: ``"platt"``, ``"isotonic"`` or ``"temperature"``.
+        method: ``"platt"``, ``"isotonic"``, ``"temperature"`` or ``"vector"``.
         num_groups: number of groups ``G``; inferred from ``group_spec``, else from the largest
             group id seen by :meth:`fit`.
         group_spec: a :class:`~fair_lightning.groups.GroupSpec` (or its ``attributes`` mapping):
@@ -121,8 +141,9 @@ class GroupFairnessCalibrator(BaseEstimator):
             0 disables it.
         n_bins: equal-width bins of the per-group ECE recorded at fit time
             (``calibration_error_``).
-        temperature_bias: also fit a per-group bias (``method="temperature"`` only).
-        max_iter: maximum Newton steps (``"platt"``, ``"temperature"``).
+        temperature_bias: also fit a per-group bias (``method="temperature"`` only; per class for
+            K-class logits).
+        max_iter: maximum Newton steps (``"platt"``, ``"temperature"``, ``"vector"``).
         tol: Newton stops when no parameter moves more than ``tol``.
         eps: probabilities are clipped to ``[eps, 1 - eps]`` before the logit (``"platt"``).
 
@@ -131,11 +152,14 @@ class GroupFairnessCalibrator(BaseEstimator):
         group_names_: group names in id order (``"sex=Female&race=Black"`` or ``"group_3"``).
         group_counts_: ``(G,)`` number of fit samples per group.
         fallback_: group name -> :class:`Fallback`, for groups that do not use their own map.
+        num_classes_: ``K`` for K-class logits, ``None`` for one score per sample.
         maps_: the maps as tensors, row ``g`` for group ``g`` and row ``G`` for the global map:
             ``{"coef", "intercept"}`` of shape ``(G + 1,)`` (platt, temperature) or
-            ``{"x", "y", "length"}`` padded breakpoints ``(G + 1, L)`` and lengths (isotonic).
+            ``(G + 1, K)`` (K-class temperature, vector), or ``{"x", "y", "length"}`` padded
+            breakpoints ``(G + 1, L)`` and lengths (isotonic).
         calibration_error_: ``{"before", "after"}`` per-group ECE on the fit data (NaN for
-            groups without samples); "after" is in-sample, so optimistic.
+            groups without samples; for K classes the classwise ECE, the mean over classes of
+            the one-vs-rest ECE); "after" is in-sample, so optimistic.
         n_iter_: Newton steps taken (0 for isotonic).
 
     Raises:
@@ -208,14 +232,32 @@ class GroupFairnessCalibrator(BaseEstimator):
             raise ValueError(f"`eps` must be in (0, 0.5), got {self.eps!r}")
         return spec
 
-    def _check_scores(self, scores: object, method: str) -> tuple[Tensor, bool]:
+    @staticmethod
+    def _check_scores(scores: object, method: str) -> tuple[Tensor, bool, int | None]:
+        """``(scores, was_tensor, K)``: ``(N,)`` scores and ``K = None``, or ``(N, K)`` logits and ``K``."""
         tensor, was_tensor = as_tensor(scores, "scores")
+        if tensor.ndim == 2 and tensor.shape[1] > 1:
+            if method not in MULTICLASS_METHODS:
+                raise ValueError(
+                    f"`scores` of shape {tuple(tensor.shape)} are K-class scores, but method={method!r} calibrates one "
+                    f"probability per sample, shape (N,): use method='temperature' or 'vector' on (N, K) logits"
+                )
+            if not tensor.is_floating_point():
+                raise ValueError(f"`scores` must be floating-point logits, got dtype {tensor.dtype}")
+            check_finite(tensor, "scores")
+            return tensor, was_tensor, int(tensor.shape[1])
+        if method == "vector":
+            raise ValueError(
+                f"`scores` must be (N, K) logits with K >= 2 for method='vector' (vector scaling of K-class "
+                f"logits), got shape {tuple(tensor.shape)}: one score per sample is a binary classifier, use "
+                "method='temperature' (logits) or 'platt' (probabilities)"
+            )
         tensor = check_scores(tensor, "scores")
         if method == "temperature":
             check_finite(tensor, "scores")
         else:
             check_in_unit_interval(tensor, "scores", f" for method={method!r} (method='temperature' takes logits)")
-        return tensor, was_tensor
+        return tensor, was_tensor, None
 
     @staticmethod
     def _check_groups(groups: object, n: int, num_groups: int, spec: GroupSpec | None) -> Tensor:
@@ -238,8 +280,8 @@ class GroupFairnessCalibrator(BaseEstimator):
 
         Args:
             scores: ``(N,)`` probabilities in ``[0, 1]`` (``"platt"``, ``"isotonic"``) or logits
-                (``"temperature"``).
-            labels: ``(N,)`` binary labels.
+                (``"temperature"``); ``(N, K)`` K-class logits (``"temperature"``, ``"vector"``).
+            labels: ``(N,)`` binary labels, or class indices in ``[0, K)`` with K-class logits.
             groups: ``(N,)`` integer group ids, or ``(N, A)`` attribute codes with a
                 ``group_spec`` of ``A`` attributes.
 
@@ -248,12 +290,15 @@ class GroupFairnessCalibrator(BaseEstimator):
         """
         spec = self._check_params()
         method = self.method
-        x, _ = self._check_scores(scores, method)
-        n = x.numel()
+        x, _, num_classes = self._check_scores(scores, method)
+        n = x.shape[0]
         if n == 0:
             raise ValueError("`scores` must not be empty, got 0 samples")
         y, _ = as_tensor(labels, "labels")
-        y = check_binary_target(y, n, "labels").cpu().double()
+        if num_classes is None:
+            y = check_binary_target(y, n, "labels").cpu().double()
+        else:
+            y = check_class_target(y, n, num_classes, "labels").cpu()
         x = x.detach().cpu().double()
         num_groups = self._resolve_num_groups(groups, spec)
         g = self._check_groups(groups, n, num_groups, spec)
@@ -264,7 +309,7 @@ class GroupFairnessCalibrator(BaseEstimator):
         counts = grouped_sum(torch.ones(unit.numel(), dtype=torch.float64), unit, num_units).long()
         own = counts >= self.min_group_size
         one_label = torch.zeros_like(own)
-        if method == "temperature" and not self.temperature_bias:
+        if method == "temperature" and not self.temperature_bias and num_classes is None:
             # a temperature alone cannot move a group's probabilities towards its only label
             positives = grouped_sum(y[sample], unit, num_units)
             one_label = own & ((positives == 0) | (positives == counts))
@@ -284,6 +329,8 @@ class GroupFairnessCalibrator(BaseEstimator):
                 stacklevel=6,
             )
         parent = _choose_parents(hierarchy, counts, own)
+        if method == "vector":
+            _warn_missing_classes(hierarchy, own, y[sample], unit, num_classes)
 
         rows = own[unit]
         if method == "isotonic":
@@ -294,16 +341,23 @@ class GroupFairnessCalibrator(BaseEstimator):
             bx, by, length = pad_breakpoints(group_maps)
             self.maps_ = {"x": bx, "y": by, "length": length}
         else:
-            feature = torch.logit(x.clamp(self.eps, 1 - self.eps)) if method == "platt" else x
-            a, b, self.n_iter_ = fit_logistic(
-                feature[sample][rows],
-                y[sample][rows],
-                unit[rows],
-                num_units,
-                fit_bias=method == "platt" or self.temperature_bias,
-                max_iter=self.max_iter,
-                tol=self.tol,
-            )
+            if num_classes is None:
+                feature = torch.logit(x.clamp(self.eps, 1 - self.eps)) if method == "platt" else x
+                a, b, self.n_iter_ = fit_logistic(
+                    feature[sample][rows],
+                    y[sample][rows],
+                    unit[rows],
+                    num_units,
+                    fit_bias=method == "platt" or self.temperature_bias,
+                    max_iter=self.max_iter,
+                    tol=self.tol,
+                )
+            else:
+                scaling = "temperature_bias" if method == "temperature" and self.temperature_bias else method
+                a, b, self.n_iter_ = fit_softmax_scaling(
+                    x[sample][rows], y[sample][rows], unit[rows], num_units, scaling=scaling,
+                    max_iter=self.max_iter, tol=self.tol,
+                )
             if method == "temperature":
                 a = self._clip_inverse_temperature(a, own, hierarchy.names)
             params = {u: torch.stack((a[u], b[u])) for u in torch.nonzero(own).flatten().tolist()}
@@ -312,6 +366,7 @@ class GroupFairnessCalibrator(BaseEstimator):
             self.maps_ = {"coef": stacked[:, 0].clone(), "intercept": stacked[:, 1].clone()}
 
         self.num_groups_ = num_groups
+        self.num_classes_ = num_classes
         self.group_names_ = list(names)
         self.group_spec_ = spec
         group_counts = counts[hierarchy.group_offset : hierarchy.group_offset + num_groups]
@@ -319,11 +374,14 @@ class GroupFairnessCalibrator(BaseEstimator):
         self._report = _group_report(hierarchy, counts, own, parent, self.shrinkage, self.min_group_size, num_groups, one_label)
         self.fallback_ = _fallbacks(self._report, names, group_counts)
 
-        before = torch.sigmoid(x) if method == "temperature" else x
+        if num_classes is not None:
+            before = torch.softmax(x, 1)
+        else:
+            before = torch.sigmoid(x) if method == "temperature" else x
         after = self._apply(x, g)
         self.calibration_error_ = {
-            "before": group_calibration_error(before, y, g, num_groups, n_bins=self.n_bins)["per_group"],
-            "after": group_calibration_error(after, y, g, num_groups, n_bins=self.n_bins)["per_group"],
+            "before": group_errors(before, y, g, num_groups, self.n_bins),
+            "after": group_errors(after, y, g, num_groups, self.n_bins),
         }
         return self
 
@@ -338,7 +396,8 @@ class GroupFairnessCalibrator(BaseEstimator):
         return max(int(tensor.max()) + 1, 1)
 
     def _clip_inverse_temperature(self, a: Tensor, own: Tensor, names: list[str]) -> Tensor:
-        bad = own & (a < MIN_INVERSE_TEMPERATURE)
+        low = a < MIN_INVERSE_TEMPERATURE
+        bad = own & (low.any(1) if low.ndim == 2 else low)
         if bad.any():
             which = [names[u] for u in torch.nonzero(bad).flatten().tolist()]
             _warn(
@@ -363,7 +422,8 @@ class GroupFairnessCalibrator(BaseEstimator):
         """Calibrated probabilities: each score through its group's map.
 
         Args:
-            scores: ``(N,)`` (or ``(N, 1)``) probabilities, or logits for ``"temperature"``.
+            scores: ``(N,)`` (or ``(N, 1)``) probabilities, or logits for ``"temperature"``;
+                ``(N, K)`` logits for a calibrator fitted on K-class logits.
             groups: ``(N,)`` group ids (or ``(N, A)`` codes with a spec); ``None`` applies the
                 global map to every score. Groups not seen at fit time get the global map and a
                 warning.
@@ -373,16 +433,24 @@ class GroupFairnessCalibrator(BaseEstimator):
 
         Raises:
             NotFittedError: before :meth:`fit`.
+            ValueError: ``scores`` not of the fit data's kind (one score per sample, or ``K``
+                logits).
         """
         self._check_fitted()
         shape = as_tensor(scores, "scores")[0].shape
-        x, was_tensor = self._check_scores(scores, self.method)
+        x, was_tensor, num_classes = self._check_scores(scores, self.method)
+        if num_classes != self.num_classes_:
+            fitted = "one score per sample, shape (N,)" if self.num_classes_ is None else f"shape (N, {self.num_classes_})"
+            raise ValueError(
+                f"`scores` must be like the data this calibrator was fitted on ({fitted}), got shape {tuple(shape)}"
+            )
         dtype, device = x.dtype, x.device
-        x = x.reshape(-1)
+        if num_classes is None:
+            x = x.reshape(-1)
         if groups is None:
-            g = torch.full(x.shape, self.num_groups_, dtype=torch.long)
+            g = torch.full(x.shape[:1], self.num_groups_, dtype=torch.long)
         else:
-            g = self._check_groups(groups, x.numel(), self.num_groups_, self.group_spec_)
+            g = self._check_groups(groups, x.shape[0], self.num_groups_, self.group_spec_)
             self._warn_unseen(g)
         out = self._apply(x.detach().to(device).double(), g.to(device))
         return restore_kind(out.to(dtype).reshape(shape), was_tensor)
@@ -408,23 +476,26 @@ class GroupFairnessCalibrator(BaseEstimator):
             return interpolate_rows(x, rows, maps["x"], maps["y"], maps["length"])
         if self.method == "platt":
             x = torch.logit(x.clamp(self.eps, 1 - self.eps))
-        return torch.sigmoid(maps["coef"][rows] * x + maps["intercept"][rows])
+        z = maps["coef"][rows] * x + maps["intercept"][rows]
+        return torch.sigmoid(z) if z.ndim == 1 else torch.softmax(z, 1)
 
     # --- inspection --------------------------------------------------------------------------
     @property
     def coef_(self) -> Tensor:
-        """``(G,)`` slopes ``a_g`` (``"platt"``, and ``1 / T_g`` for ``"temperature"``)."""
+        """``(G,)`` slopes ``a_g`` (``"platt"``, and ``1 / T_g`` for ``"temperature"``); ``(G, K)``
+        per-class scales for K-class logits."""
         self._check_fitted()
         if self.method == "isotonic":
-            raise AttributeError("`coef_` is defined for method='platt' or 'temperature', not 'isotonic'")
+            raise AttributeError("`coef_` is defined for method='platt', 'temperature' or 'vector', not 'isotonic'")
         return self.maps_["coef"][:-1]
 
     @property
     def intercept_(self) -> Tensor:
-        """``(G,)`` intercepts ``b_g`` (``"platt"``, ``"temperature"``)."""
+        """``(G,)`` intercepts ``b_g`` (``"platt"``, ``"temperature"``); ``(G, K)`` per-class biases
+        for K-class logits."""
         self._check_fitted()
         if self.method == "isotonic":
-            raise AttributeError("`intercept_` is defined for method='platt' or 'temperature', not 'isotonic'")
+            raise AttributeError("`intercept_` is defined for method='platt', 'temperature' or 'vector', not 'isotonic'")
         return self.maps_["intercept"][:-1]
 
     @property
@@ -433,7 +504,8 @@ class GroupFairnessCalibrator(BaseEstimator):
         self._check_fitted()
         if self.method != "temperature":
             raise AttributeError(f"`temperature_` is defined for method='temperature', not {self.method!r}")
-        return 1.0 / self.maps_["coef"][:-1]
+        coef = self.maps_["coef"][:-1]
+        return 1.0 / (coef if coef.ndim == 1 else coef[:, 0])
 
     def breakpoints(self, group: int | None = None) -> tuple[Tensor, Tensor]:
         """The isotonic map ``(X, Y)`` of ``group`` (``None``: the global map)."""
@@ -481,7 +553,8 @@ class GroupFairnessCalibrator(BaseEstimator):
         self._check_fitted()
         spec = self.group_spec_
         return {
-            "version": STATE_VERSION,
+            "version": 1 if self.num_classes_ is None else 2,
+            "num_classes": self.num_classes_,
             "params": {
                 "method": self.method,
                 "num_groups": self.num_groups,
@@ -525,8 +598,15 @@ class GroupFairnessCalibrator(BaseEstimator):
         expected = ("x", "y", "length") if self.method == "isotonic" else ("coef", "intercept")
         if sorted(maps) != sorted(expected):
             raise ValueError(f"`state['maps']` for method={self.method!r} needs keys {list(expected)}, got {sorted(maps)}")
+        num_classes = None if maps.get("coef") is None or maps["coef"].ndim == 1 else int(maps["coef"].shape[1])
+        if (self.method == "vector" and num_classes is None) or state.get("num_classes", num_classes) != num_classes:
+            raise ValueError(
+                f"`state['maps']` do not match method={self.method!r} and num_classes={state.get('num_classes')!r}: "
+                f"got coef of shape {tuple(maps['coef'].shape)}"
+            )
         num_groups = int(state["num_groups"])
         self.maps_ = maps
+        self.num_classes_ = num_classes
         self.num_groups_ = num_groups
         self.group_spec_ = spec
         self.group_names_ = list(state.get("group_names", spec.names if spec else [f"group_{i}" for i in range(num_groups)]))
@@ -653,6 +733,29 @@ def _group_report(hierarchy, counts, own, parent, shrinkage, min_group_size, num
     return report
 
 
+def group_errors(probs: Tensor, labels: Tensor, groups: Tensor, num_groups: int, n_bins: int) -> Tensor:
+    """``(G,)`` per-group ECE (NaN for groups without samples): of the probabilities ``(N,)``, or
+    the classwise ECE of ``(N, K)`` class probabilities (the mean of the one-vs-rest ECEs)."""
+    if probs.ndim == 1:
+        return group_calibration_error(probs, labels, groups, num_groups, n_bins=n_bins)["per_group"]
+    sums = multiclass_calibration_sums(probs, labels, groups, num_groups, probs.shape[1], n_bins=n_bins)
+    return calibration_error_summary(multiclass_calibration_error_from_sums(*sums)["classwise"])["per_group"]
+
+
+def _warn_missing_classes(hierarchy: _Hierarchy, own: Tensor, labels: Tensor, unit: Tensor, num_classes: int) -> None:
+    """Warn about fit units with their own vector scaling that lack a class (its bias runs to the ridge's bound)."""
+    present = grouped_sum(torch.nn.functional.one_hot(labels, num_classes).double(), unit, len(hierarchy.names)) > 0
+    lacking = torch.nonzero(own & ~present.all(1)).flatten().tolist()
+    if lacking:
+        names = [hierarchy.names[u] for u in lacking]
+        _warn(
+            f"{len(names)} calibration unit(s) lack some class in the fit data: {names[:10]}"
+            f"{' ...' if len(names) > 10 else ''}; vector scaling gives such a class a near-zero probability there. "
+            "Raise `min_group_size`, use `shrinkage`, or method='temperature'.",
+            stacklevel=7,
+        )
+
+
 def _fallbacks(report: dict[str, list], names: list[str], counts: Tensor) -> dict[str, Fallback]:
     return {
         names[i]: Fallback(report["map"][i], report["source"][i], int(counts[i]), report["reason"][i])
@@ -661,4 +764,4 @@ def _fallbacks(report: dict[str, list], names: list[str], counts: Tensor) -> dic
     }
 
 
-__all__ = ["Fallback", "GroupFairnessCalibrator", "METHODS"]
+__all__ = ["Fallback", "GroupFairnessCalibrator", "METHODS", "MULTICLASS_METHODS"]

@@ -30,7 +30,10 @@ def restore_kind(out: Tensor, was_tensor: bool) -> Tensor | np.ndarray:
 
 def check_finite(x: Tensor, name: str) -> None:
     if x.numel() and not torch.isfinite(x).all():
-        raise ValueError(f"`{name}` must be finite, got {int((~torch.isfinite(x)).sum())} infinite value(s)")
+        nan = int(torch.isnan(x).sum())
+        raise ValueError(
+            f"`{name}` must be finite, got {nan} NaN and {int((~torch.isfinite(x)).sum()) - nan} infinite value(s)"
+        )
 
 
 def check_in_unit_interval(x: Tensor, name: str, hint: str = "") -> None:
