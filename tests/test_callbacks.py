@@ -272,7 +272,7 @@ def test_dashboard_without_tensorboard_is_a_noop_that_warns_once(tmp_path, logge
 
 # --- arguments -----------------------------------------------------------------------------------
 def test_bad_arguments_are_refused_early():
-    with pytest.raises(ValueError, match=r"`method` must be one of \['platt', 'isotonic', 'temperature'\], got 'beta'"):
+    with pytest.raises(ValueError, match=r"`method` must be one of \['platt', 'isotonic', 'temperature', 'vector'\], got 'beta'"):
         GroupCalibrationCallback("beta")
     with pytest.raises(ValueError, match=r"`when` must be one of \['fit_end', 'validation_epoch_end'\], got 'never'"):
         GroupCalibrationCallback(when="never")

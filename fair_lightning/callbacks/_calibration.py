@@ -14,9 +14,10 @@ from torch import Tensor
 from typing_extensions import override
 
 from fair_lightning.callbacks._outputs import ValidationRows, evaluation_outputs, group_names, num_groups_of, reduce_sum
-from fair_lightning.calibration import METHODS, GroupFairnessCalibrator
+from fair_lightning.calibration import METHODS, MULTICLASS_METHODS, GroupFairnessCalibrator
 from fair_lightning.functional import Rate, calibration_error_from_sums, calibration_sums
 from fair_lightning.functional._calibration import calibration_error_summary
+from fair_lightning.functional._multiclass import multiclass_calibration_sums
 from fair_lightning.groups import GroupSpec
 
 #: When the calibrator is fitted.
@@ -31,6 +32,11 @@ class GroupCalibrationCallback(Callback):
 
     During validation the callback keeps each batch's scores, labels and groups: probabilities
     ``sigmoid(logits)`` for ``"platt"`` and ``"isotonic"``, the logits for ``"temperature"``.
+    For a K-class module (``pl_module.num_classes = K``) it keeps the ``(N, K)`` logits and
+    fits ``"temperature"`` (one temperature per group) or ``"vector"`` (vector scaling: a scale
+    and a bias per group and class); ``predict`` then returns calibrated ``(N, K)``
+    probabilities, and the logged ECE is the classwise ECE (mean over classes of the one-vs-rest
+    ECE).
     It reads the logits from the validation step's output when that is a mapping with a
     ``"logits"`` key, and otherwise runs one forward pass without gradients on the batch
     (``pl_module.unpack_batch(batch)``); no second pass over the data loader. Only the first
@@ -71,13 +77,14 @@ class GroupCalibrationCallback(Callback):
     trainer's datamodule (``TabularDataModule``) is used when it has that many groups, which
     enables the calibrator's fallback of small intersections to their marginal parents.
 
-    With ``method="temperature"``, ``FairLightningModule.predict_step`` hands the calibrator the
-    logits; with the other methods, the probabilities.
+    With ``method="temperature"`` (and always for K classes), ``FairLightningModule.predict_step``
+    hands the calibrator the logits; with the other methods, the probabilities.
 
     Nothing happens during the sanity check.
 
     Args:
-        method: ``"platt"``, ``"isotonic"`` or ``"temperature"``.
+        method: ``"platt"``, ``"isotonic"`` or ``"temperature"``; ``"temperature"`` or ``"vector"``
+            for a K-class module.
         when: ``"fit_end"`` or ``"validation_epoch_end"`` (see above).
         min_group_size: groups with fewer validation samples use their parent's map.
         n_bins: equal-width bins of the expected calibration error.
@@ -89,7 +96,8 @@ class GroupCalibrationCallback(Callback):
 
     Raises:
         ValueError: an unknown ``method`` or ``when`` (the valid values are listed), or an
-            invalid calibrator argument.
+            invalid calibrator argument; at set-up, a ``method`` that does not fit the module's
+            outputs (``"platt"``/``"isotonic"`` for K classes, ``"vector"`` for one logit).
         TypeError: an unknown keyword argument.
 
     Example:
@@ -125,7 +133,7 @@ class GroupCalibrationCallback(Callback):
         self.calibrator_kwargs = dict(calibrator_kwargs)
         GroupFairnessCalibrator(**self._calibrator_params())._check_params()  # bad values fail now, not after training
         self.calibrator: GroupFairnessCalibrator | None = None
-        self._rows = ValidationRows()
+        self._rows = ValidationRows(multiclass=True)
         self._test_sums: Tensor | None = None
         self._restored = self._dropped = False
         self._attached: Any = None
@@ -153,7 +161,7 @@ class GroupCalibrationCallback(Callback):
     @property
     def prediction_calibrator(self) -> Any:
         """What ``pl_module.prediction_calibrator`` is set to: the fitted calibrator (``predict_step``
-        feeds it logits for ``"temperature"``, probabilities otherwise)."""
+        feeds it logits for ``"temperature"`` and K classes, probabilities otherwise)."""
         return self.calibrator
 
     def _attach(self, pl_module: pl.LightningModule) -> None:
@@ -184,7 +192,7 @@ class GroupCalibrationCallback(Callback):
     def _fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor] | None:
         num_groups = num_groups_of(pl_module)
         device = pl_module.device
-        rows = self._rows.gather(trainer, device)
+        rows = self._rows.gather(trainer, device, num_scores=getattr(pl_module, "num_classes", None) or 1)
         if rows.shape[0] == 0:
             rank_zero_warn(
                 "GroupCalibrationCallback saw no validation data (no validation run, or `limit_val_batches=0`): "
@@ -193,10 +201,11 @@ class GroupCalibrationCallback(Callback):
             )
             return None
         with torch.inference_mode(False):
-            rows = rows.detach().cpu().clone()
-            scores = rows[:, 0] if self.method == "temperature" else torch.sigmoid(rows[:, 0])
+            scores, target, groups = ValidationRows.split(rows.detach().cpu().clone())
+            if scores.ndim == 1 and self.method != "temperature":
+                scores = torch.sigmoid(scores)
             params = self._calibrator_params(num_groups, self._datamodule_spec(trainer, num_groups))
-            self.calibrator = GroupFairnessCalibrator(**params).fit(scores, rows[:, 1], rows[:, 2].long())
+            self.calibrator = GroupFairnessCalibrator(**params).fit(scores, target, groups)
         self._attach(pl_module)
         names = group_names(pl_module, num_groups)
         errors = self.calibrator.calibration_error_
@@ -206,6 +215,7 @@ class GroupCalibrationCallback(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         num_groups = num_groups_of(pl_module)
+        self._check_method_fits(pl_module)
         spec = self.calibrator_kwargs.get("group_spec")
         if spec is not None:
             spec_groups = (spec if isinstance(spec, GroupSpec) else GroupSpec(spec)).num_groups
@@ -215,6 +225,22 @@ class GroupCalibrationCallback(Callback):
                 )
         # set by `load_state_dict` when this run restores a checkpoint that holds a calibrator / dropped one
         self._restored = self._dropped = False
+
+    def _check_method_fits(self, pl_module: pl.LightningModule) -> None:
+        """``method`` against the module's outputs: K-class logits or one logit per sample."""
+        if not hasattr(pl_module, "num_classes"):
+            return  # a user's module: the calibrator checks the scores it gets
+        num_classes = pl_module.num_classes
+        if num_classes is not None and self.method not in MULTICLASS_METHODS:
+            raise ValueError(
+                f"`method`={self.method!r} calibrates one score per sample, but {type(pl_module).__name__} has "
+                f"num_classes={num_classes} (K-class logits): use method='temperature' or 'vector'"
+            )
+        if num_classes is None and self.method == "vector":
+            raise ValueError(
+                f"`method`='vector' calibrates K-class logits, but {type(pl_module).__name__} has num_classes=None "
+                "(one logit per sample): use method='temperature', 'platt' or 'isotonic'"
+            )
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -335,12 +361,14 @@ class GroupCalibrationCallback(Callback):
         if self.calibrator is None or dataloader_idx != 0:
             return
         logits, target, groups = evaluation_outputs(pl_module, outputs, batch)
-        before = torch.sigmoid(logits.double())
-        after = self.calibrator.transform(logits.double() if self.method == "temperature" else before, groups)
+        logits = logits.double()
+        if logits.ndim == 2:  # K classes: the calibrator takes the logits
+            before, after = torch.softmax(logits, 1), self.calibrator.transform(logits, groups)
+        else:
+            before = torch.sigmoid(logits)
+            after = self.calibrator.transform(logits if self.method == "temperature" else before, groups)
         num_groups = num_groups_of(pl_module)
-        sums = torch.stack(
-            [calibration_sums(p, target, groups, num_groups, n_bins=self.n_bins) for p in (before, after)]
-        )
+        sums = torch.stack([_classwise_sums(p, target, groups, num_groups, self.n_bins) for p in (before, after)])
         self._test_sums = sums if self._test_sums is None else self._test_sums + sums
 
     @override
@@ -355,9 +383,10 @@ class GroupCalibrationCallback(Callback):
         num_groups = num_groups_of(pl_module)
         sums = self._test_sums
         if sums is None:  # this rank saw no test batch; it still takes part in the reduction
-            sums = torch.zeros(2, num_groups, self.n_bins, 3, dtype=torch.float64, device=pl_module.device)
+            k = getattr(pl_module, "num_classes", None) or 1
+            sums = torch.zeros(2, num_groups, k, self.n_bins, 3, dtype=torch.float64, device=pl_module.device)
         sums = reduce_sum(trainer, sums)
-        before, after = (calibration_error_from_sums(s) for s in sums)
+        before, after = (_classwise_error(s) for s in sums)
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=sums.device)
         metrics = _ece_metrics(
             "calibration/test_ece_",
@@ -381,6 +410,20 @@ def _ece_metrics(prefix: str, names: list[str], before: Tensor, after: Tensor) -
         summary = calibration_error_summary(_as_rate(per_group))
         metrics[f"{prefix}{stage}_max"] = summary["max"]
     return metrics
+
+
+def _classwise_sums(probs: Tensor, target: Tensor, groups: Tensor, num_groups: int, n_bins: int) -> Tensor:
+    """``(G, K, n_bins, 3)`` one-vs-rest calibration sums of ``(N, K)`` probabilities; ``K = 1``
+    (the positive class) for ``(N,)`` probabilities."""
+    if probs.ndim == 1:
+        return calibration_sums(probs, target, groups, num_groups, n_bins=n_bins).unsqueeze(1)
+    return multiclass_calibration_sums(probs, target, groups, num_groups, probs.shape[1], n_bins=n_bins)[0]
+
+
+def _classwise_error(sums: Tensor) -> Rate:
+    """Per-group ECE from :func:`_classwise_sums`: the mean over classes of the one-vs-rest ECE."""
+    per_class = calibration_error_from_sums(sums)
+    return Rate(per_class.value.mean(-1), per_class.valid.all(-1))
 
 
 def _as_rate(per_group: Tensor) -> Rate:

@@ -11,7 +11,8 @@ from torch import Tensor
 
 
 def evaluation_outputs(pl_module: pl.LightningModule, outputs: Any, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
-    """``(logits, target, groups)`` of an evaluation batch, each flattened to ``(N,)``.
+    """``(logits, target, groups)`` of an evaluation batch, each flattened to ``(N,)`` (K-class
+    logits stay ``(N, K)``).
 
     When the step returned a mapping with ``"logits"`` (and, optionally, ``"target"`` and
     ``"groups"``), those are used: no extra computation. Otherwise the batch is split with
@@ -41,7 +42,10 @@ def evaluation_outputs(pl_module: pl.LightningModule, outputs: Any, batch: Any) 
                 logits = pl_module.forward(x)
     if target is None or groups is None:
         raise ValueError("evaluation batches must provide `target` and `groups` (see `FairLightningModule.unpack_batch`)")
-    return logits.detach().reshape(-1), target.detach().reshape(-1), groups.detach().reshape(-1).long()
+    logits = logits.detach()
+    if not (logits.ndim == 2 and logits.shape[1] > 1):
+        logits = logits.reshape(-1)
+    return logits, target.detach().reshape(-1), groups.detach().reshape(-1).long()
 
 
 def gather_rows(trainer: pl.Trainer, rows: Tensor) -> Tensor:
@@ -65,24 +69,48 @@ def gather_rows(trainer: pl.Trainer, rows: Tensor) -> Tensor:
 
 class ValidationRows:
     """``(score, target, group)`` rows of a validation run's batches, gathered across ranks on demand
-    (what the calibration, threshold and selection callbacks fit on)."""
+    (what the calibration, threshold and selection callbacks fit on).
 
-    def __init__(self) -> None:
+    Args:
+        multiclass: also accept ``(N, K)`` K-class scores, stored as ``K`` columns: rows are then
+            ``(scores..., target, group)`` (see :meth:`split`). Without it, K-class scores raise a
+            ``ValueError`` (the threshold and selection callbacks take one score per sample).
+    """
+
+    def __init__(self, multiclass: bool = False) -> None:
+        self.multiclass = multiclass
         self._rows: list[Tensor] = []
 
     def clear(self) -> None:
         self._rows = []
 
     def add(self, scores: Tensor, target: Tensor, groups: Tensor) -> None:
-        """Keep one batch: each argument flattened to ``(N,)``, stored as float64 columns."""
-        columns = (scores, target, groups)
-        self._rows.append(torch.stack([c.detach().reshape(-1).double() for c in columns], 1))
+        """Keep one batch: scores ``(N,)`` (or ``(N, K)`` with ``multiclass``), target and groups
+        flattened to ``(N,)``, stored as float64 columns."""
+        scores = scores.detach()
+        if scores.ndim == 2 and scores.shape[1] > 1:
+            if not self.multiclass:
+                raise ValueError(
+                    f"`scores` of shape {tuple(scores.shape)} are K-class scores; this callback takes one score per "
+                    "sample (a binary classifier)"
+                )
+        else:
+            scores = scores.reshape(-1, 1)
+        columns = (target.detach().reshape(-1, 1), groups.detach().reshape(-1, 1))
+        self._rows.append(torch.cat([c.double() for c in (scores, *columns)], 1))
 
-    def gather(self, trainer: pl.Trainer, device: torch.device) -> Tensor:
-        """Every rank's rows, ``(N, 3)`` float64 in rank order (the same on every rank); empties the buffer."""
-        rows = torch.cat(self._rows) if self._rows else torch.zeros(0, 3, dtype=torch.float64)
+    def gather(self, trainer: pl.Trainer, device: torch.device, num_scores: int = 1) -> Tensor:
+        """Every rank's rows, ``(N, S + 2)`` float64 in rank order (the same on every rank; ``S = 1``
+        score column, or ``K``); empties the buffer. ``num_scores``: ``S`` of a rank without rows."""
+        rows = torch.cat(self._rows) if self._rows else torch.zeros(0, num_scores + 2, dtype=torch.float64)
         self._rows = []
         return gather_rows(trainer, rows.to(device))
+
+    @staticmethod
+    def split(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(scores, target, groups)`` of gathered rows: scores ``(N,)`` or ``(N, K)``, groups long."""
+        scores = rows[:, :-2]
+        return scores[:, 0] if scores.shape[1] == 1 else scores, rows[:, -2], rows[:, -1].long()
 
 
 def reduce_sum(trainer: pl.Trainer, tensor: Tensor) -> Tensor:
