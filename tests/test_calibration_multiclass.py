@@ -287,3 +287,28 @@ def test_callback_refuses_a_method_that_does_not_fit_the_module(method, num_clas
     y = y if num_classes else (y > 0).float()
     with pytest.raises(ValueError, match=match):
         trainer.fit(module, DataLoader(TensorDataset(x, y, g), batch_size=20))
+
+
+# --- per-class reliability figure ----------------------------------------------------------------
+def test_classwise_reliability_figure_has_one_panel_per_class_and_one_legend():
+    from fair_lightning.callbacks import classwise_reliability_figure
+    from fair_lightning.callbacks._dashboard import render
+    from fair_lightning.functional import multiclass_calibration_sums
+
+    logits, labels, groups = _miscalibrated(3000, seed=12)
+    sums = multiclass_calibration_sums(torch.softmax(logits, 1), labels, groups, 3, K, n_bins=10)[0]
+    classes = ["cat", "dog", "bird", "fish"]
+    figure = classwise_reliability_figure(sums, ["a", "b", "c"], classes, title="val")
+    panels = [ax for ax in figure.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == classes
+    assert all(ax.get_legend() is None for ax in panels) and len(figure.legends) == 1
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["perfect", "a", "b", "c"]
+    assert all(len(ax.get_lines()) == 4 for ax in panels)  # the diagonal and one curve per group
+    assert render(figure).ndim == 3
+    ten = multiclass_calibration_sums(torch.softmax(torch.randn(500, 10), 1), torch.randint(0, 10, (500,)),
+                                      torch.zeros(500, dtype=torch.long), 1, 10, n_bins=10)[0]
+    assert sum(ax.get_visible() for ax in classwise_reliability_figure(ten, ["all"]).axes) == 10
+    with pytest.raises(ValueError, match=r"`sums` must be \(G, K, n_bins, 3\).*got shape \(3, 10, 3\)"):
+        classwise_reliability_figure(sums[:, 0], ["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"`class_names` must have 4 names"):
+        classwise_reliability_figure(sums, ["a", "b", "c"], ["x"])

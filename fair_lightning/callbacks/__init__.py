@@ -12,7 +12,8 @@
   violation on validation after each epoch, keeps weight snapshots and restores the best
   feasible one (else the least violating) at the end of fit; optional randomized mixture.
 * :class:`FairnessDashboard`: per-group rate bars and reliability diagrams in TensorBoard, and
-  the HParams table (``hp/...``) that lets the runs of a sweep be compared.
+  the HParams table (``hp/...``) that lets the runs of a sweep be compared;
+  :func:`classwise_reliability_figure` draws the per-class diagrams of K-class probabilities.
 
 The per-group scalars, constraint violations, Lagrange multipliers and the fairness/task
 gradient-norm ratio are logged by :class:`~fair_lightning.module.FairLightningModule` itself and
@@ -32,6 +33,7 @@ from fair_lightning.callbacks._thresholds import GroupThresholdCallback
 from fair_lightning.callbacks._dashboard import (
     DEFAULT_HP_METRICS,
     FairnessDashboard,
+    classwise_reliability_figure,
     group_rates_figure,
     reliability_figure,
 )
@@ -41,6 +43,7 @@ __all__ = [
     "DEFAULT_HP_METRICS",
     "WHEN",
     "FairnessDashboard",
+    "classwise_reliability_figure",
     "GroupCalibrationCallback",
     "GroupThresholdCallback",
     "group_rates_figure",

@@ -388,12 +388,76 @@ def reliability_figure(sums: Tensor, names: Sequence[str], *, title: str = "", a
     return figure
 
 
+def classwise_reliability_figure(
+    sums: Tensor,
+    names: Sequence[str],
+    class_names: Sequence[str] | None = None,
+    *,
+    title: str = "",
+    ncols: int | None = None,
+):
+    """Per-class (one-vs-rest) reliability diagrams of K-class probabilities, one curve per group.
+
+    A grid of small panels with shared axes, one per class (titled with the class name), each
+    drawn by :func:`reliability_figure`; each group's ECE for that class is written in the
+    panel's corner in the group's colour, and the legend (groups) is drawn once.
+
+    Args:
+        sums: ``(G, K, n_bins, 3)`` classwise calibration sums (the first of
+            :func:`fair_lightning.functional.multiclass_calibration_sums`).
+        names: group names.
+        class_names: class names (default ``class_0``, ...).
+        title: figure title.
+        ncols: panels per row (default: one row up to 4 classes, else ``ceil(sqrt(K))``, at
+            most 5).
+
+    Returns:
+        A matplotlib ``Figure``.
+    """
+    if sums.ndim != 4 or sums.shape[-1] != 3:
+        raise ValueError(f"`sums` must be (G, K, n_bins, 3) classwise calibration sums, got shape {tuple(sums.shape)}")
+    num_classes = sums.shape[1]
+    class_names = [f"class_{k}" for k in range(num_classes)] if class_names is None else [str(c) for c in class_names]
+    if len(class_names) != num_classes:
+        raise ValueError(f"`class_names` must have {num_classes} names (one per class), got {len(class_names)}")
+    ncols = ncols or (num_classes if num_classes <= 4 else min(5, math.ceil(math.sqrt(num_classes))))
+    nrows = math.ceil(num_classes / ncols)
+    figure = _figure(2.3 * ncols + 0.6, 2.3 * nrows + 1.3)
+    axes = figure.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+    ece = calibration_error_from_sums(sums)  # (G, K)
+    for k, ax in enumerate(axes[:num_classes]):
+        reliability_figure(sums[:, k], names, ax=ax)
+        ax.get_legend().remove()
+        ax.set(xlabel="mean probability", ylabel="fraction of the class")
+        ax.set_title(class_names[k], fontsize="medium")
+        curves = ax.get_lines()[1:]  # after the diagonal: the groups with samples, in order
+        seen = [g for g in range(len(names)) if bool(sums[g, k, :, 0].sum() > 0)]
+        for row, (g, line) in enumerate(zip(seen, curves)):
+            ax.text(0.97, 0.04 + 0.11 * (len(seen) - 1 - row), f"{float(ece.value[g, k]):.3f}", color=line.get_color(),
+                    transform=ax.transAxes, ha="right", va="bottom", fontsize="x-small",
+                    bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1})
+    for ax in axes[num_classes:]:
+        ax.set_visible(False)
+    for i, ax in enumerate(axes[:num_classes]):
+        ax.label_outer()
+        if i + ncols >= num_classes:  # no panel below: keep the x tick labels and label
+            ax.xaxis.set_tick_params(labelbottom=True)
+            ax.set_xlabel("mean probability", visible=True)
+    handles = axes[0].get_lines()
+    labels = ["perfect"] + [names[g] for g in range(len(names)) if bool(sums[g, 0, :, 0].sum() > 0)]
+    figure.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), max(2, ncols)), fontsize="small",
+                  title="group (ECE per class in each panel's corner)", title_fontsize="small")
+    figure.suptitle(f"Per-class reliability ({title})" if title else "Per-class reliability", fontsize="medium")
+    return figure
+
+
 __all__ = [
     "COMMON_HPARAMS",
     "DATA_HPARAMS",
     "DEFAULT_HP_METRICS",
     "method_hparams",
     "FairnessDashboard",
+    "classwise_reliability_figure",
     "group_rates_figure",
     "reliability_figure",
     "run_hparams",
