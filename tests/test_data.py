@@ -386,7 +386,7 @@ def test_unknown_sensitive_column_lists_the_available_ones():
         dm.setup()
     with pytest.raises(RuntimeError, match="setup"):
         TabularDataModule("german").num_features
-    assert sorted(DATASETS) == ["adult", "biased_lending", "census_kdd", "compas", "german"]
+    assert sorted(DATASETS) == ["adult", "biased_lending", "census_kdd", "compas", "german", "group_shift_classes", "group_shift_regression"]
 
 
 # --- DDP ------------------------------------------------------------------------------------------
