@@ -171,7 +171,7 @@ def test_unknown_data_set_fails_the_job_with_the_valid_names(tmp_path):
         run(cfg, tmp_path)
     record = run_job(cfg, tmp_path, overrides=["data.dataset=nope"])  # never raises
     assert record["status"] == "failed"
-    assert record["error"].startswith("ValueError: `dataset` must be one of ['adult', 'biased_lending', 'census_kdd', 'compas', 'german']")
+    assert record["error"].startswith("ValueError: `dataset` must be one of ['adult', 'biased_lending', 'census_kdd', 'compas', 'german', 'group_shift_classes', 'group_shift_regression']")
     assert "while instantiating `data`" in record["error"]
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["status"] == "failed" and "Traceback" in on_disk["traceback"]
@@ -199,7 +199,7 @@ def test_command_line_errors_are_one_readable_message(tmp_path):
     )
     output = missing.stdout + missing.stderr
     assert missing.returncode == 1, output
-    assert "job failed: ValueError: `dataset` must be one of ['adult', 'biased_lending', 'census_kdd', 'compas', 'german']" in output
+    assert "job failed: ValueError: `dataset` must be one of ['adult', 'biased_lending', 'census_kdd', 'compas', 'german', 'group_shift_classes', 'group_shift_regression']" in output
     assert "Traceback" not in output
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["status"] == "failed"
 
