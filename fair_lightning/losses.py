@@ -39,6 +39,7 @@ from fair_lightning.functional._multiclass import (
     soft_multiclass_group_sums,
 )
 from fair_lightning.functional._rates import DEFINITIONS, check_definition
+from fair_lightning.functional._regression import RegressionSums, regression_group_sums
 from fair_lightning.functional._checks import check_binary_target, check_groups, check_num_groups, check_scores
 from fair_lightning.groups import WEIGHT_SCHEMES, group_weights
 
@@ -109,9 +110,15 @@ def aggregate_gaps(gaps: GroupGaps, weights: Tensor, penalty: str = "abs", reduc
 def pairwise_gaps(sums: GroupSums, rates: Sequence[str], min_count: float = 1) -> GroupGaps:
     """Gaps between every pair of groups ``rate(g) - rate(h)``, ``g < h``: shape ``(C, G*(G-1)/2)``
     (``(C, ..., G*(G-1)/2)`` for sums with leading dimensions, such as ``(K, G)`` per class)."""
-    G = sums.count.shape[-1]
-    i, j = torch.triu_indices(G, G, offset=1, device=sums.count.device)
     num, den = sums.numerators_denominators(tuple(rates))
+    return pairwise_gaps_from_ratios(num, den, min_count)
+
+
+def pairwise_gaps_from_ratios(num: Tensor, den: Tensor, min_count: float = 1) -> GroupGaps:
+    """Gaps ``num[g]/den[g] - num[h]/den[h]`` between every pair of groups ``g < h`` along the last
+    axis, masked where either denominator is below ``min_count`` (or 0)."""
+    G = den.shape[-1]
+    i, j = torch.triu_indices(G, G, offset=1, device=den.device)
     rate = masked_divide(num, den)
     ok = rate.valid & (den >= min_count)
     valid = ok[..., i] & ok[..., j]
@@ -198,6 +205,8 @@ class FairnessLoss(nn.Module):
     requires_target: bool = False
     #: K classes: compare the class-pooled sums (one rate per group) instead of each class's
     pooled_classes: bool = False
+    #: the kind of model the loss is for: ``"classification"`` (logits) or ``"regression"``
+    task: str = "classification"
 
     def __init__(
         self,
@@ -382,6 +391,87 @@ class MutualInformationLoss(FairnessLoss):
         return (count / n * kl).sum()
 
 
+class RegressionDemographicParityLoss(FairnessLoss):
+    """Gaps between group mean predictions of a regression model (demographic parity in the mean).
+
+    ``preds`` are the model's continuous outputs, one per sample (no sigmoid). Each group's mean
+    prediction ``pred_g / count_g`` comes from the shared regression sums
+    (:func:`~fair_lightning.functional.regression_group_sums`, float64); the gaps (each group's
+    mean to the overall mean, or every pair with ``pairwise=True``) are divided by ``scale`` and
+    reduced as in :class:`FairnessLoss` (``penalty``, ``reduction``, ``weighting``,
+    ``group_weights``, ``min_count``). ``target`` is not used (it may be ``None``).
+
+    Args:
+        num_groups: number of groups.
+        penalty: ``"abs"`` or ``"squared"`` gaps.
+        reduction: ``"mean"`` or ``"max"`` over groups (or pairs).
+        pairwise: compare every pair of groups instead of each group with the overall mean.
+        weighting: ``"uniform"``, ``"proportional"`` or ``"sqrt"`` weights from batch group sizes.
+        group_weights: fixed ``(num_groups,)`` non-negative weights; overrides ``weighting``.
+        min_count: groups with fewer samples than this in the batch are masked.
+        scale: gaps are divided by this positive number (for instance the target's standard
+            deviation, so that ``eta`` means the same on every scale); ``None``: prediction units.
+        validate_args: check inputs on every call.
+
+    Example:
+        >>> import torch
+        >>> loss = RegressionDemographicParityLoss(2, pairwise=True)
+        >>> loss(torch.tensor([1.0, 2.0, 4.0, 4.0]), None, torch.tensor([0, 0, 1, 1]))
+        tensor(2.5000)
+    """
+
+    rates = ()
+    task = "regression"
+
+    def __init__(
+        self,
+        num_groups: int,
+        *,
+        penalty: Literal["abs", "squared"] = "abs",
+        reduction: Literal["mean", "max"] = "mean",
+        pairwise: bool = False,
+        weighting: Literal["uniform", "proportional", "sqrt"] = "uniform",
+        group_weights: Tensor | Sequence[float] | None = None,
+        min_count: float = 1,
+        scale: float | None = None,
+        validate_args: bool = True,
+    ) -> None:
+        super().__init__(
+            num_groups, penalty=penalty, reduction=reduction, pairwise=pairwise, weighting=weighting,
+            group_weights=group_weights, min_count=min_count, validate_args=validate_args,
+        )
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf")):
+            raise ValueError(f"`scale` must be a finite number > 0 or None, got {scale!r}")
+        self.scale = None if scale is None else float(scale)
+
+    def check_inputs(self, preds: Tensor, target: Tensor | None, groups: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Validate and flatten a batch of ``(N,)`` (or ``(N, 1)``) predictions."""
+        from fair_lightning.functional._regression import check_regression_inputs
+
+        return check_regression_inputs(preds, target, groups, self.num_groups)
+
+    def soft_sums(self, preds: Tensor, target: Tensor | None, groups: Tensor) -> RegressionSums:
+        """Per-group regression sums of the batch (differentiable in ``preds``, float64)."""
+        if self.validate_args:
+            preds, target, groups = self.check_inputs(preds, target, groups)
+        preds, groups = preds.reshape(-1), groups.reshape(-1)
+        return regression_group_sums(preds, torch.zeros_like(preds), groups, self.num_groups, validate_args=False)
+
+    def gaps(self, sums: RegressionSums) -> GroupGaps:
+        """Gaps of the group mean predictions, ``(1, G)`` (or ``(1, G*(G-1)/2)`` pairwise), over ``scale``."""
+        num, den = sums.pred[None], sums.count[None]
+        if self.scale is not None:
+            num = num / self.scale
+        fn = pairwise_gaps_from_ratios if self.pairwise else gaps_from_ratios
+        return fn(num, den, self.min_count)
+
+    def forward(self, preds: Tensor, target: Tensor | None, groups: Tensor) -> Tensor:
+        """The penalty of a batch, in the predictions' dtype: 0 when no gap is defined."""
+        sums = self.soft_sums(preds, target, groups)
+        value = aggregate_gaps(self.gaps(sums), self.weights(sums), self.penalty, self.reduction)
+        return value.to(preds.dtype) if preds.is_floating_point() else value.float()
+
+
 class BoundedGroupLoss(nn.Module):
     """Per-group loss above a bound, for regression (or any per-sample loss).
 
@@ -452,13 +542,18 @@ LOSSES: dict[str, type[FairnessLoss]] = {
     "accuracy_parity": AccuracyParityLoss,
     "mutual_information": MutualInformationLoss,
 }
+#: losses by name for regression models (one continuous prediction per sample)
+REGRESSION_LOSSES: dict[str, type[FairnessLoss]] = {
+    "regression_demographic_parity": RegressionDemographicParityLoss,
+}
 
 
 def make_fairness_loss(name: str, num_groups: int, **kwargs) -> FairnessLoss:
-    """Build a loss by name: one of ``LOSSES``."""
-    if name not in LOSSES:
-        raise ValueError(f"`fairness` must be one of {list(LOSSES)}, got {name!r}")
-    return LOSSES[name](num_groups, **kwargs)
+    """Build a loss by name: one of ``LOSSES`` (classification) or ``REGRESSION_LOSSES``."""
+    losses = {**LOSSES, **REGRESSION_LOSSES}
+    if name not in losses:
+        raise ValueError(f"`fairness` must be one of {list(losses)}, got {name!r}")
+    return losses[name](num_groups, **kwargs)
 
 
 class RegularizedLoss(NamedTuple):
@@ -513,6 +608,8 @@ __all__ = [
     "GroupGaps",
     "LOSSES",
     "MutualInformationLoss",
+    "REGRESSION_LOSSES",
+    "RegressionDemographicParityLoss",
     "RegularizedLoss",
     "AccuracyParityLoss",
     "aggregate_gaps",
@@ -523,5 +620,6 @@ __all__ = [
     "make_fairness_loss",
     "gaps_from_ratios",
     "pairwise_gaps",
+    "pairwise_gaps_from_ratios",
     "rate_gaps",
 ]

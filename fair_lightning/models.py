@@ -36,9 +36,10 @@ def _check_width(value: object, name: str) -> int:
 
 
 class MLP(nn.Sequential):
-    """A multilayer perceptron returning one logit per sample, shape ``(N, 1)``.
+    """A multilayer perceptron returning one logit (or prediction) per sample, shape ``(N, 1)``,
+    or ``(N, out_features)`` class logits.
 
-    ``Linear -> activation -> Dropout`` for every hidden width, then ``Linear(..., 1)``. It is an
+    ``Linear -> activation -> Dropout`` for every hidden width, then ``Linear(..., out_features)``. It is an
     ``nn.Sequential`` ending in ``nn.Linear``, so
     :meth:`~fair_lightning.module.FairLightningModule.forward_with_representation` hands an
     adversary the last hidden layer (``adversary_input="representation"``).
@@ -48,6 +49,8 @@ class MLP(nn.Sequential):
         hidden: widths of the hidden layers; ``()`` gives logistic regression.
         dropout: dropout probability after every hidden activation, in ``[0, 1)``.
         activation: ``"relu"``, ``"gelu"``, ``"tanh"``, ``"silu"`` or ``"leaky_relu"``.
+        out_features: width of the output: 1 (binary classification, regression) or ``K``
+            (K-class logits; the Hydra application passes the data set's ``num_classes``).
 
     Raises:
         ValueError: a width that is not an int >= 1, ``dropout`` outside ``[0, 1)``, or an
@@ -65,8 +68,10 @@ class MLP(nn.Sequential):
         hidden: Sequence[int] = (128, 128),
         dropout: float = 0.0,
         activation: str = "relu",
+        out_features: int = 1,
     ) -> None:
         in_features = _check_width(in_features, "in_features")
+        out_features = _check_width(out_features, "out_features")
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
             raise ValueError(f"`hidden` must be a sequence of ints, got {hidden!r}")
         widths = [_check_width(h, f"hidden[{i}]") for i, h in enumerate(hidden)]
@@ -81,7 +86,7 @@ class MLP(nn.Sequential):
             if dropout > 0:
                 layers.append(nn.Dropout(float(dropout)))
             width = h
-        layers.append(nn.Linear(width, 1))
+        layers.append(nn.Linear(width, out_features))
         super().__init__(*layers)
         self.in_features, self.hidden, self.dropout = in_features, tuple(widths), float(dropout)
 

@@ -1,5 +1,10 @@
 """``FairLightningModule``: the batteries-included shell around one fairness method.
 
+Tasks (``task``, torchmetrics' names): ``"binary"`` (one logit per sample), ``"multiclass"``
+(``(N, K)`` logits) and ``"regression"`` (one continuous prediction per sample: MSE task loss,
+regression group metrics, the methods ``erm``, ``penalty`` with
+``fairness="regression_demographic_parity"`` and ``bounded_group_loss``).
+
 The method (:mod:`fair_lightning.methods`) decides what is added to the task loss and what
 happens after each optimizer step; the module does the rest: manual optimization of the model
 (and of the method's own parameters, such as the adversary), the learning-rate schedulers the
@@ -39,12 +44,13 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassAccuracy, MulticlassAUROC
 
 from fair_lightning.functional import GroupSums
 from fair_lightning.functional._checks import check_binary_target, check_group_names, check_groups, check_num_groups
 from fair_lightning.functional._multiclass import check_class_names, check_class_target
+from fair_lightning.functional._regression import check_regression_inputs, check_regression_values
 from fair_lightning.functional._rates import DEFINITIONS
 from fair_lightning.functional._uncertainty import max_min_difference_interval, rate_fraction
 from fair_lightning.losses import (
@@ -58,6 +64,7 @@ from fair_lightning.methods import ERM, METHODS, FairnessMethod, make_method
 from fair_lightning.methods._base import check_number
 from fair_lightning.metrics import fairness_metrics
 from fair_lightning.metrics_multiclass import multiclass_fairness_metrics
+from fair_lightning.metrics_regression import regression_fairness_metrics
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -67,10 +74,14 @@ OptimizerFactory = Callable[[Iterable[Tensor]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 #: share of validation samples in one class above which the end of fit warns of a near-constant model
 CONSTANT_SHARE = 0.99
+#: regression: validation prediction std below this share of the target's std warns of a near-constant model
+CONSTANT_STD = 0.01
+#: the tasks a module trains (torchmetrics' names)
+TASKS = ("binary", "multiclass", "regression")
 
 
 class FairLightningModule(pl.LightningModule):
-    """A LightningModule that trains a binary or K-class classifier fair by design.
+    """A LightningModule that trains a binary or K-class classifier, or a regression model, fair by design.
 
     Args:
         model: any ``nn.Module`` mapping the features to one logit per sample (``(N,)`` or
@@ -84,6 +95,21 @@ class FairLightningModule(pl.LightningModule):
             softmax probabilities. Left unset, it is read from a model that is an
             ``nn.Sequential`` ending in an ``nn.Linear`` with more than one output.
         class_names: names of the classes in logged keys (default ``class_0``, ...).
+        task: ``"binary"``, ``"multiclass"`` or ``"regression"``; ``None`` (default) infers
+            binary or multiclass from ``num_classes``. ``"regression"``: the model returns one
+            continuous prediction per sample (``(N,)`` or ``(N, 1)``), the task loss is the mean
+            squared error, the method must be a regression one (``"erm"``, ``"penalty"`` with
+            ``fairness="regression_demographic_parity"``, ``"bounded_group_loss"``), validation
+            and test log ``val/mse``, ``val/mae``, ``val/loss``, ``val/dp_difference`` (largest
+            minus smallest group mean prediction), ``val/mse_difference``, ``val/cdf_gap``
+            (largest gap between groups' prediction CDFs, on ``value_range``) and per-group
+            ``val/mean_prediction/<group>``, ``val/mean_squared_error/<group>``, ...; no accuracy
+            or AUROC, no group thresholds or calibrator, and ``predict_step`` returns the ``(N,)``
+            predictions.
+        value_range: regression only: ``(low, high)`` of the 100 equal bins on which
+            ``val/cdf_gap`` compares the groups' prediction CDFs. Default: the training targets'
+            range widened by 5% on each side when the data module has ``train_tensors`` (as
+            :class:`~fair_lightning.data.TabularDataModule`), else ``(0, 1)`` with a warning.
         num_groups: number of (possibly intersectional) groups; ids in ``[0, num_groups)``.
         mode: the fairness method: a registered name (``"erm"``, ``"penalty"``,
             ``"lagrangian"``, ``"adversarial"``) or a :class:`~fair_lightning.methods.FairnessMethod`.
@@ -111,6 +137,8 @@ class FairLightningModule(pl.LightningModule):
         num_groups: int,
         num_classes: int | None = None,
         class_names: Sequence[str] | None = None,
+        task: str | None = None,
+        value_range: tuple[float, float] | None = None,
         mode: str | FairnessMethod = "erm",
         method_args: Mapping[str, Any] | None = None,
         group_names: Sequence[str] | None = None,
@@ -138,11 +166,31 @@ class FairLightningModule(pl.LightningModule):
         self.save_hyperparameters(ignore=ignore)
         self.num_groups = check_num_groups(num_groups)
         self.group_names = check_group_names(group_names, num_groups)
-        if num_classes is None:
-            num_classes = _infer_num_classes(model)
-        if num_classes is None and isinstance(mode, FairnessMethod):
-            num_classes = getattr(mode, "num_classes", None)
+        if task is not None and task not in TASKS:
+            raise ValueError(f"`task` must be one of {list(TASKS)} or None, got {task!r}")
+        if task == "regression":
+            if num_classes is not None:
+                raise ValueError(f"`num_classes` does not apply to task='regression' (one prediction per sample), got {num_classes!r}")
+        else:
+            if num_classes is None and task != "binary":
+                num_classes = _infer_num_classes(model)
+            if num_classes is None and isinstance(mode, FairnessMethod):
+                num_classes = getattr(mode, "num_classes", None)
         self.num_classes = check_num_classes_arg(num_classes)
+        if task == "binary" and self.num_classes is not None:
+            raise ValueError(f"task='binary' takes one logit per sample, got num_classes={self.num_classes}; use task='multiclass'")
+        if task == "multiclass" and self.num_classes is None:
+            raise ValueError("task='multiclass' needs `num_classes` (K class logits), got None")
+        #: ``"binary"``, ``"multiclass"`` or ``"regression"``
+        self.task = task or ("binary" if self.num_classes is None else "multiclass")
+        if value_range is not None:
+            if self.task != "regression":
+                raise ValueError(f"`value_range` applies to task='regression' only, got value_range={value_range!r}")
+            low, high = (check_number(v, "value_range") for v in value_range)
+            if not high > low:
+                raise ValueError(f"`value_range` must be (low, high) with high > low, got {value_range!r}")
+            value_range = (low, high)
+        self._value_range = value_range
         if class_names is not None and self.num_classes is None:
             raise ValueError(f"`class_names` needs `num_classes` (K-class logits), got class_names={class_names!r}")
         self.class_names = check_class_names(class_names, self.num_classes) if self.num_classes else None
@@ -166,8 +214,8 @@ class FairLightningModule(pl.LightningModule):
 
         context: dict[str, Any] = {"num_groups": num_groups, "group_names": self.group_names, "threshold": self.threshold}
         context["num_classes"] = self.num_classes
-        if self.num_classes is not None:
-            context.pop("threshold")  # K classes: hard predictions are the argmax
+        if self.num_classes is not None or self.task == "regression":
+            context.pop("threshold")  # K classes: hard predictions are the argmax; regression: none
             context["class_names"] = self.class_names
         if (
             mode == "adversarial" and kwargs.get("adversary_input") == "representation"
@@ -177,6 +225,7 @@ class FairLightningModule(pl.LightningModule):
         self.method: FairnessMethod = make_method(mode, context, **kwargs)
         self.method.validate_args = False  # the module checks each batch itself
         self.mode = self.method.name or type(self.method).__name__
+        self._check_method_task()
 
         # manual optimization: the model's and the method's optimizers, clipping, schedulers and the
         # method's update after each step are ours. A subclass's own training_step keeps working:
@@ -185,7 +234,15 @@ class FairLightningModule(pl.LightningModule):
         self._user_step_depth = 0
         self._fair_step_ran = False
 
-        if self.num_classes is None:
+        self.val_mse = self.test_mse = self.val_mae = self.test_mae = None
+        if self.task == "regression":
+            self.val_metrics = regression_fairness_metrics(
+                num_groups, group_names=self.group_names, value_range=value_range or (0.0, 1.0), prefix="val/"
+            )
+            self.val_mse, self.test_mse = MeanSquaredError(), MeanSquaredError()
+            self.val_mae, self.test_mae = MeanAbsoluteError(), MeanAbsoluteError()
+            self.val_accuracy = self.test_accuracy = self.val_auroc = self.test_auroc = None
+        elif self.num_classes is None:
             self.val_metrics = fairness_metrics(num_groups, group_names=self.group_names, from_logits=True, threshold=self.threshold, prefix="val/")
             self.val_accuracy, self.test_accuracy = BinaryAccuracy(threshold=self.threshold), BinaryAccuracy(threshold=self.threshold)
             self.val_auroc, self.test_auroc = BinaryAUROC(), BinaryAUROC()
@@ -202,15 +259,71 @@ class FairLightningModule(pl.LightningModule):
         #: the latest per-step diagnostics (violations, multipliers, grad-norm ratio, eta), also
         #: written to the loggers every ``log_every_n_steps``
         self.last_detail_metrics: dict[str, float] = {}
-        #: optional object with ``transform(probs, groups)`` applied by ``predict_step``
-        #: (set by :class:`~fair_lightning.callbacks.GroupCalibrationCallback`; in the checkpoint).
-        self.prediction_calibrator: Any = None
-        #: optional group thresholds (``apply(probs, groups) -> 0/1``): ``predict_step`` returns their
-        #: decisions and the test metrics are theirs (set by
-        #: :class:`~fair_lightning.callbacks.GroupThresholdCallback` or ``ConstrainedModelSelection(thresholds=True)``).
-        self.prediction_thresholds: Any = None
+        self.prediction_calibrator = None  # see the properties below
+        self.prediction_thresholds = None
         self._epoch_sums: dict[str, Tensor] = {}
         self._val_selection_share: float | None = None
+        # regression: validation [count, sum, sum of squares] of predictions and targets (the
+        # end-of-fit check for a constant model), summed across ranks at the epoch's end
+        self._val_moments = torch.zeros(5, dtype=torch.float64)
+        self._val_prediction_std: tuple[float, float] | None = None
+
+    def _check_method_task(self) -> None:
+        """A regression method on a regression module, a classification method on a classifier."""
+        if isinstance(self.method, ERM):
+            return
+        method_task = getattr(self.method, "task", "binary")
+        if (method_task == "regression") == (self.task == "regression"):
+            return
+        what = type(self.method).__name__
+        definition = getattr(self.method, "fairness", None) or getattr(self.method, "user_constraints", None)
+        if isinstance(definition, (list, tuple)):
+            definition = [getattr(c, "label", c) for c in definition]
+        detail = f", fairness definition {definition!r}" if definition is not None else ""
+        if self.task == "regression":
+            raise ValueError(
+                f"mode={self.mode!r} ({what}{detail}) is for classifiers, but task='regression'; a regression module "
+                "takes mode='erm', mode='penalty' with fairness='regression_demographic_parity', or "
+                "mode='bounded_group_loss'"
+            )
+        raise ValueError(
+            f"mode={self.mode!r} ({what}{detail}) is for regression models (one continuous prediction per "
+            f"sample), but the module's task is {self.task!r}; pass task='regression'"
+        )
+
+    # ------------------------------------------------------------------ post-processing (classifiers)
+    @property
+    def prediction_calibrator(self) -> Any:
+        """Optional object with ``transform(probs, groups)`` applied by ``predict_step``
+        (set by :class:`~fair_lightning.callbacks.GroupCalibrationCallback`; in the checkpoint).
+        Classifiers only."""
+        return self.__dict__.get("_prediction_calibrator")
+
+    @prediction_calibrator.setter
+    def prediction_calibrator(self, value: Any) -> None:
+        if value is not None and self.task == "regression":
+            raise ValueError(
+                "a group calibrator (`prediction_calibrator`) is for classifiers' probabilities; this module has "
+                "task='regression' (remove GroupCalibrationCallback from the trainer's callbacks)"
+            )
+        self.__dict__["_prediction_calibrator"] = value
+
+    @property
+    def prediction_thresholds(self) -> Any:
+        """Optional group thresholds (``apply(probs, groups) -> 0/1``): ``predict_step`` returns
+        their decisions and the test metrics are theirs (set by
+        :class:`~fair_lightning.callbacks.GroupThresholdCallback` or
+        ``ConstrainedModelSelection(thresholds=True)``). Binary classifiers only."""
+        return self.__dict__.get("_prediction_thresholds")
+
+    @prediction_thresholds.setter
+    def prediction_thresholds(self, value: Any) -> None:
+        if value is not None and self.task == "regression":
+            raise ValueError(
+                "group thresholds (`prediction_thresholds`) turn a binary classifier's probabilities into decisions; "
+                "this module has task='regression' (remove GroupThresholdCallback and selection thresholds)"
+            )
+        self.__dict__["_prediction_thresholds"] = value
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Wrap a subclass's own ``training_step`` so that the loss it returns is optimized (under
@@ -269,7 +382,10 @@ class FairLightningModule(pl.LightningModule):
         )
 
     def task_loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        """The task loss; binary cross-entropy on logits by default (cross-entropy for K classes)."""
+        """The task loss; binary cross-entropy on logits by default (cross-entropy for K classes,
+        mean squared error for regression)."""
+        if self.task == "regression":
+            return torch.nn.functional.mse_loss(logits.reshape(-1), target.reshape(-1).to(logits.dtype))
         if self.num_classes is not None:
             return cross_entropy_with_logits(logits, target)
         return binary_cross_entropy_with_logits(logits, target)
@@ -362,6 +478,13 @@ class FairLightningModule(pl.LightningModule):
         )
 
     def _check_batch(self, logits: Tensor, target: Tensor | None, groups: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        if self.task == "regression":
+            if target is None or groups is None:
+                raise ValueError("training and evaluation batches must provide `target` and `groups`; see `unpack_batch`")
+            if self.validate_args:
+                logits, target, groups = check_regression_inputs(logits, target, groups, self.num_groups)
+            preds = logits.reshape(-1)
+            return preds, target.reshape(-1).to(preds.dtype), groups.reshape(-1).long()
         k = self.num_classes
         logits = _check_logits(logits) if k is None else _check_class_logits(logits, k)
         if target is None or groups is None:
@@ -609,6 +732,8 @@ class FairLightningModule(pl.LightningModule):
         x, target, groups = self.unpack_batch(batch)
         logits, target, groups = self._check_batch(self._forward_checked(x), target, groups)
         loss = self.task_loss(logits, target)
+        if self.task == "regression":
+            return self._regression_eval_step(logits, target, groups, loss, stage)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         scores = logits
         thresholds = self.prediction_thresholds
@@ -630,7 +755,50 @@ class FairLightningModule(pl.LightningModule):
         # callbacks (calibration, dashboard, selection, thresholds) reuse these instead of a second forward pass
         return {"loss": loss, "logits": logits.detach(), "target": target, "groups": groups}
 
+    def _regression_eval_step(self, preds: Tensor, target: Tensor, groups: Tensor, loss: Tensor, stage: str) -> dict[str, Tensor]:
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        try:
+            metrics.update(preds, target, groups)
+        except RuntimeError as err:
+            self._explain_unchecked(err, groups)
+            raise
+        (self.val_mse if stage == "val" else self.test_mse).update(preds, target)
+        (self.val_mae if stage == "val" else self.test_mae).update(preds, target)
+        (self.val_loss if stage == "val" else self.test_loss).update(loss.detach(), weight=preds.shape[0])
+        if stage == "val":
+            p, y = preds.detach().double(), target.double()
+            moments = torch.stack((p.new_tensor(float(p.numel())), p.sum(), p.square().sum(), y.sum(), y.square().sum()))
+            if self._val_moments.device != moments.device:
+                self._val_moments = self._val_moments.to(moments.device)
+            self._val_moments += moments
+        return {"loss": loss, "logits": preds.detach(), "target": target, "groups": groups}
+
+    def _regression_eval_epoch_end(self, stage: str) -> None:
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        mse = self.val_mse if stage == "val" else self.test_mse
+        mae = self.val_mae if stage == "val" else self.test_mae
+        loss = self.val_loss if stage == "val" else self.test_loss
+        if mse.update_count == 0:
+            return  # a user's own evaluation step: it logs what it wants
+        values = {k: v.float() for k, v in metrics.compute().items()}
+        values[f"{stage}/mse"] = mse.compute()
+        values[f"{stage}/mae"] = mae.compute()
+        values[f"{stage}/loss"] = loss.compute()
+        if stage == "val":
+            n, sp, spp, sy, syy = self._reduce_sum(self._val_moments).tolist()
+            self._val_moments.zero_()
+            if n > 0:
+                def std(total: float, squares: float) -> float:
+                    return math.sqrt(max(squares / n - (total / n) ** 2, 0.0))
+
+                self._val_prediction_std = (std(sp, spp), std(sy, syy))
+        self.log_dict(values, prog_bar=False)
+        for m in (metrics, mse, mae, loss):
+            m.reset()
+
     def _eval_epoch_end(self, stage: str) -> None:
+        if self.task == "regression":
+            return self._regression_eval_epoch_end(stage)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         accuracy = self.val_accuracy if stage == "val" else self.test_accuracy
         auroc = self.val_auroc if stage == "val" else self.test_auroc
@@ -685,7 +853,60 @@ class FairLightningModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
+    def setup(self, stage: str) -> None:
+        """Regression: refuse the classifiers' callbacks; the bins of ``val/cdf_gap`` from the
+        training targets' range (unless ``value_range``)."""
+        if self.task != "regression":
+            return
+        self._refuse_classifier_callbacks()
+        if self._value_range is not None or getattr(self, "_edges_set", False):
+            return
+        self._edges_set = True
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        try:
+            target = datamodule.train_tensors[1] if datamodule is not None else None
+        except Exception:  # not set up, or another layout
+            target = None
+        if not isinstance(target, Tensor) or target.numel() == 0 or not bool(torch.isfinite(target).all()):
+            rank_zero_warn(
+                "FairLightningModule(task='regression'): `val/cdf_gap` compares the groups' prediction CDFs on 100 bins "
+                "over (0, 1); pass `value_range=(low, high)` for predictions on another scale"
+            )
+            return
+        low, high = float(target.min()), float(target.max())
+        pad = 0.05 * (high - low) if high > low else 1.0
+        edges = torch.linspace(low - pad, high + pad, self.val_metrics["cdf_gap"].bin_edges.numel(), dtype=torch.float64)
+        for metrics in (self.val_metrics, self.test_metrics):
+            metrics["cdf_gap"].bin_edges.copy_(edges.to(metrics["cdf_gap"].bin_edges.device))
+
+    def _refuse_classifier_callbacks(self) -> None:
+        from fair_lightning.callbacks import (
+            ConstrainedModelSelection,
+            FairnessDashboard,
+            GroupCalibrationCallback,
+            GroupThresholdCallback,
+        )
+
+        classifier_only = (GroupCalibrationCallback, GroupThresholdCallback, ConstrainedModelSelection, FairnessDashboard)
+        found = [type(cb).__name__ for cb in (self._trainer.callbacks if self._trainer is not None else ()) if isinstance(cb, classifier_only)]
+        if found:
+            raise ValueError(
+                f"the trainer's callbacks {found} work on classifiers' probabilities and labels; this module has "
+                "task='regression' (remove them; with the Hydra application use callbacks=none)"
+            )
+
     def on_fit_end(self) -> None:
+        if self.task == "regression":
+            if self._val_prediction_std is not None:
+                pred_std, target_std = self._val_prediction_std
+                if pred_std <= CONSTANT_STD * target_std or (target_std == 0 and pred_std < 1e-12):
+                    rank_zero_warn(
+                        f"the trained model's validation predictions have standard deviation {pred_std:.3g} (targets: "
+                        f"{target_std:.3g}): a (near-)constant regression model (mode={self.mode!r}). Its fairness "
+                        "metrics are trivially small; lower the learning rate or loosen the fairness strength, and "
+                        "compare with mode='erm'."
+                    )
+            return
         share = self._val_selection_share
         if isinstance(share, tuple):  # K classes: (most predicted class, its share)
             cls, share = share
@@ -708,8 +929,10 @@ class FairLightningModule(pl.LightningModule):
         """Probabilities of the positive class (calibrated per group when a calibrator is set), or,
         when group thresholds are set (:class:`~fair_lightning.callbacks.GroupThresholdCallback`),
         the 0/1 decisions they make. K classes: the ``(N, K)`` softmax probabilities (calibrated
-        per group by a K-class calibrator when one is set)."""
+        per group by a K-class calibrator when one is set). Regression: the ``(N,)`` predictions."""
         x, _, groups = self.unpack_batch(batch)
+        if self.task == "regression":
+            return check_regression_values(self(x), None, "preds").reshape(-1)
         if self.num_classes is not None:
             return self._predict_classes(_check_class_logits(self(x), self.num_classes), groups)
         logits = _check_logits(self(x))

@@ -14,9 +14,13 @@ A job (:func:`run`):
 
 1. seeds everything (``seed``);
 2. instantiates the data module (``data``) and calls ``setup("fit")``;
-3. builds the model (``model``) with ``in_features=datamodule.num_features`` and the
+3. builds the model (``model``) with ``in_features=datamodule.num_features`` (and
+   ``out_features=num_classes`` for a K-class data set) and the
    :class:`~fair_lightning.module.FairLightningModule` from ``module`` merged with ``fairness``
    (the method's ``mode`` and arguments), with ``num_groups`` and ``group_names`` of the data;
+   the ``task`` group (``task=binary``, ``multiclass``, ``regression``) sets ``module.task`` and
+   that task's default data, and a ``fairness`` option or data set that does not fit the task
+   stops the job with a message naming both (:func:`check_task`);
 4. builds loggers, callbacks and the ``Trainer``, fits, tests;
 5. returns a flat record: validation and test accuracy, AUROC, demographic-parity difference and
    ratio, equalized-odds difference (``val_accuracy``, ``test_dp_difference``, ...), per-group
@@ -84,6 +88,10 @@ SCALAR_METRICS = (
     "dp_difference_ci_high",
     "eo_difference_ci_low",
     "eo_difference_ci_high",
+    "mse",
+    "mae",
+    "mse_difference",
+    "cdf_gap",
 )
 #: Per-group metrics copied from ``<stage>/<name>/<group>`` to ``<stage>_<name>: {group: value}``.
 GROUP_METRICS = (
@@ -93,6 +101,8 @@ GROUP_METRICS = (
     "accuracy",
     "calibration_error",
     "count",
+    "mean_prediction",
+    "mean_squared_error",
 )
 #: Record keys that ``objective`` may name.
 OBJECTIVE_KEYS = tuple(f"{stage}_{name}" for stage in ("val", "test") for name in SCALAR_METRICS) + (
@@ -110,6 +120,48 @@ class Components(NamedTuple):
     model: Any
     module: Any
     trainer: Any
+
+
+# ---------------------------------------------------------------------------------- tasks
+#: the fairness methods (``mode``) each task takes; penalty's loss must fit the task as well
+TASK_MODES = {
+    "binary": ("erm", "penalty", "lagrangian", "adversarial"),
+    "multiclass": ("erm", "penalty", "lagrangian", "adversarial"),
+    "regression": ("erm", "penalty", "bounded_group_loss"),
+}
+
+
+def _config_task(cfg: DictConfig) -> str | None:
+    task = module_arguments(cfg).get("task")
+    return None if task is None else str(task)
+
+
+def check_task(cfg: DictConfig, datamodule: Any = None) -> None:
+    """Refuse a ``fairness`` option (or a data set) that does not fit ``task``, naming both.
+
+    Raises:
+        ValueError: for instance ``task=regression`` with ``fairness=lagrangian_dp``, or
+            ``task=binary`` with a regression data set.
+    """
+    from fair_lightning.losses import REGRESSION_LOSSES
+
+    task = _config_task(cfg)
+    fairness = _container(cfg.get("fairness")) or {}
+    mode = fairness.get("mode", "erm")
+    if task is not None and isinstance(mode, str) and mode in sum(TASK_MODES.values(), ()):
+        definition = fairness.get("fairness", "demographic_parity") if mode == "penalty" else None
+        regression_loss = isinstance(definition, str) and definition in REGRESSION_LOSSES
+        fits = mode in TASK_MODES.get(task, ()) and (mode != "penalty" or regression_loss == (task == "regression"))
+        if not fits:
+            chosen = f"mode={mode!r}" + (f", fairness={definition!r}" if definition is not None else "")
+            options = "erm, penalty_regression_dp, bounded_group_loss" if task == "regression" else (
+                "erm, penalty_dp, penalty_eo, mutual_information, lagrangian_dp, lagrangian_eo, adversarial"
+            )
+            raise ValueError(f"the fairness config ({chosen}) does not fit task={task}; task={task} takes fairness={options}")
+    data_task = getattr(datamodule, "task", None) if datamodule is not None else None
+    if data_task is not None and data_task != (task or data_task):
+        name = datamodule.hparams.get("dataset")
+        raise ValueError(f"data set {name!r} is a {data_task} data set, but task={task}; pass task={data_task}")
 
 
 # ---------------------------------------------------------------------------------- building
@@ -152,12 +204,18 @@ def build(cfg: DictConfig, output_dir: str | os.PathLike) -> Components:
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    check_task(cfg)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")  # plain containers: checkpoints load with weights_only
     datamodule.setup("fit")
-    model = hydra.utils.instantiate(cfg.model, in_features=datamodule.num_features)
+    check_task(cfg, datamodule)
+    # K classes: the model's output width and the module's num_classes come from the data set
+    num_classes = getattr(datamodule, "num_classes", None)
+    classes = {} if num_classes is None else {"out_features": num_classes}
+    model = hydra.utils.instantiate(cfg.model, in_features=datamodule.num_features, **classes)
     module_cfg = OmegaConf.create(module_arguments(cfg))
     module = hydra.utils.instantiate(module_cfg, _partial_=True)(
-        model=model, num_groups=datamodule.num_groups, group_names=list(datamodule.group_names)
+        model=model, num_groups=datamodule.num_groups, group_names=list(datamodule.group_names),
+        **({} if num_classes is None else {"num_classes": num_classes}),
     )
     loggers = _instantiate_named(cfg.get("logger"), "logger", save_dir=str(output_dir))
     callbacks = _instantiate_named(cfg.get("callbacks"), "callbacks")
@@ -294,6 +352,7 @@ def validate_config(cfg: DictConfig) -> None:
     arguments = module_arguments(cfg)
     where = {key: (f"fairness.{key}" if key in fairness else f"module.{key}") for key in arguments}
     _check_arguments(arguments, where, arguments.get("_target_"))
+    check_task(cfg)
 
 
 # ---------------------------------------------------------------------------------- metrics
@@ -365,7 +424,8 @@ def describe_method(fairness: Mapping[str, Any]) -> dict[str, Any]:
     """``mode``, the fairness definition, ``eta`` and ``tolerance`` of a ``fairness`` config.
 
     ``eta`` is reported for the modes that use it (``"penalty"``, ``"adversarial"``) and
-    ``tolerance`` for ``"lagrangian"``; the other is ``None``.
+    ``tolerance`` for ``"lagrangian"`` (for ``"bounded_group_loss"``: its ``bound``, with the
+    loss as the definition); the other is ``None``.
     """
     mode = fairness.get("mode", "erm")
     definition: Any = None
@@ -373,10 +433,14 @@ def describe_method(fairness: Mapping[str, Any]) -> dict[str, Any]:
         definition = fairness.get("constraints", "demographic_parity")
     elif mode in ("penalty", "adversarial"):
         definition = fairness.get("fairness", "demographic_parity")
+    elif mode == "bounded_group_loss":
+        definition = fairness.get("loss", "squared_error")
     if definition is not None and not isinstance(definition, str):  # a list of constraints, a loss object
         definition = json.dumps(_container(definition), default=str)
     eta = fairness.get("eta", 1.0) if mode in ("penalty", "adversarial") else None
     tolerance = fairness.get("tolerance", 0.01) if mode == "lagrangian" else None
+    if mode == "bounded_group_loss":
+        tolerance = fairness.get("bound")
     return {"mode": mode, "fairness": definition, "eta": _float(eta), "tolerance": _float(tolerance)}
 
 
@@ -605,6 +669,14 @@ def main(cfg: DictConfig) -> float | tuple[float, ...] | None:
         log.error("job failed: %s\n(traceback summary in %s)", record["error"], path)
         if hc.mode == RunMode.RUN:
             raise SystemExit(1)
+    elif record.get("test_mse") is not None:  # regression
+        shown = (record.get(k) for k in ("test_mse", "test_dp_difference", "test_mse_difference"))
+        log.info(
+            "test MSE %.4f, group mean-prediction difference %.4f, group MSE difference %.4f (fit %.1f s); wrote %s",
+            *(math.nan if v is None else v for v in shown),
+            record["fit_seconds"],
+            path,
+        )
     else:
         shown = (record.get(k) for k in ("test_accuracy", "test_dp_difference", "test_eo_difference"))
         log.info(
@@ -639,7 +711,9 @@ __all__ = [
     "METRICS_FILE",
     "OBJECTIVE_KEYS",
     "SCALAR_METRICS",
+    "TASK_MODES",
     "build",
+    "check_task",
     "describe_method",
     "finished_record",
     "fit_and_test",

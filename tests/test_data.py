@@ -362,7 +362,7 @@ def test_trainer_fit_one_epoch_with_the_datamodule():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"dataset": "mnist"}, r"`dataset` must be one of \['adult', 'biased_lending', 'census_kdd', 'compas', 'german'\] .*got 'mnist'"),
+        ({"dataset": "mnist"}, r"`dataset` must be one of \['adult', 'biased_lending', 'census_kdd', 'compas', 'german', 'group_shift_classes', 'group_shift_regression'\] .*got 'mnist'"),
         ({"val_fraction": 0.0}, r"`val_fraction` must be a number in \(0, 1\), got 0.0"),
         ({"val_fraction": 1}, r"`val_fraction` must be a number in \(0, 1\), got 1"),
         ({"val_fraction": -0.2}, r"`val_fraction` must be a number in \(0, 1\), got -0.2"),
@@ -386,7 +386,7 @@ def test_unknown_sensitive_column_lists_the_available_ones():
         dm.setup()
     with pytest.raises(RuntimeError, match="setup"):
         TabularDataModule("german").num_features
-    assert sorted(DATASETS) == ["adult", "biased_lending", "census_kdd", "compas", "german"]
+    assert sorted(DATASETS) == ["adult", "biased_lending", "census_kdd", "compas", "german", "group_shift_classes", "group_shift_regression"]
 
 
 # --- DDP ------------------------------------------------------------------------------------------

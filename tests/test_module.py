@@ -127,7 +127,7 @@ def test_logged_names_are_stable(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"mode": "fair"}, r"`mode` must be one of \['erm', 'penalty', 'lagrangian', 'adversarial'\] or a FairnessMethod, got 'fair'"),
+        ({"mode": "fair"}, r"`mode` must be one of \['erm', 'penalty', 'lagrangian', 'adversarial', 'bounded_group_loss'\] or a FairnessMethod, got 'fair'"),
         ({"mode": "penalty", "eta": -1.0}, "`eta` must be >= 0, got -1.0"),
         ({"mode": "adversarial", "eta": -1.0}, "`eta` must be >= 0, got -1.0"),
         ({"mode": "penalty", "eta": "1.0"}, r"`eta` must be a number >= 0, got '1.0' \(str\)"),

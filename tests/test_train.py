@@ -20,6 +20,7 @@ from fair_lightning.train import OBJECTIVE_KEYS, build, module_arguments, object
 
 CONF = Path(__file__).resolve().parents[1] / "fair_lightning" / "conf"
 FAIRNESS = ("erm", "penalty_dp", "penalty_eo", "mutual_information", "lagrangian_dp", "lagrangian_eo", "adversarial")
+REGRESSION_FAIRNESS = ("penalty_regression_dp", "bounded_group_loss")
 EXPERIMENTS = ("adult_sex", "adult_race", "compas_race", "german_age")
 # a small, fast job: 2,000 synthetic rows, 4 training batches, no logger
 TINY = ["data=biased_lending", "data.dataset_kwargs.n=2000", "trainer=fast", "logger=none"]
@@ -42,8 +43,9 @@ def _env():
 
 # ------------------------------------------------------------------------------------ configs
 def test_config_groups_have_the_documented_options():
-    assert _options("data") == ["adult", "biased_lending", "compas", "german"]
-    assert _options("fairness") == sorted(FAIRNESS)
+    assert _options("data") == ["adult", "biased_lending", "compas", "german", "group_shift_classes", "group_shift_regression"]
+    assert _options("fairness") == sorted(FAIRNESS + REGRESSION_FAIRNESS)
+    assert _options("task") == ["binary", "multiclass", "regression"]
     assert _options("experiment") == sorted(EXPERIMENTS)
     assert set(_options("trainer")) == {"default", "fast"}
     assert set(_options("logger")) == {"tensorboard", "csv", "none"}
@@ -86,6 +88,55 @@ def test_fairness_options_build_a_module(option, tmp_path):
     assert module_arguments(cfg)["lr"] == cfg.module.lr
 
 
+def test_default_task_is_binary_and_each_task_picks_offline_data():
+    assert _compose().module.task == "binary" and _compose().data.dataset == "adult"
+    regression = _compose(["task=regression"])
+    assert (regression.module.task, regression.data.dataset) == ("regression", "group_shift_regression")
+    assert list(regression.objective) == ["val_mse", "val_dp_difference"] and not regression.callbacks
+    multiclass = _compose(["task=multiclass"])
+    assert (multiclass.module.task, multiclass.data.dataset) == ("multiclass", "group_shift_classes")
+    assert _compose(["task=regression", "data=biased_lending"]).data.dataset == "biased_lending"  # the command line wins
+
+
+@pytest.mark.parametrize("option", REGRESSION_FAIRNESS + ("erm",))
+def test_regression_task_runs(option, tmp_path):
+    cfg = _compose(["task=regression", "data.dataset_kwargs.n=2000", "trainer=fast", "logger=none", f"fairness={option}"])
+    record = run(cfg, tmp_path)
+    assert record["status"] == "ok" and record["dataset"] == "group_shift_regression"
+    for key in ("val_mse", "test_mse", "test_mae", "test_dp_difference", "test_mse_difference", "test_cdf_gap"):
+        assert math.isfinite(record[key]), key
+    assert record["test_accuracy"] is None
+    assert set(record["test_mean_squared_error_by_group"]) == {"group=A", "group=B"}
+    if option == "bounded_group_loss":
+        assert (record["mode"], record["fairness"], record["tolerance"]) == ("bounded_group_loss", "squared_error", 1.2)
+    assert math.isfinite(objective_values(record, cfg.objective)[0])
+
+
+def test_multiclass_task_runs(tmp_path):
+    cfg = _compose(["task=multiclass", "data.dataset_kwargs.n=2000", "trainer=fast", "logger=none", "fairness=lagrangian_dp"])
+    parts = build(cfg, tmp_path)
+    assert parts.module.task == "multiclass" and parts.module.num_classes == 3 and parts.model[-1].out_features == 3
+    record = run(cfg, tmp_path)
+    assert record["status"] == "ok" and 0 < record["test_accuracy"] <= 1 and math.isfinite(record["test_dp_difference"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["task=regression", "fairness=lagrangian_dp"], "does not fit task=regression.*bounded_group_loss"),
+        (["task=regression", "fairness=penalty_dp"], "fairness='demographic_parity'.*does not fit task=regression"),
+        (["task=binary", "data=biased_lending", "fairness=bounded_group_loss"], "does not fit task=binary"),
+        (["task=multiclass", "fairness=penalty_regression_dp"], "does not fit task=multiclass"),
+        (["task=binary", "data=group_shift_regression"], "is a regression data set, but task=binary; pass task=regression"),
+        (["task=regression", "data=biased_lending"], "is a binary data set, but task=regression"),
+    ],
+)
+def test_task_and_fairness_or_data_that_do_not_fit_are_a_clear_error(overrides, match, tmp_path):
+    cfg = _compose(["trainer=fast", "logger=none", *overrides, "data.dataset_kwargs.n=2000"])
+    with pytest.raises(ValueError, match=match):
+        run(cfg, tmp_path)
+
+
 def test_launcher_configs():
     parallel = _compose(["hydra/launcher=parallel"], return_hydra_config=True).hydra.launcher
     assert parallel._target_ == "hydra_plugins.fair_lightning_launcher.ResilientLauncher" and parallel.n_jobs == 2
@@ -120,7 +171,7 @@ def test_unknown_data_set_fails_the_job_with_the_valid_names(tmp_path):
         run(cfg, tmp_path)
     record = run_job(cfg, tmp_path, overrides=["data.dataset=nope"])  # never raises
     assert record["status"] == "failed"
-    assert record["error"].startswith("ValueError: `dataset` must be one of ['adult', 'biased_lending', 'census_kdd', 'compas', 'german']")
+    assert record["error"].startswith("ValueError: `dataset` must be one of ['adult', 'biased_lending', 'census_kdd', 'compas', 'german', 'group_shift_classes', 'group_shift_regression']")
     assert "while instantiating `data`" in record["error"]
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["status"] == "failed" and "Traceback" in on_disk["traceback"]
@@ -148,7 +199,7 @@ def test_command_line_errors_are_one_readable_message(tmp_path):
     )
     output = missing.stdout + missing.stderr
     assert missing.returncode == 1, output
-    assert "job failed: ValueError: `dataset` must be one of ['adult', 'biased_lending', 'census_kdd', 'compas', 'german']" in output
+    assert "job failed: ValueError: `dataset` must be one of ['adult', 'biased_lending', 'census_kdd', 'compas', 'german', 'group_shift_classes', 'group_shift_regression']" in output
     assert "Traceback" not in output
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["status"] == "failed"
 

@@ -4,7 +4,9 @@
   seeded 60,000-row sample; ``source="download"`` for all rows): real data sets shipped with the
   package (gzip'd CSV in ``_bundled/``, see its ``PROVENANCE.md``); ``source="download"`` fetches
   the publisher's files instead (:func:`fetch_adult`, ...) and preprocesses them the same way.
-* :func:`make_biased_lending`: synthetic loan decisions with a tunable label bias.
+* :func:`make_biased_lending`: synthetic loan decisions with a tunable label bias;
+  :func:`make_group_shift_regression` and :func:`make_group_shift_classes`: a regression target
+  and K classes with a known group shift.
 * All of them return a :class:`TabularData` (frame + column roles).
 * :class:`TabularDataModule`: group ids, train-only preprocessing, stratified splits, and batches
   ``(x, y, groups)`` served a whole batch at a time from memory, DDP-ready.
@@ -34,7 +36,7 @@ from fair_lightning.data._datasets import (
     prepare_compas,
     prepare_german,
 )
-from fair_lightning.data._synthetic import make_biased_lending
+from fair_lightning.data._synthetic import make_biased_lending, make_group_shift_classes, make_group_shift_regression
 
 __all__ = [
     "DATASETS",
@@ -57,6 +59,8 @@ __all__ = [
     "load_compas",
     "load_german",
     "make_biased_lending",
+    "make_group_shift_classes",
+    "make_group_shift_regression",
     "prepare_adult",
     "prepare_census_kdd",
     "prepare_compas",

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 
 SPLIT_LEVELS = ("train", "test")
+#: what the target column holds: 0/1 labels, class indices ``0..K-1``, or continuous values
+TASKS = ("binary", "multiclass", "regression")
 
 
 def _as_names(value: str | Sequence[str], name: str) -> tuple[str, ...]:
@@ -34,8 +36,10 @@ class TabularData:
 
     Args:
         frame: one row per individual. The target column holds 0/1 integers (1 = favourable
-            outcome); sensitive columns are categorical (pandas ``category`` dtype).
-        target: name of the binary label column.
+            outcome) for ``task="binary"``, class indices ``0..K-1`` for ``"multiclass"``, finite
+            numbers for ``"regression"``; sensitive columns are categorical (pandas ``category``
+            dtype).
+        target: name of the label (or regression target) column.
         sensitive: names of the sensitive columns, the usual one first.
         numeric: names of the numeric feature columns.
         categorical: names of the categorical feature columns.
@@ -45,6 +49,7 @@ class TabularData:
             official split), or ``None`` where there is none.
         proxies: feature columns from which a sensitive column is computed exactly, e.g.
             German credit's ``{"age_group": ("age",)}``; they are dropped together with it.
+        task: ``"binary"`` (default), ``"multiclass"`` or ``"regression"``: what ``target`` holds.
 
     Example:
         >>> from fair_lightning.data import load_german
@@ -62,6 +67,7 @@ class TabularData:
     description: str = ""
     split: pd.Series | None = None
     proxies: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    task: str = "binary"
 
     def __post_init__(self) -> None:
         if not isinstance(self.frame, pd.DataFrame):
@@ -89,9 +95,22 @@ class TabularData:
             raise ValueError(f"columns {sorted(overlap)} are listed in both `numeric` and `categorical`")
         if self.target in self.numeric or self.target in self.categorical:
             raise ValueError(f"`target` {self.target!r} must not also be a feature column")
+        if self.task not in TASKS:
+            raise ValueError(f"`task` must be one of {list(TASKS)}, got {self.task!r}")
         labels = self.frame[self.target]
-        if labels.isna().any() or not labels.isin([0, 1]).all():
+        if self.task == "binary" and (labels.isna().any() or not labels.isin([0, 1]).all()):
             raise ValueError(f"`target` column {self.target!r} must hold only 0 and 1, got values {sorted(labels.unique())[:5]}")
+        if self.task == "multiclass":
+            values = pd.to_numeric(labels, errors="coerce")
+            if values.isna().any() or (values < 0).any() or (values != np.floor(values)).any() or values.nunique() < 2:
+                raise ValueError(
+                    f"`target` column {self.target!r} of a multiclass data set must hold class indices 0, 1, ... "
+                    f"(at least two classes), got values {sorted(labels.unique())[:5]}"
+                )
+        if self.task == "regression":
+            values = pd.to_numeric(labels, errors="coerce")
+            if not np.isfinite(values.to_numpy(dtype=np.float64)).all():
+                raise ValueError(f"`target` column {self.target!r} of a regression data set must hold finite numbers")
         if self.split is not None:
             split = pd.Series(self.split)
             if len(split) != len(self.frame):
@@ -117,8 +136,13 @@ class TabularData:
 
     @property
     def y(self) -> pd.Series:
-        """The 0/1 label."""
+        """The target: 0/1 labels, class indices or regression values (see ``task``)."""
         return self.frame[self.target]
+
+    @property
+    def num_classes(self) -> int | None:
+        """``K`` (the largest class index + 1) for a multiclass data set, else ``None``."""
+        return int(self.y.max()) + 1 if self.task == "multiclass" else None
 
     @property
     def sensitive_frame(self) -> pd.DataFrame:
@@ -146,12 +170,14 @@ class TabularData:
             description=self.description,
             split=None,
             proxies=self.proxies,
+            task=self.task,
         )
 
     def __repr__(self) -> str:
         split = "" if self.split is None else f", split={self.split.value_counts().to_dict()}"
         return (
-            f"TabularData(name={self.name!r}, rows={len(self.frame)}, target={self.target!r}, "
+            f"TabularData(name={self.name!r}, rows={len(self.frame)}, target={self.target!r}"
+            f"{'' if self.task == 'binary' else f', task={self.task!r}'}, "
             f"sensitive={list(self.sensitive)}, numeric={len(self.numeric)}, categorical={len(self.categorical)}{split})"
         )
 
@@ -165,4 +191,4 @@ def categorize(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     return frame
 
 
-__all__ = ["SPLIT_LEVELS", "TabularData", "categorize"]
+__all__ = ["SPLIT_LEVELS", "TASKS", "TabularData", "categorize"]

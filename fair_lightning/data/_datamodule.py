@@ -23,7 +23,7 @@ from fair_lightning.data._batching import (
 from fair_lightning.data._checks import check_finite_features, check_groups_in_splits, check_sensitive_levels
 from fair_lightning.data._container import TabularData
 from fair_lightning.data._datasets import BUNDLED, fetch, load_adult, load_census_kdd, load_compas, load_german
-from fair_lightning.data._synthetic import make_biased_lending
+from fair_lightning.data._synthetic import make_biased_lending, make_group_shift_classes, make_group_shift_regression
 from fair_lightning.groups import GroupSpec
 
 #: Data sets known by name: name -> function returning a :class:`TabularData`.
@@ -33,6 +33,8 @@ DATASETS: dict[str, Callable[..., TabularData]] = {
     "german": load_german,
     "census_kdd": load_census_kdd,
     "biased_lending": make_biased_lending,
+    "group_shift_regression": make_group_shift_regression,
+    "group_shift_classes": make_group_shift_classes,
 }
 SPLITS = ("train", "val", "test")
 
@@ -103,11 +105,12 @@ class TabularDataModule(pl.LightningDataModule):
     * the test split is the official one where the data set has it (Adult) and
       ``official_split`` is true, else a held-out ``test_fraction``; the validation split is
       ``val_fraction`` of the remaining training rows. Held-out splits are stratified on
-      ``(label, group)`` (:func:`stratified_split`); they depend only on the labels, the groups
-      and ``seed``.
+      ``(label, group)`` (:func:`stratified_split`; for regression the label is the target's
+      quartile); they depend only on the labels, the groups and ``seed``.
 
     Batches are tuples ``(x, y, groups)``: ``x`` float32 ``(B, num_features)``, ``y`` float32
-    ``(B,)`` of 0/1 labels (ready for ``BCEWithLogitsLoss``; ``y.long()`` for class indices),
+    ``(B,)`` of 0/1 labels (ready for ``BCEWithLogitsLoss``), of class indices for a multiclass
+    data set (``y.long()`` for ``cross_entropy``) or of regression targets (:attr:`task`),
     ``groups`` int64 ``(B,)`` group ids (``group_spec.decode(groups)`` gives the per-attribute
     codes). They are served from in-memory tensors a whole batch at a time: a batch sampler yields
     one index tensor per batch, :class:`~fair_lightning.data.TensorBatchDataset` gathers it with
@@ -298,7 +301,14 @@ class TabularDataModule(pl.LightningDataModule):
         for col in sensitive:
             check_sensitive_levels(data.frame[col], col)
         spec, groups = GroupSpec.from_frame(data.frame, sensitive)
-        labels = np.array(data.y, dtype=np.int64)  # a writable copy (pandas 3 hands out read-only views)
+        if data.task == "regression":
+            values = np.array(data.y, dtype=np.float64)
+            # strata for the splits: the target's quartiles (so each split spans its range)
+            labels = np.searchsorted(np.quantile(values, [0.25, 0.5, 0.75]), values, side="right").astype(np.int64)
+            y_all = torch.as_tensor(values, dtype=torch.float32)
+        else:
+            labels = np.array(data.y, dtype=np.int64)  # a writable copy (pandas 3 hands out read-only views)
+            y_all = torch.as_tensor(labels, dtype=torch.float32)
         splits = self._split(data, labels * spec.num_groups + groups.numpy())
         fractions = {"val": self.val_fraction}
         if not (self.official_split and data.split is not None):
@@ -322,7 +332,6 @@ class TabularDataModule(pl.LightningDataModule):
         if categorical:
             fitted = preprocessor.named_transformers_["categorical"]
             names += [f"{col}={level}" for col, levels in zip(categorical, fitted.categories_) for level in levels]
-        y_all = torch.as_tensor(labels, dtype=torch.float32)
         tensors = {}
         for split, rows in splits.items():
             x = np.ascontiguousarray(preprocessor.transform(features.iloc[rows]), dtype=np.float32)
@@ -345,6 +354,18 @@ class TabularDataModule(pl.LightningDataModule):
         """Width of ``x`` after standardization and one-hot encoding."""
         self._require_setup()
         return len(self.feature_names)
+
+    @property
+    def task(self) -> str:
+        """``"binary"``, ``"multiclass"`` or ``"regression"``: what the data set's target holds."""
+        self._require_setup()
+        return self.data.task
+
+    @property
+    def num_classes(self) -> int | None:
+        """``K`` for a multiclass data set (``y`` holds class indices as floats), else ``None``."""
+        self._require_setup()
+        return self.data.num_classes
 
     @property
     def num_groups(self) -> int:

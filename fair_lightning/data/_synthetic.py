@@ -1,4 +1,5 @@
-"""The synthetic biased-lending data set: a textbook case with a known, tunable label bias."""
+"""Synthetic data sets with known group effects: biased lending (binary), a group-shifted
+regression target and group-shifted classes (K classes)."""
 
 from __future__ import annotations
 
@@ -127,4 +128,149 @@ def make_biased_lending(
     )
 
 
-__all__ = ["LENDING_GROUPS", "make_biased_lending"]
+
+
+def _check_number(value: object, name: str, low: float, high: float | None = None, low_open: bool = False) -> float:
+    bad = isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value))
+    if not bad:
+        bad = float(value) <= low if low_open else float(value) < low
+        bad = bad or (high is not None and float(value) >= high)
+    if bad:
+        rng = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and < {high}")
+        raise ValueError(f"`{name}` must be a finite number {rng}, got {value!r}")
+    return float(value)
+
+
+def _groups_and_features(n: int, seed: int, minority_fraction: float, proxy_strength: float, num_features: int):
+    """Group B membership, ``num_features`` standard-normal task features (alike in both groups)
+    and a proxy ``z ~ N(proxy_strength * [B], 1)`` (the only feature that tells the groups apart)."""
+    rng = np.random.default_rng(int(seed))
+    group_b = rng.random(n) < minority_fraction
+    x = rng.normal(0.0, 1.0, (n, num_features))
+    z = rng.normal(0.0, 1.0, n) + proxy_strength * group_b
+    return rng, group_b, np.round(x, 4), np.round(z, 4)
+
+
+def make_group_shift_regression(
+    n: int = 10_000,
+    shift: float = 2.0,
+    seed: int = 0,
+    *,
+    minority_fraction: float = 0.3,
+    proxy_strength: float = 1.0,
+    noise: float = 0.5,
+) -> TabularData:
+    """Synthetic regression with a known shift of the target in group ``"B"``.
+
+    ``y = x1 + 0.5 * x2 + shift * [group == B] + noise * e`` with ``x1, x2, e`` standard normal
+    in both groups. The group is not a feature; the proxy ``z ~ N(proxy_strength * [B], 1)`` is,
+    so a model recovers part of the shift through it: its group mean predictions differ (a
+    demographic-parity gap, up to ``shift``), and, as group B is the minority
+    (``minority_fraction``), its mean squared error is larger than group A's (a bounded group
+    loss between the two bites). ``shift=0`` gives no group effect.
+
+    Args:
+        n: number of rows, an int >= 1.
+        shift: the group B offset of the target (any finite number).
+        seed: seed of the random generator.
+        minority_fraction: probability that a row is in group ``"B"``, in (0, 1).
+        proxy_strength: mean of ``z`` in group B (0 in group A), ``>= 0``.
+        noise: standard deviation of the target's noise, ``>= 0``.
+
+    Returns:
+        A regression :class:`TabularData` named ``"group_shift_regression"``: target ``y``,
+        sensitive ``group`` (``"A"``, ``"B"``), numeric ``x1``, ``x2``, ``z``.
+
+    Example:
+        >>> data = make_group_shift_regression(20_000, shift=2.0, seed=1)
+        >>> means = data.frame.groupby("group", observed=True)["y"].mean()
+        >>> bool(abs(means["B"] - means["A"] - 2.0) < 0.05)
+        True
+    """
+    _check_args(n, 0.0, seed, minority_fraction)
+    shift = _check_number(shift, "shift", -math.inf)
+    proxy_strength = _check_number(proxy_strength, "proxy_strength", 0.0)
+    noise = _check_number(noise, "noise", 0.0)
+    rng, group_b, x, z = _groups_and_features(int(n), seed, float(minority_fraction), proxy_strength, 2)
+    y = x[:, 0] + 0.5 * x[:, 1] + shift * group_b + noise * rng.normal(0.0, 1.0, int(n))
+    frame = pd.DataFrame({"x1": x[:, 0], "x2": x[:, 1], "z": z})
+    frame["group"] = pd.Categorical(np.where(group_b, "B", "A"), categories=list(LENDING_GROUPS))
+    frame["y"] = y
+    return TabularData(
+        frame=frame,
+        target="y",
+        sensitive=("group",),
+        numeric=("x1", "x2", "z"),
+        categorical=("group",),
+        name="group_shift_regression",
+        description=(
+            f"Synthetic regression (n={n}, shift={shift}, seed={seed}): y = x1 + 0.5 x2 + {shift} [group B] + "
+            f"{noise} e; the proxy z has mean {proxy_strength} in group B and 0 in group A."
+        ),
+        task="regression",
+    )
+
+
+def make_group_shift_classes(
+    n: int = 10_000,
+    num_classes: int = 3,
+    shift: float = 1.5,
+    seed: int = 0,
+    *,
+    minority_fraction: float = 0.3,
+    proxy_strength: float = 1.0,
+) -> TabularData:
+    """Synthetic K-class data in which group ``"B"`` is shifted from the first class to the last.
+
+    Class logits ``x @ W + shift * [group == B] * (e_{K-1} - e_0)`` with four standard-normal
+    features ``x`` (alike in both groups) and fixed weights ``W`` (drawn from the seed); the
+    class is drawn from their softmax. The group is not a feature; the proxy
+    ``z ~ N(proxy_strength * [B], 1)`` is, so a model's class rates differ by group (a
+    per-class demographic-parity gap). ``shift=0`` gives no group effect.
+
+    Args:
+        n: number of rows, an int >= 1.
+        num_classes: ``K``, an int >= 2.
+        shift: the group B shift of the logits (any finite number).
+        seed: seed of the random generator.
+        minority_fraction: probability that a row is in group ``"B"``, in (0, 1).
+        proxy_strength: mean of ``z`` in group B (0 in group A), ``>= 0``.
+
+    Returns:
+        A multiclass :class:`TabularData` named ``"group_shift_classes"``: target ``label``
+        (``0..K-1``), sensitive ``group`` (``"A"``, ``"B"``), numeric ``x1``..``x4``, ``z``.
+    """
+    _check_args(n, 0.0, seed, minority_fraction)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+        raise ValueError(f"`num_classes` must be an int >= 2, got {num_classes!r}")
+    shift = _check_number(shift, "shift", -math.inf)
+    proxy_strength = _check_number(proxy_strength, "proxy_strength", 0.0)
+    k = int(num_classes)
+    rng, group_b, x, z = _groups_and_features(int(n), seed, float(minority_fraction), proxy_strength, 4)
+    weights = rng.normal(0.0, 1.0, (4, k))
+    logits = x @ weights
+    logits[:, 0] -= shift * group_b
+    logits[:, -1] += shift * group_b
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    label = (rng.random(int(n))[:, None] > probs.cumsum(1)).sum(1).clip(0, k - 1)
+    frame = pd.DataFrame({f"x{i + 1}": x[:, i] for i in range(4)})
+    frame["z"] = z
+    frame["group"] = pd.Categorical(np.where(group_b, "B", "A"), categories=list(LENDING_GROUPS))
+    frame["label"] = label.astype(np.int64)
+    return TabularData(
+        frame=frame,
+        target="label",
+        sensitive=("group",),
+        numeric=("x1", "x2", "x3", "x4", "z"),
+        categorical=("group",),
+        name="group_shift_classes",
+        description=(
+            f"Synthetic {k}-class data (n={n}, shift={shift}, seed={seed}): group B's logits move by {shift} from "
+            f"class 0 to class {k - 1}; the proxy z has mean {proxy_strength} in group B and 0 in group A."
+        ),
+        task="multiclass",
+    )
+
+
+__all__ = ["LENDING_GROUPS", "make_biased_lending", "make_group_shift_classes", "make_group_shift_regression"]

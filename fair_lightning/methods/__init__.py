@@ -1,4 +1,6 @@
-"""Fairness methods as objects: ``ERM``, ``Penalty``, ``Lagrangian``, ``Adversarial``.
+"""Fairness methods as objects: ``ERM``, ``Penalty``, ``Lagrangian``, ``Adversarial`` and, for
+regression, ``BoundedGroupLossConstraint`` (``Penalty`` also takes the regression loss
+``fairness="regression_demographic_parity"``).
 
 Each method takes only its own arguments and works two ways:
 
@@ -22,5 +24,6 @@ from fair_lightning.methods.erm import ERM  # isort: skip
 from fair_lightning.methods.penalty import Penalty  # isort: skip
 from fair_lightning.methods.lagrangian import Lagrangian  # isort: skip
 from fair_lightning.methods.adversarial import Adversarial  # isort: skip
+from fair_lightning.methods.bounded_group_loss import BoundedGroupLossConstraint  # isort: skip
 
-__all__ = ["Adversarial", "ERM", "FairnessMethod", "Lagrangian", "METHODS", "Penalty", "make_method", "register_method"]
+__all__ = ["Adversarial", "BoundedGroupLossConstraint", "ERM", "FairnessMethod", "Lagrangian", "METHODS", "Penalty", "make_method", "register_method"]

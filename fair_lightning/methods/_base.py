@@ -73,11 +73,13 @@ class FairnessMethod(nn.Module):
         num_groups: number of (possibly intersectional) groups, ids in ``[0, num_groups)``; at
             least 2 (fairness compares groups).
         group_names: names of the groups in logged keys (default ``group_0``, ...).
-        num_classes: ``None`` for a binary classifier (one logit per sample), or ``K >= 2`` for
-            ``(N, K)`` logits and class-index targets (a subclass that supports K classes takes
-            it as an argument and passes it here).
+        num_classes: ``None`` for a binary classifier (one logit per sample) or a regression
+            model (one prediction per sample), or ``K >= 2`` for ``(N, K)`` logits and
+            class-index targets (a subclass that supports K classes takes it as an argument and
+            passes it here).
 
     Attributes:
+        task: ``"binary"``, ``"multiclass"`` or ``"regression"``: the model the method is for.
         num_steps: training forwards seen (a buffer, checkpointed): the position of schedules.
         needs_representation: whether :meth:`forward` wants the model's representation.
         validate_args: check each batch (set to ``False`` by a caller that already did).
@@ -100,6 +102,9 @@ class FairnessMethod(nn.Module):
                 f"`num_groups` must be >= 2 for {type(self).__name__}: fairness compares groups, got {num_groups}"
             )
         self.group_names = _check_group_names(group_names, self.num_groups)
+        #: the model the method is for: ``"binary"`` (one logit), ``"multiclass"`` (``(N, K)``
+        #: logits) or ``"regression"`` (one continuous prediction; set by regression methods)
+        self.task = "binary" if self.num_classes is None else "multiclass"
         self.needs_representation = False
         self.validate_args = True
         self.register_buffer("num_steps", torch.zeros((), dtype=torch.long))
@@ -149,6 +154,13 @@ class FairnessMethod(nn.Module):
     # ------------------------------------------------------------------ helpers
     def _check_inputs(self, logits: Tensor, target: Tensor | None, groups: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
         from fair_lightning.losses import check_fairness_batch
+
+        if self.task == "regression":
+            from fair_lightning.functional._regression import check_regression_inputs
+
+            if target is None and self.requires_target:
+                raise ValueError(f"`target` is required by {type(self).__name__}, got None")
+            return check_regression_inputs(logits, target, groups, self.num_groups)
 
         return check_fairness_batch(
             logits, target, groups, self.num_groups, self.num_classes, requires_target=self.requires_target,

@@ -1,4 +1,5 @@
-"""``Penalty``: ``task + eta * fairness_loss``, with a differentiable loss of :mod:`fair_lightning.losses`."""
+"""``Penalty``: ``task + eta * fairness_loss``, with a differentiable loss of :mod:`fair_lightning.losses`
+(classification losses on soft rates, or a regression loss on group mean predictions)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from fair_lightning.losses import LOSSES, FairnessLoss, MutualInformationLoss
+from fair_lightning.losses import LOSSES, REGRESSION_LOSSES, FairnessLoss, MutualInformationLoss
 from fair_lightning.methods._base import FairnessMethod, register_method
 from fair_lightning.schedules import EtaSchedule
 
@@ -22,9 +23,11 @@ class Penalty(FairnessMethod):
     Args:
         num_groups: number of groups.
         fairness: a loss name (``"demographic_parity"``, ``"equalized_odds"``,
-            ``"equal_opportunity"``, ``"accuracy_parity"``, ``"mutual_information"``) or a
-            ready :class:`~fair_lightning.losses.FairnessLoss` (then the loss options below must
-            stay unset).
+            ``"equal_opportunity"``, ``"accuracy_parity"``, ``"mutual_information"``; for a
+            regression model, one prediction per sample: ``"regression_demographic_parity"``,
+            the gaps between group mean predictions) or a ready
+            :class:`~fair_lightning.losses.FairnessLoss` (then the loss options below must stay
+            unset). A regression loss makes the method a regression method (``task``).
         eta: fairness strength, ``>= 0``.
         eta_schedule: ``"constant"``, ``"linear"`` (warm-up from 0) or ``"step"``.
         eta_warmup_steps: length of the warm-up, in training steps.
@@ -34,6 +37,8 @@ class Penalty(FairnessMethod):
         pairwise: compare every pair of groups (gap losses only; default ``False``).
         weighting: ``"uniform"``, ``"proportional"`` or ``"sqrt"`` group weights (gap losses only).
         min_count: groups with fewer samples in a batch are masked.
+        scale: regression losses only: the gaps are divided by it (e.g. the target's standard
+            deviation); default prediction units.
         group_names: names of the groups.
         num_classes: ``None`` (binary, one logit) or ``K`` for ``(N, K)`` logits: the loss then
             equalizes each class's softmax rate across groups (``softmax(logits / temperature)``),
@@ -56,6 +61,7 @@ class Penalty(FairnessMethod):
         pairwise: bool | None = None,
         weighting: str | None = None,
         min_count: float = 1,
+        scale: float | None = None,
         group_names: Sequence[str] | None = None,
         num_classes: int | None = None,
     ) -> None:
@@ -65,6 +71,7 @@ class Penalty(FairnessMethod):
         given = {k: v for k, v in options.items() if v is not None}
         if isinstance(fairness, torch.nn.Module):
             extra = sorted(given) + (["temperature"] if temperature != 1.0 else []) + (["min_count"] if min_count != 1 else [])
+            extra += ["scale"] if scale is not None else []
             if extra:
                 raise ValueError(f"{extra} configure a loss by name; they do not apply to a ready loss object (`fairness`={fairness!r})")
             if getattr(fairness, "num_classes", None) != self.num_classes:
@@ -73,15 +80,29 @@ class Penalty(FairnessMethod):
                     f"has num_classes={self.num_classes}"
                 )
             self.loss = fairness
+        elif isinstance(fairness, str) and fairness in REGRESSION_LOSSES:
+            wrong = (["temperature"] if temperature != 1.0 else []) + (["num_classes"] if num_classes is not None else [])
+            if wrong:
+                raise ValueError(
+                    f"{wrong} do not apply to fairness={fairness!r} (a regression loss on continuous predictions)"
+                )
+            scaled = {} if scale is None else {"scale": scale}
+            self.loss = REGRESSION_LOSSES[fairness](num_groups, min_count=min_count, validate_args=False, **given, **scaled)
         else:
             if not isinstance(fairness, str) or fairness not in LOSSES:
-                raise ValueError(f"`fairness` must be one of {list(LOSSES)} or a FairnessLoss, got {fairness!r}")
+                raise ValueError(
+                    f"`fairness` must be one of {list(LOSSES) + list(REGRESSION_LOSSES)} or a FairnessLoss, got {fairness!r}"
+                )
+            if scale is not None:
+                raise ValueError(f"`scale` applies to regression losses only, got scale={scale!r} with fairness={fairness!r}")
             if LOSSES[fairness] is MutualInformationLoss and given:
                 raise ValueError(f"{sorted(given)} do not apply to fairness='mutual_information' (a single divergence, not gaps)")
             self.loss = LOSSES[fairness](
                 num_groups, temperature=temperature, min_count=min_count, validate_args=False, num_classes=self.num_classes, **given
             )
         self.requires_target = bool(getattr(self.loss, "requires_target", False))
+        if getattr(self.loss, "task", "classification") == "regression":
+            self.task = "regression"
         self.fairness = fairness if isinstance(fairness, str) else type(fairness).__name__
 
     @property
