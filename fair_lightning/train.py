@@ -237,13 +237,16 @@ def selection_callbacks(cfg: DictConfig, module: Any) -> list:
     from fair_lightning.callbacks import ConstrainedModelSelection
 
     options = cfg.get("selection") or {}
-    constraints = getattr(module.method, "constraints", None)
-    if not options.get("enabled", True) or not constraints or getattr(module, "num_classes", None) is not None:
-        return []  # (selection judges binary classifiers)
+    multiclass = getattr(module, "num_classes", None) is not None
+    # K classes: the user's constraints (selection judges each class's one-vs-rest rates itself)
+    constraints = getattr(module.method, "user_constraints" if multiclass else "constraints", None)
+    if not options.get("enabled", True) or not constraints or getattr(module, "task", None) == "regression":
+        return []
     judged = [c for c in constraints if c.definition != "accuracy_parity"]
     if not judged:
         return []
-    thresholds = bool(options.get("thresholds", True)) and len(judged) == 1 and judged[0].partition is None
+    # group thresholds are binary only
+    thresholds = bool(options.get("thresholds", True)) and len(judged) == 1 and judged[0].partition is None and not multiclass
     return [
         ConstrainedModelSelection(
             judged, thresholds=thresholds, min_count=options.get("min_count", 10), margin=options.get("margin", 0.0)

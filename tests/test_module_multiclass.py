@@ -124,3 +124,50 @@ def test_bad_k_class_arguments():
         FairLightningModule(_mlp(), num_groups=G, class_names=["a", "b"])
     with pytest.raises(ValueError, match=r"num_classes=4, but the module has num_classes=3"):
         FairLightningModule(_mlp(), num_groups=G, mode=Penalty(G, num_classes=4))
+
+
+# --- selection on validation for K classes ----------------------------------------------------------
+def test_constrained_selection_judges_every_class():
+    """ConstrainedModelSelection on a K-class module: each record's difference is the multiclass DP
+    difference (worst class) of that epoch's argmax predictions on validation, the objective their
+    accuracy, and the restored weights are the chosen epoch's."""
+    from fair_lightning.callbacks import ConstrainedModelSelection
+
+    seen = []
+
+    class Record(pl.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            with torch.no_grad():
+                seen.append(pl_module(x).argmax(1))
+
+    pl.seed_everything(0, verbose=False)
+    module = FairLightningModule(_mlp(), num_groups=G, mode="lagrangian", lr=2e-2, constraints="demographic_parity",
+                                 tolerance=0.05)
+    train, val, (x, y, g) = _loaders()
+    selection = ConstrainedModelSelection([("demographic_parity", 0.05)], min_count=0)
+    trainer = _trainer(callbacks=[Record(), selection], num_sanity_val_steps=0)
+    trainer.fit(module, train, val)
+    assert len(selection.records) == len(seen) == 4
+    for record, pred in zip(selection.records, seen):
+        expected = float(multiclass_demographic_parity_difference(pred, g, num_groups=G, num_classes=K))
+        assert record["difference/demographic_parity"] == pytest.approx(expected, abs=1e-12)
+        assert record["objective"] == pytest.approx(float((pred == y).double().mean()), abs=1e-12)
+        assert record["rates"]["selection_rate"].shape == (K, G)
+        assert record["feasible"] == (expected <= 0.05 + 1e-12)
+    with torch.no_grad():
+        restored = module(x).argmax(1)
+    assert torch.equal(restored, seen[selection.best_index])
+    weights = selection.mixture()
+    assert sum(w for w, _, _ in weights) == pytest.approx(1.0)
+
+
+def test_constrained_selection_thresholds_are_binary_only():
+    from fair_lightning.callbacks import ConstrainedModelSelection
+
+    pl.seed_everything(0, verbose=False)
+    module = FairLightningModule(_mlp(), num_groups=G, mode="erm", lr=2e-2)
+    train, val, _ = _loaders()
+    trainer = _trainer(callbacks=[ConstrainedModelSelection([("demographic_parity", 0.05)], thresholds=True)],
+                       num_sanity_val_steps=0, max_epochs=1)
+    with pytest.raises(ValueError, match=r"thresholds=True.*3 classes"):
+        trainer.fit(module, train, val)

@@ -17,6 +17,7 @@ from fair_lightning.callbacks._outputs import ValidationRows
 from fair_lightning.callbacks._thresholds import validation_probabilities
 from fair_lightning.functional import GroupSums, Rate, confusion_counts, rate_difference
 from fair_lightning.functional._fairness import group_rate_table
+from fair_lightning.functional._multiclass import group_sums_from_multiclass_confusion, multiclass_confusion_counts
 from fair_lightning.functional._rates import DEFINITIONS
 
 STATE_VERSION = 1
@@ -104,8 +105,14 @@ class ConstrainedModelSelection(Callback):
     tolerance``, linear in the weights); a vertex solution uses at most (active constraints + 1)
     snapshots.
 
+    **K classes** (a module with ``(N, K)`` logits, e.g. ``FairLightningModule(num_classes=K)``):
+    the predictions are the argmax of the softmax, the objective is their accuracy, and each
+    constraint holds for every class's one-vs-rest rates (the recorded difference is the largest
+    over classes); a snapshot is constant when one class takes 99% of the rows. Group thresholds
+    (``thresholds=True``) are binary only.
+
     Outputs come from ``outputs_fn(pl_module, outputs, batch) -> (probs, target, groups)`` when
-    given, else from a validation step output mapping with ``"probs"`` or ``"logits"``,
+    given (``probs`` ``(N,)``, or ``(N, K)`` class probabilities), else from a validation step output mapping with ``"probs"`` or ``"logits"``,
     ``"target"``, ``"groups"``, else from ``pl_module.unpack_batch`` and a forward pass.
 
     Args:
@@ -200,7 +207,7 @@ class ConstrainedModelSelection(Callback):
         self.snapshots: dict[int, dict[str, Tensor]] = {}  # record index -> weights
         self.best_index: int | None = None
         self.reason = ""
-        self._rows = ValidationRows()
+        self._rows = ValidationRows(multiclass=True)
         self._fitted: dict[str, Any] | None = None
 
     @property
@@ -233,15 +240,25 @@ class ConstrainedModelSelection(Callback):
         self._rows.add(probs, target, groups)
 
     def _sums(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> GroupSums | None:
-        rows = self._rows.gather(trainer, pl_module.device).cpu()
+        num_classes = getattr(pl_module, "num_classes", None)
+        rows = self._rows.gather(trainer, pl_module.device, num_scores=num_classes or 1).cpu()
         if rows.shape[0] == 0:
             return None
+        scores, target, groups = ValidationRows.split(rows)
         num_groups = getattr(pl_module, "num_groups", None)
-        groups = rows[:, 2].long()
         if not isinstance(num_groups, int):
             num_groups = int(groups.max()) + 1
-        hard = rows[:, 0] > self.threshold
         self._fitted = None
+        if scores.ndim == 2:  # K classes: one-vs-rest sums (K, G) of the argmax predictions
+            if self.thresholds:
+                raise ValueError(
+                    f"ConstrainedModelSelection(thresholds=True) fits binary group thresholds; the module's scores "
+                    f"have {scores.shape[1]} classes (use thresholds=False for K-class models)"
+                )
+            counts = multiclass_confusion_counts(scores.argmax(1), target.long(), groups, num_groups, scores.shape[1])
+            return group_sums_from_multiclass_confusion(counts)
+        rows = torch.stack((scores, target, groups.double()), 1)
+        hard = rows[:, 0] > self.threshold
         if self.thresholds:
             from fair_lightning.postprocessing import GroupThresholds
 
@@ -263,6 +280,8 @@ class ConstrainedModelSelection(Callback):
 
     def _objective(self, trainer: pl.Trainer, sums: GroupSums) -> float:
         if self.monitor is None:
+            if sums.count.ndim == 2:  # K classes: correct = each class's true positives
+                return float(sums.pred_label.sum() / sums.count[0].sum().clamp_min(1))
             return float(sums.total().accuracy().value[0])
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
@@ -283,20 +302,31 @@ class ConstrainedModelSelection(Callback):
         record: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         record["objective"] = self._objective(trainer, sums)
         worst = -math.inf
-        table = group_rate_table(sums, tuple(dict.fromkeys((*_RECORDED_RATES, *(r for d, _ in self.constraints for r in DEFINITIONS[d])))))
+        # binary: the (G,) sums; K classes: each class's one-vs-rest (G,) sums, judged alike
+        per_class = [sums] if sums.count.ndim == 1 else [GroupSums(*(f[c] for f in sums)) for c in range(sums.count.shape[0])]
+        names = tuple(dict.fromkeys((*_RECORDED_RATES, *(r for d, _ in self.constraints for r in DEFINITIONS[d]))))
+        tables = [group_rate_table(s, names) for s in per_class]
         for (definition, tolerance), (partition, label) in zip(self.constraints, self._parts):
-            part_sums = sums if partition is None else _coarse(sums, partition)
-            part_table = table if partition is None else group_rate_table(part_sums, DEFINITIONS[definition])
-            diff = max(float(rate_difference(self._enough(part_table[r], part_sums, r))) for r in DEFINITIONS[definition])
+            diff = 0.0
+            for class_sums, table in zip(per_class, tables):
+                part_sums = class_sums if partition is None else _coarse(class_sums, partition)
+                part_table = table if partition is None else group_rate_table(part_sums, DEFINITIONS[definition])
+                diff = max(diff, *(float(rate_difference(self._enough(part_table[r], part_sums, r))) for r in DEFINITIONS[definition]))
             record[f"difference/{label}"] = diff
             record[f"violation/{label}"] = diff - tolerance
             worst = max(worst, diff - tolerance)
         record["max_violation"] = worst
         record["feasible"] = worst <= 1e-12
-        share = float(sums.pred.sum() / sums.count.sum().clamp_min(1))
+        total = float(per_class[0].count.sum().clamp_min(1))
+        if len(per_class) == 1:
+            share = float(sums.pred.sum()) / total
+            record["constant"] = share >= CONSTANT_SHARE or share <= 1 - CONSTANT_SHARE
+        else:  # the share of the most predicted class
+            share = float(sums.pred.sum(1).max()) / total
+            record["constant"] = share >= CONSTANT_SHARE
         record["selection_share"] = share
-        record["constant"] = share >= CONSTANT_SHARE or share <= 1 - CONSTANT_SHARE
-        record["rates"] = {r: table[r].value.clone() for r in _RECORDED_RATES}
+        # (G,) per rate, or (K, G) for K classes
+        record["rates"] = {r: torch.stack([t[r].value for t in tables]).squeeze(0).clone() for r in _RECORDED_RATES}
         record["count"] = sums.count.clone()
         self.records.append(record)
         self.snapshots[len(self.records) - 1] = _snapshot(pl_module.state_dict())
@@ -449,13 +479,14 @@ class ConstrainedModelSelection(Callback):
         rows, bounds = [], []
         for definition, tolerance in self.constraints:
             for rate in DEFINITIONS[definition]:
-                values = torch.stack([self.records[i]["rates"][rate] for i in index]).double()  # (S, G)
-                num_groups = values.shape[1]
-                for g in range(num_groups):
-                    for h in range(num_groups):
-                        if g != h:
-                            rows.append((values[:, g] - values[:, h]).tolist())
-                            bounds.append(tolerance)
+                values = torch.stack([self.records[i]["rates"][rate] for i in index]).double()  # (S, G) or (S, K, G)
+                for per_class in values.reshape(len(index), -1, values.shape[-1]).unbind(1):
+                    num_groups = per_class.shape[1]
+                    for g in range(num_groups):
+                        for h in range(num_groups):
+                            if g != h:
+                                rows.append((per_class[:, g] - per_class[:, h]).tolist())
+                                bounds.append(tolerance)
         objective = [-self._sign() * self.records[i]["objective"] for i in index]
         result = linprog(
             objective, A_ub=rows or None, b_ub=bounds or None, A_eq=[[1.0] * len(index)], b_eq=[1.0],

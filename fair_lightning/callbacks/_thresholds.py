@@ -33,8 +33,12 @@ def validation_probabilities(pl_module: pl.LightningModule, outputs: Any, batch:
         target, groups = outputs.get("target"), outputs.get("groups")
         if target is None or groups is None:
             raise ValueError("a validation step output with 'probs' must also hold 'target' and 'groups'")
-        return outputs["probs"].detach().reshape(-1), target.detach().reshape(-1), groups.detach().reshape(-1).long()
+        probs = outputs["probs"].detach()
+        probs = probs if probs.ndim == 2 and probs.shape[1] > 1 else probs.reshape(-1)
+        return probs, target.detach().reshape(-1), groups.detach().reshape(-1).long()
     logits, target, groups = evaluation_outputs(pl_module, outputs, batch)
+    if logits.ndim == 2:  # K-class logits: class probabilities
+        return torch.softmax(logits.double(), 1), target, groups
     return torch.sigmoid(logits.double()), target, groups
 
 
