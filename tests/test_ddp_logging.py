@@ -28,11 +28,17 @@ class _Dump(pl.Callback):
         torch.save(values, os.path.join(self.out_dir, f"{self.tag}{trainer.global_rank}.pt"))
 
 
-def _data():
+def _data(task="binary"):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(N, 4, generator=gen)
     g = (torch.rand(N, generator=gen) < 0.4).long()
-    y = ((x[:, 0] + g + 0.3 * torch.randn(N, generator=gen)) > 0.5).float()
+    score = x[:, 0] + g + 0.3 * torch.randn(N, generator=gen)
+    if task == "regression":
+        y = score
+    elif task == "multiclass":
+        y = torch.bucketize(score, torch.tensor([0.0, 1.0]))  # 3 classes
+    else:
+        y = (score > 0.5).float()
     return TensorDataset(x, y, g)
 
 
@@ -40,10 +46,15 @@ def _frozen_sgd(params):
     return torch.optim.SGD(params, lr=0.0)
 
 
-def _module(mode):
+def _module(mode, task="binary"):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
-    kwargs = {"tolerance": 0.02, "steps_per_epoch": N // (2 * LOCAL_BATCH)} if mode == "lagrangian" else {}
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3 if task == "multiclass" else 1))
+    steps = N // (2 * LOCAL_BATCH)
+    kwargs = {"tolerance": 0.02, "steps_per_epoch": steps} if mode == "lagrangian" else {}
+    if mode == "bounded_group_loss":
+        kwargs = {"bound": 0.5, "steps_per_epoch": steps}
+    if task == "regression":
+        kwargs["task"] = "regression"
     return FairLightningModule(
         model, num_groups=2, group_names=["A", "B"], mode=mode, grad_ratio_every_n_steps=0,
         optimizer=_frozen_sgd, **kwargs,
@@ -64,8 +75,8 @@ class _RankBlocks(torch.utils.data.Sampler):
             yield list(range(start, start + LOCAL_BATCH))
 
 
-def _fit(tmp_path, mode, tag, **trainer_kwargs):
-    data = _data()
+def _fit(tmp_path, mode, tag, task="binary", **trainer_kwargs):
+    data = _data(task)
     if trainer_kwargs.get("devices", 1) == 2:
         loader = DataLoader(data, batch_sampler=_RankBlocks())
         trainer_kwargs["use_distributed_sampler"] = False
@@ -76,14 +87,17 @@ def _fit(tmp_path, mode, tag, **trainer_kwargs):
         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[_Dump(str(tmp_path), tag), DestroyProcessGroup()],
         **trainer_kwargs,
     )
-    trainer.fit(_module(mode), loader, loader)
+    trainer.fit(_module(mode, task), loader, loader)
 
 
 @pytest.mark.ddp
-@pytest.mark.parametrize("mode", ["erm", "lagrangian"])
-def test_every_logged_epoch_value_equals_single_process(tmp_path, mode):
-    _fit(tmp_path, mode, "single")
-    _fit(tmp_path, mode, "ddp", strategy="ddp_spawn", accelerator="cpu", devices=2)
+@pytest.mark.parametrize(
+    ("task", "mode"),
+    [("binary", "erm"), ("binary", "lagrangian"), ("multiclass", "lagrangian"), ("regression", "bounded_group_loss")],
+)
+def test_every_logged_epoch_value_equals_single_process(tmp_path, task, mode):
+    _fit(tmp_path, mode, "single", task)
+    _fit(tmp_path, mode, "ddp", task, strategy="ddp_spawn", accelerator="cpu", devices=2)
     single = torch.load(tmp_path / "single0.pt")
     ranks = [torch.load(tmp_path / f"ddp{r}.pt") for r in range(2)]
     # step values (the last local batch) differ by design; the fairness term of a batch is not a
@@ -92,8 +106,10 @@ def test_every_logged_epoch_value_equals_single_process(tmp_path, mode):
     if mode == "erm":
         epoch_keys.append("train/loss_epoch")
     assert "val/loss" in epoch_keys and "val/dp_difference" in epoch_keys and "train/task_loss_epoch" in epoch_keys
-    if mode == "lagrangian":
+    if mode in ("lagrangian", "bounded_group_loss"):
         assert "fairness/violation_hard_max_epoch" in epoch_keys
+    if task == "regression":
+        assert "val/mse" in epoch_keys and "val/cdf_gap" in epoch_keys
     for key in epoch_keys:
         for rank, values in enumerate(ranks):
             assert values[key] == pytest.approx(single[key], rel=1e-6, abs=1e-7), (key, rank, values[key], single[key])
