@@ -44,7 +44,7 @@ METRICS_FILE = "metrics.json"  # the same name as fair_lightning.train.METRICS_F
 #: Files :func:`main` writes into the sweep directory.
 FRONTIER_CSV, FRONTIER_PNG, TENSORBOARD_DIR = "frontier.csv", "frontier.png", "tensorboard"
 #: Record keys left out of the table (the raw logged metrics and the traceback stay in ``metrics.json``).
-_NOT_IN_TABLE = ("metrics", "traceback")
+_NOT_IN_TABLE = ("metrics", "traceback", "selection")
 _GROUP_SUFFIX = "_by_group"
 _FIRST_COLUMNS = ("job", "job_dir", "status", "mode", "fairness", "eta", "tolerance", "overrides")
 

@@ -413,6 +413,7 @@ def fit_and_test(trainer: Any, module: Any, datamodule: Any, ckpt_path: str | os
         test_seconds = time.perf_counter() - start
     raw.update({k: _float(v) for k, v in trainer.callback_metrics.items()})
     record = summarize_metrics(raw, list(datamodule.group_names))
+    record.update(selection_summary(trainer))
     record.update(
         epochs=int(trainer.current_epoch),
         global_step=int(trainer.global_step),
@@ -421,6 +422,29 @@ def fit_and_test(trainer: Any, module: Any, datamodule: Any, ckpt_path: str | os
         metrics=dict(sorted(raw.items())),
     )
     return record
+
+
+def selection_summary(trainer: Any) -> dict[str, Any]:
+    """What a ``ConstrainedModelSelection`` chose and why, for ``metrics.json``: ``selection``
+    (epoch, reason, the verdict's warnings, each constraint's certification on validation) and
+    ``certified``, the worst certification (``"holds"``, ``"uncertain"``, ``"violated"``); empty
+    without such a callback."""
+    from fair_lightning.callbacks import ConstrainedModelSelection
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, ConstrainedModelSelection) and cb.best_index is not None:
+            chosen = cb.records[cb.best_index]
+            certified = {k.split("/", 1)[1]: v for k, v in chosen.items() if k.startswith("certified/")}
+            order = ("holds", "uncertain", "violated")
+            return {
+                "certified": max(certified.values(), key=order.index) if certified else None,
+                "selection": {
+                    "epoch": cb.best_epoch, "reason": cb.reason, "warnings": cb.verdict(),
+                    "certified": certified, "confidence": cb.confidence,
+                    "ci_high": {k.split("/", 1)[1]: v for k, v in chosen.items() if k.startswith("ci_high/")},
+                },
+            }
+    return {}
 
 
 def describe_method(fairness: Mapping[str, Any]) -> dict[str, Any]:

@@ -208,3 +208,37 @@ def test_thresholds_option_judges_each_epoch_after_group_thresholds(tmp_path):
     assert set(fresh.threshold_states) == set(selection.threshold_states)
     with pytest.raises(ValueError, match="one constraint"):
         ConstrainedModelSelection([("demographic_parity", 0.1), ("equal_opportunity", 0.1)], thresholds=True)
+
+
+def test_certification_at_a_stated_confidence(tmp_path):
+    """Each record says whether its constraint is certified at `confidence` on validation, exactly as
+    constraint_holds (simultaneous intervals) says on the same sums; the verdict warns when the chosen
+    model meets the tolerance but cannot be certified, and is silent when it is certified."""
+    from fair_lightning.functional import GroupSums, confusion_counts, constraint_holds
+
+    x, y, groups = _data()
+    tol = 0.1
+    selection = ConstrainedModelSelection([("demographic_parity", tol)], restore=False, confidence=0.9)
+    trainer = _trainer(tmp_path, [selection])
+    with pytest.warns(UserWarning, match=r"cannot be certified at 90% confidence"):
+        trainer.fit(Oscillating(), *_loaders())
+    for record, (w, b0, b1) in zip(selection.records, SCHEDULE):
+        preds = (w * x + torch.tensor([b0, b1])[groups]) > 0
+        sums = GroupSums.from_confusion(confusion_counts(preds, y.long(), groups, 2))
+        verdict = constraint_holds(sums, "demographic_parity", tol, 0.9, method="conservative")
+        assert record["certified/demographic_parity"] == verdict.status
+        assert record["ci_high/demographic_parity"] == pytest.approx(float(verdict.interval.high))
+    # 800 rows cannot certify 0.1 (the chosen epoch meets it on validation)
+    chosen = selection.records[selection.best_index]
+    assert chosen["feasible"] and chosen["certified/demographic_parity"] == "uncertain"
+    # a tolerance the interval clears: certified, no certification warning
+    loose = ConstrainedModelSelection([("demographic_parity", 0.5)], restore=False)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _trainer(tmp_path, [loose]).fit(Oscillating(), *_loaders())
+    assert loose.records[loose.best_index]["certified/demographic_parity"] == "holds"
+    assert not [w for w in caught if "certified" in str(w.message)]
+    with pytest.raises(ValueError, match=r"`confidence` must be a level in \(0, 1\), got 1.5"):
+        ConstrainedModelSelection(confidence=1.5)

@@ -233,6 +233,12 @@ def test_run_job_writes_metrics_json_with_loggers_and_callbacks(tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert objective_values(on_disk, "test_accuracy") == pytest.approx(on_disk["test_accuracy"])
     assert objective_values(on_disk, None) is None
+    # what the selection on validation chose, and whether its constraint is certified there
+    selection = on_disk["selection"]
+    assert isinstance(selection["epoch"], int) and selection["reason"] and selection["confidence"] == 0.95
+    assert set(selection["certified"]) == {"demographic_parity"} and on_disk["certified"] in ("holds", "uncertain", "violated")
+    assert on_disk["certified"] == selection["certified"]["demographic_parity"]
+    assert 0 <= selection["ci_high"]["demographic_parity"] <= 1
 
 
 def test_checkpoint_callbacks_enable_checkpointing(tmp_path):

@@ -15,12 +15,14 @@ from typing_extensions import override
 
 from fair_lightning.callbacks._outputs import ValidationRows
 from fair_lightning.callbacks._thresholds import validation_probabilities
-from fair_lightning.functional import GroupSums, Rate, confusion_counts, rate_difference
+from fair_lightning.functional import GroupSums, Rate, confusion_counts, constraint_holds, rate_difference
 from fair_lightning.functional._fairness import group_rate_table
 from fair_lightning.functional._multiclass import group_sums_from_multiclass_confusion, multiclass_confusion_counts
 from fair_lightning.functional._rates import DEFINITIONS
 
 STATE_VERSION = 1
+#: order of the verdicts of :func:`~fair_lightning.functional.constraint_holds`, best first
+_STATUS = ("holds", "uncertain", "violated")
 #: share of validation samples in one class from which a snapshot counts as a constant predictor
 CONSTANT_SHARE = 0.99
 #: the rates recorded per group for each validation run
@@ -141,6 +143,13 @@ class ConstrainedModelSelection(Callback):
             every run held, 41 of 103 were constant). 0 (the default) fits at the tolerance.
         min_count: groups with fewer validation samples behind a rate are left out of that rate's
             difference (too few to judge; listed in :meth:`report` through the per-group counts).
+        confidence: level of the simultaneous (Bonferroni-adjusted Wilson) intervals behind the
+            certification of each constraint on validation (:func:`~fair_lightning.functional.constraint_holds`,
+            ``method="conservative"``): a constraint is ``"holds"`` when the interval's upper end is
+            within the tolerance, ``"uncertain"`` when the tolerance lies inside it, ``"violated"``
+            when its lower end is above. Recorded per run (``certified/<name>``, ``ci_high/<name>``);
+            the end-of-fit verdict warns when the chosen model's constraints are met on validation
+            but not certified at this confidence (too few validation rows in some group).
         outputs_fn: ``(pl_module, outputs, batch) -> (probs, target, groups)``.
         restore: load the chosen snapshot into the module at the end of fit.
 
@@ -171,6 +180,7 @@ class ConstrainedModelSelection(Callback):
         restore: bool = True,
         thresholds: bool = False,
         margin: float = 0.0,
+        confidence: float = 0.95,
     ) -> None:
         self.constraints = _parse_constraints(constraints)
         self._parts = _partitions(constraints)
@@ -187,6 +197,9 @@ class ConstrainedModelSelection(Callback):
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < math.inf:
             raise ValueError(f"`margin` must be a finite number >= 0, got {margin!r}")
         self.margin = float(margin)
+        if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
+            raise ValueError(f"`confidence` must be a level in (0, 1), got {confidence!r}")
+        self.confidence = float(confidence)
         self.threshold_states: dict[int, dict[str, Any]] = {}  # record index -> fitted GroupThresholds state
         if mode not in ("max", "min"):
             raise ValueError(f"`mode` must be 'max' or 'min', got {mode!r}")
@@ -307,12 +320,18 @@ class ConstrainedModelSelection(Callback):
         names = tuple(dict.fromkeys((*_RECORDED_RATES, *(r for d, _ in self.constraints for r in DEFINITIONS[d]))))
         tables = [group_rate_table(s, names) for s in per_class]
         for (definition, tolerance), (partition, label) in zip(self.constraints, self._parts):
-            diff = 0.0
+            diff, status, high = 0.0, 0, 0.0
             for class_sums, table in zip(per_class, tables):
                 part_sums = class_sums if partition is None else _coarse(class_sums, partition)
                 part_table = table if partition is None else group_rate_table(part_sums, DEFINITIONS[definition])
                 diff = max(diff, *(float(rate_difference(self._enough(part_table[r], part_sums, r))) for r in DEFINITIONS[definition]))
+                verdict = constraint_holds(
+                    self._judged(part_sums, definition), definition, tolerance, self.confidence, method="conservative"
+                )
+                status, high = max(status, _STATUS.index(verdict.status)), max(high, float(verdict.interval.high))
             record[f"difference/{label}"] = diff
+            record[f"certified/{label}"] = _STATUS[status]
+            record[f"ci_high/{label}"] = high
             record[f"violation/{label}"] = diff - tolerance
             worst = max(worst, diff - tolerance)
         record["max_violation"] = worst
@@ -348,6 +367,13 @@ class ConstrainedModelSelection(Callback):
             small = torch.sort(n).values[:2]
             worst = max(worst, math.sqrt(max(p * (1 - p), 0.0) * float((1 / small).sum())))
         return worst
+
+    def _judged(self, sums: GroupSums, definition: str) -> GroupSums:
+        """The sums with every group that has fewer than ``min_count`` samples behind one of the
+        definition's rates zeroed (left out of the judgement, as in the recorded difference)."""
+        _, den = sums.numerators_denominators(DEFINITIONS[definition])
+        keep = (den >= max(self.min_count, 1)).all(0).to(sums.count.dtype)
+        return GroupSums(*(f * keep for f in sums))
 
     def _enough(self, rate: Rate, sums: GroupSums, name: str) -> Rate:
         """The rate with groups below ``min_count`` validation samples behind it left out."""
@@ -436,6 +462,19 @@ class ConstrainedModelSelection(Callback):
                 f"the chosen model (epoch {r['epoch']}) violates a constraint on validation by {r['max_violation']:.4f}: "
                 "no epoch met every tolerance; loosen the tolerance, train longer, or add group thresholds"
             )
+        elif self._uncertified(r):
+            names = ", ".join(
+                f"{label!r} (difference {r[f'difference/{label}']:.4f}, interval up to {r[f'ci_high/{label}']:.4f})"
+                for label in self._uncertified(r)
+            )
+            fitted = " (group thresholds were fitted on these rows, so the interval is if anything optimistic)" if (
+                self.best_index in self.threshold_states) else ""
+            out.append(
+                f"the chosen model (epoch {r['epoch']}) meets every tolerance on validation, but {names} cannot be certified "
+                f"at {100 * self.confidence:g}% confidence{fitted}: groups with few validation rows leave the difference "
+                "uncertain; on new data expect differences up to the interval's end. More validation rows (or a looser "
+                "tolerance) make the constraint certifiable"
+            )
         if r.get("constant"):
             out.append(f"the chosen model (epoch {r['epoch']}) is a constant predictor on validation")
         flips = sum(a["feasible"] != b["feasible"] for a, b in zip(self.records, self.records[1:]))
@@ -445,6 +484,11 @@ class ConstrainedModelSelection(Callback):
                 "constrained rates oscillate; the chosen epoch is a snapshot of that oscillation"
             )
         return out
+
+    def _uncertified(self, record: Mapping[str, Any]) -> list[str]:
+        """Labels of the constraints not certified at :attr:`confidence` in ``record`` (records of
+        older versions carry no certification: none)."""
+        return [label for _, label in self._parts if record.get(f"certified/{label}", "holds") != "holds"]
 
     def report(self) -> Any:
         """The recorded table as a pandas DataFrame (one row per validation run; ``chosen`` marks the pick)."""
