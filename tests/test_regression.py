@@ -407,3 +407,22 @@ def test_group_shift_regression_data():
     with pytest.raises(ValueError, match="`task` must be one of"):
         TabularData(frame, "y", ("s",), ("x",), (), task="ordinal")
     assert TabularData(frame, "y", ("s",), ("x",), (), task="regression").task == "regression"
+
+
+def test_bounded_group_loss_warmup_holds_the_multipliers_then_releases_them():
+    """`dual_warmup` (the clock shared with Lagrangian): the running sums follow the model from the
+    first step, the multipliers stay at 0 for the first `dual_warmup * total_steps` dual steps."""
+    method = BoundedGroupLossConstraint(2, bound=0.1, dual_warmup=0.5, total_steps=10, steps_per_epoch=5, min_count=1)
+    method.train()
+    preds, target, groups = torch.zeros(8), torch.ones(8), torch.tensor([0, 1] * 4)
+    seen = []
+    for _ in range(10):
+        method(preds, target, groups)
+        method.after_optimizer_step()
+        seen.append(float(method.multipliers.sum()))
+    assert int(method.warmup_steps) == 5 and int(method.num_updates) == 10
+    assert seen[:5] == [0.0] * 5 and all(b > a > 0 for a, b in zip(seen[5:], seen[6:]))
+    # the violation (loss 1 - bound 0.1) moves each multiplier dual_lr / steps_per_epoch * 0.9 per step
+    assert seen[5] == pytest.approx(2 * 2.0 / 5 * 0.9)
+    with pytest.raises(ValueError, match=r"`dual_warmup` must be a share of training in \[0, 1\), got 1"):
+        BoundedGroupLossConstraint(2, bound=0.1, dual_warmup=1)

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from fair_lightning.constraints import (
@@ -31,6 +30,7 @@ from fair_lightning.constraints import (
 )
 from fair_lightning.functional import confusion_counts, group_sums, label_cells
 from fair_lightning.functional._multiclass import check_class_names
+from fair_lightning.methods._dual import DualClock
 from fair_lightning.methods._base import FairnessMethod, check_number, register_method
 
 
@@ -59,7 +59,7 @@ class _DualOptimizerState(nn.Module):
 
 
 @register_method("lagrangian")
-class Lagrangian(FairnessMethod):
+class Lagrangian(DualClock, FairnessMethod):
     """Constraints on group rates with one Lagrange multiplier per inequality.
 
     Args:
@@ -162,11 +162,9 @@ class Lagrangian(FairnessMethod):
         if self.threshold >= 1:
             raise ValueError(f"`threshold` must be in (0, 1), got {threshold}")
         self.logit_threshold = math.log(self.threshold / (1 - self.threshold))
-        self.dual_lr = check_number(dual_lr, "dual_lr", low=0, low_open=True)
-        self.memory = check_number(memory, "memory", low=0, low_open=True)
         self.multipliers = LagrangeMultipliers(
             parsed, self.num_units,
-            dual_lr=self.dual_lr,
+            dual_lr=check_number(dual_lr, "dual_lr", low=0, low_open=True),
             multiplier_max=check_number(multiplier_max, "multiplier_max", low=0, low_open=True),
             min_count=check_number(min_count, "min_count", low=0),
             dual_optimizer=dual_optimizer,
@@ -174,20 +172,9 @@ class Lagrangian(FairnessMethod):
         )
         if dual_optimizer is not None:  # its state (momentum, ...) travels in the state_dict
             self.dual_state = _DualOptimizerState(self.multipliers)
-        self.dual_warmup = check_number(dual_warmup, "dual_warmup", low=0, high=1)
-        if self.dual_warmup >= 1:
-            raise ValueError(f"`dual_warmup` must be a share of training in [0, 1), got {dual_warmup}")
-        self.register_buffer("warmup_steps", torch.zeros((), dtype=torch.long))
-        if total_steps is not None:
-            self.set_total_steps(total_steps)
-        # optimizer steps per epoch: sets the per-step dual rate and the running sums' memory
-        self.register_buffer("steps_per_epoch", torch.zeros((), dtype=torch.long))
-        self._warned_steps = False
-        self._clock_set = False  # Python mirrors of buffers read on every step (no tensor reads)
+        # optimizer steps per epoch (the per-step dual rate, the running sums' memory) and the warm-up
+        self._init_clock(dual_lr, memory, dual_warmup, steps_per_epoch, total_steps)
         self._pending = False
-        self._warm_done = False
-        if steps_per_epoch is not None:
-            self.set_steps_per_epoch(steps_per_epoch)
         self.constraints = parsed
         self.constraint_names = constraint_names(parsed, self._unit_names)
         # the batch's hard counts, waiting for the dual step after the model's optimizer step
@@ -197,42 +184,18 @@ class Lagrangian(FairnessMethod):
         self._last_batch: tuple[Tensor, Tensor, Tensor] | None = None
         self._last_hard: Tensor | None = None
 
-    def set_steps_per_epoch(self, steps: int) -> None:
-        """Scale the dual step and the running sums' memory to ``steps`` optimizer steps per epoch."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"`steps_per_epoch` must be an int >= 1, got {steps!r}")
-        self.steps_per_epoch.fill_(steps)
-        self._apply_clock()
-
-    def set_total_steps(self, steps: int) -> None:
-        """The length of training in optimizer steps (sets the dual warm-up)."""
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"`total_steps` must be an int >= 1, got {steps!r}")
-        self.warmup_steps.fill_(int(self.dual_warmup * steps))
-
-    def _apply_clock(self) -> None:
-        steps = int(self.steps_per_epoch)
-        self._clock_set = steps > 0
-        self.multipliers.dual_lr = self.dual_lr / steps
-        # newest batch's weight 1 / (memory * steps), at most 1 (a memory shorter than a step is the batch)
-        self.multipliers.ema_decay = max(0.0, 1.0 - 1.0 / (self.memory * steps))
+    def _clock_changed(self) -> None:
+        self.multipliers.dual_lr = self._step_lr
+        self.multipliers.ema_decay = self._ema_decay
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._pending = bool(self.has_pending)
-        self._warm_done = False  # re-read from the buffers at the next step
-        if int(self.steps_per_epoch) > 0:
-            self._apply_clock()
+        self._reload_clock()
 
     def compute_term(self, logits: Tensor, target: Tensor | None, groups: Tensor, representation: Tensor | None) -> Tensor:
-        if self.training and not self._clock_set and int(self.steps_per_epoch) == 0:
-            if not self._warned_steps:
-                rank_zero_warn(
-                    "Lagrangian: `steps_per_epoch` is not set; assuming 100 optimizer steps per epoch for the dual "
-                    "learning rate and the running sums' memory. Pass `steps_per_epoch=trainer.num_training_batches`."
-                )
-                self._warned_steps = True
-            self.set_steps_per_epoch(100)
+        if self.training:
+            self._ensure_clock()
         if self.num_classes is not None:
             soft, target, groups, hard = self._one_vs_rest(logits, target, groups)
         else:
@@ -267,8 +230,7 @@ class Lagrangian(FairnessMethod):
             return
         self._pending = False
         self.has_pending.fill_(False)
-        ascend = self._warm_done or int(self.multipliers.num_updates) >= int(self.warmup_steps)
-        self._warm_done = ascend
+        ascend = self._ascending(int(self.multipliers.num_updates))
         self._last_hard = self.multipliers.dual_step(self.pending_counts, ascend=ascend)
         if ascend and not math.isfinite(float(self.multipliers.multipliers.sum())):
             raise FloatingPointError(
