@@ -240,7 +240,15 @@ def selection_callbacks(cfg: DictConfig, module: Any) -> list:
     multiclass = getattr(module, "num_classes", None) is not None
     # K classes: the user's constraints (selection judges each class's one-vs-rest rates itself)
     constraints = getattr(module.method, "user_constraints" if multiclass else "constraints", None)
-    if not options.get("enabled", True) or not constraints or getattr(module, "task", None) == "regression":
+    if not options.get("enabled", True):
+        return []
+    if getattr(module, "task", None) == "regression":
+        # the bounded group loss on squared errors: each group's validation MSE <= bound
+        method = module.method
+        if getattr(method, "bound", None) is None or getattr(method, "loss_name", None) != "squared_error":
+            return []
+        return [ConstrainedModelSelection([("bounded_group_loss", method.bound)], min_count=options.get("min_count", 10))]
+    if not constraints:
         return []
     judged = [c for c in constraints if c.definition != "accuracy_parity"]
     if not judged:

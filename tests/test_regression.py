@@ -136,8 +136,11 @@ def test_bounded_group_loss_violations_equal_fairlearn_gamma_and_metric_frame():
         np.testing.assert_allclose(method.hard_violations().numpy(), expected, atol=1e-9)
         table = method.state_table()
         np.testing.assert_allclose(table["violation"].to_numpy(), expected, atol=1e-9)
-        # multipliers moved by dual_lr / steps_per_epoch * violation, projected onto [0, 10]
-        np.testing.assert_allclose(method.multipliers.double().numpy(), np.clip(0.2 * expected, 0, 10), atol=1e-6)
+        # the integral moved by dual_lr / steps_per_epoch * violation, the model sees it plus the PI
+        # term dual_damping * violation, each projected onto [0, 10]
+        integral = np.clip(0.2 * expected, 0, 10)
+        np.testing.assert_allclose(method.integral.double().numpy(), integral, atol=1e-6)
+        np.testing.assert_allclose(method.multipliers.double().numpy(), np.clip(integral + 2.0 * expected, 0, 10), atol=1e-6)
     frame = MetricFrame(metrics=mean_squared_error, y_true=y, y_pred=preds.numpy(), sensitive_features=sensitive)
     np.testing.assert_allclose(method.group_losses().numpy(), frame.by_group.reindex(names).to_numpy(), atol=1e-6)
     absolute = BoundedGroupLossConstraint(3, bound=1.0, loss="absolute_error", steps_per_epoch=1)
@@ -247,13 +250,14 @@ def shifted():
     return dm
 
 
-def _fit(dm, mode="erm", epochs=8, **kwargs):
+def _fit(dm, mode="erm", epochs=8, callbacks=(), **kwargs):
     pl.seed_everything(0, verbose=False)
     module = FairLightningModule(
         MLP(dm.num_features, hidden=(32,)), num_groups=dm.num_groups, group_names=dm.group_names, task="regression",
         mode=mode, lr=1e-2, grad_ratio_every_n_steps=0, **kwargs,
     )
     trainer = _quiet_trainer(epochs)
+    trainer.callbacks.extend(callbacks)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(module, datamodule=dm)
@@ -423,6 +427,52 @@ def test_bounded_group_loss_warmup_holds_the_multipliers_then_releases_them():
     assert int(method.warmup_steps) == 5 and int(method.num_updates) == 10
     assert seen[:5] == [0.0] * 5 and all(b > a > 0 for a, b in zip(seen[5:], seen[6:]))
     # the violation (loss 1 - bound 0.1) moves each multiplier dual_lr / steps_per_epoch * 0.9 per step
-    assert seen[5] == pytest.approx(2 * 2.0 / 5 * 0.9)
+    assert seen[5] == pytest.approx(2 * (2.0 / 5 + 2.0) * 0.9)  # integral step + PI term (dual_damping=2)
     with pytest.raises(ValueError, match=r"`dual_warmup` must be a share of training in \[0, 1\), got 1"):
         BoundedGroupLossConstraint(2, bound=0.1, dual_warmup=1)
+
+
+def test_selection_on_validation_keeps_every_group_under_the_bound(shifted):
+    """ConstrainedModelSelection(("bounded_group_loss", bound)) on a regression module: each record is
+    the largest group MSE on validation (groups computed here independently), the objective minus
+    the MSE, and the restored model meets the bound on validation (the dual alone lands the
+    training loss at the bound, so validation straddles it)."""
+    from fair_lightning.callbacks import ConstrainedModelSelection
+
+    seen = []
+
+    class Record(pl.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            x, y, g = shifted.val_tensors
+            with torch.no_grad():
+                seen.append((pl_module(x).reshape(-1), y, g))
+
+    selection = ConstrainedModelSelection([("bounded_group_loss", BOUND), ("demographic_parity", 5.0)])
+    module, trainer, _ = _fit(shifted, "bounded_group_loss", epochs=8, bound=BOUND, callbacks=[Record(), selection])
+    assert len(selection.records) == len(seen) == 8
+    for record, (pred, y, g) in zip(selection.records, seen):
+        losses = [float(((pred - y)[g == k] ** 2).mean()) for k in range(2)]
+        means = [float(pred[g == k].mean()) for k in range(2)]
+        assert record["difference/bounded_group_loss"] == pytest.approx(max(losses), rel=1e-6)
+        assert record["difference/demographic_parity"] == pytest.approx(abs(means[0] - means[1]), rel=1e-5, abs=1e-6)
+        assert record["objective"] == pytest.approx(-float(((pred - y) ** 2).mean()), rel=1e-6)
+    assert selection.records[selection.best_index]["feasible"] and "minus the validation MSE" in selection.reason
+    metrics = trainer.validate(module, datamodule=shifted, verbose=False)[0]
+    assert max(metrics[f"val/mean_squared_error/group={k}"] for k in "AB") <= BOUND
+    with pytest.raises(RuntimeError, match="regression model"):
+        selection.mixture()
+
+
+def test_selection_refuses_constraints_of_the_other_task(shifted):
+    from fair_lightning.callbacks import ConstrainedModelSelection
+
+    with pytest.raises(ValueError, match=r"task='regression'\) is judged on \['bounded_group_loss', 'demographic_parity'\]"):
+        _fit(shifted, epochs=1, callbacks=[ConstrainedModelSelection([("equalized_odds", 0.1)])])
+    with pytest.raises(ValueError, match="fits group thresholds of a classifier"):
+        _fit(shifted, epochs=1, callbacks=[ConstrainedModelSelection([("bounded_group_loss", 1.0)], thresholds=True)])
+    x, groups = torch.randn(64, 3), torch.arange(64) % 2
+    loader = DataLoader(TensorDataset(x, (x[:, 0] > 0).float(), groups), batch_size=32)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         callbacks=[ConstrainedModelSelection([("bounded_group_loss", 1.0)])])
+    with pytest.raises(ValueError, match="'bounded_group_loss' judges a regression model"):
+        trainer.fit(FairLightningModule(nn.Linear(3, 1), num_groups=2), loader, loader)

@@ -13,12 +13,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from fair_lightning.callbacks._outputs import ValidationRows
+from fair_lightning.callbacks._outputs import ValidationRows, evaluation_outputs
 from fair_lightning.callbacks._thresholds import validation_probabilities
 from fair_lightning.functional import GroupSums, Rate, confusion_counts, constraint_holds, rate_difference
 from fair_lightning.functional._fairness import group_rate_table
 from fair_lightning.functional._multiclass import group_sums_from_multiclass_confusion, multiclass_confusion_counts
 from fair_lightning.functional._rates import DEFINITIONS
+from fair_lightning.functional._regression import regression_group_sums
 
 STATE_VERSION = 1
 #: order of the verdicts of :func:`~fair_lightning.functional.constraint_holds`, best first
@@ -27,6 +28,11 @@ _STATUS = ("holds", "uncertain", "violated")
 CONSTANT_SHARE = 0.99
 #: the rates recorded per group for each validation run
 _RECORDED_RATES = ("selection_rate", "true_positive_rate", "false_positive_rate")
+#: constraints of a regression model (``task="regression"``): every group's mean squared error
+#: ``<= tolerance`` (fairlearn's BoundedGroupLoss), and the max - min of the group mean predictions
+REGRESSION_CONSTRAINTS = ("bounded_group_loss", "demographic_parity")
+#: a regression snapshot is constant when its predictions' std is at most this share of the target's
+CONSTANT_STD_SHARE = 0.01
 
 
 def _parse_constraints(constraints: Any) -> list[tuple[str, float]]:
@@ -42,12 +48,13 @@ def _parse_constraints(constraints: Any) -> list[tuple[str, float]]:
         constraints = [constraints]
     parsed = []
     for item in constraints if isinstance(constraints, Sequence) and not isinstance(constraints, str) else [None]:
-        ok = isinstance(item, (tuple, list)) and len(item) == 2 and item[0] in DEFINITIONS
+        known = (*DEFINITIONS, "bounded_group_loss")
+        ok = isinstance(item, (tuple, list)) and len(item) == 2 and item[0] in known
         ok = ok and not isinstance(item[1], bool) and isinstance(item[1], (int, float)) and item[1] >= 0
         if not ok:
             raise ValueError(
                 "`constraints` must be (definition, tolerance) pairs (or a mapping) with definition in "
-                f"{list(DEFINITIONS)} and tolerance >= 0, got {constraints!r}"
+                f"{list(known)} and tolerance >= 0, got {constraints!r}"
             )
         parsed.append((item[0], float(item[1])))
     if not parsed:
@@ -75,6 +82,10 @@ def _partitions(constraints: Any) -> list[tuple[tuple[int, ...] | None, str]]:
     if isinstance(items, Sequence) and not isinstance(items, str) and items and all(_is_constraint(c) for c in items):
         return [(c.partition, c.label) for c in items]
     return [(None, definition) for definition, _ in _parse_constraints(constraints)]
+
+
+def _is_regression(pl_module: pl.LightningModule) -> bool:
+    return getattr(pl_module, "task", None) == "regression"
 
 
 def _snapshot(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,6 +117,13 @@ class ConstrainedModelSelection(Callback):
     mixture's expected per-group rates meeting every constraint (pairwise ``rate_g - rate_h <=
     tolerance``, linear in the weights); a vertex solution uses at most (active constraints + 1)
     snapshots.
+
+    **Regression** (a module with ``task="regression"``, e.g. ``FairLightningModule(task="regression")``):
+    the outputs are the predictions themselves, the objective is minus the validation mean squared
+    error, and the constraints are ``("bounded_group_loss", bound)`` (every group's mean squared
+    error ``<= bound``, fairlearn's ``BoundedGroupLoss``) and ``("demographic_parity", tolerance)``
+    (max - min of the group mean predictions); a snapshot is constant when its predictions' std is
+    at most 1% of the targets'. No thresholds, mixture or certification.
 
     **K classes** (a module with ``(N, K)`` logits, e.g. ``FairLightningModule(num_classes=K)``):
     the predictions are the argmax of the softmax, the objective is their accuracy, and each
@@ -248,9 +266,53 @@ class ConstrainedModelSelection(Callback):
             return
         if self.outputs_fn is not None:
             probs, target, groups = self.outputs_fn(pl_module, outputs, batch)
+        elif _is_regression(pl_module):
+            probs, target, groups = evaluation_outputs(pl_module, outputs, batch)  # the predictions themselves
         else:
             probs, target, groups = validation_probabilities(pl_module, outputs, batch)
         self._rows.add(probs, target, groups)
+
+    def _regression_record(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any] | None:
+        """The record of a regression model's validation run (see the class docstring)."""
+        rows = self._rows.gather(trainer, pl_module.device).cpu()
+        if rows.shape[0] == 0:
+            return None
+        if self.thresholds:
+            raise ValueError("ConstrainedModelSelection(thresholds=True) fits group thresholds of a classifier; the module has task='regression'")
+        preds, target, groups = ValidationRows.split(rows)
+        num_groups = getattr(pl_module, "num_groups", None)
+        if not isinstance(num_groups, int):
+            num_groups = int(groups.max()) + 1
+        sums = regression_group_sums(preds, target, groups, num_groups, validate_args=False)
+        enough = sums.count >= max(self.min_count, 1)
+        record: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        mse = float(sums.squared_error.sum() / sums.count.sum())
+        record["objective"] = -mse if self.monitor is None else self._objective(trainer, None)
+        record["objective_name"] = self.monitor or "minus the validation MSE"
+        worst = -math.inf
+        for (definition, tolerance), (partition, label) in zip(self.constraints, self._parts):
+            if definition not in REGRESSION_CONSTRAINTS or partition is not None:
+                raise ValueError(
+                    f"constraint {label!r}: a regression model (task='regression') is judged on {list(REGRESSION_CONSTRAINTS)} "
+                    "over the module's own groups"
+                )
+            field = "squared_error" if definition == "bounded_group_loss" else "pred"
+            mean = sums.mean(field)
+            values = mean.value[enough & mean.valid]
+            if definition == "bounded_group_loss":
+                diff = float(values.max()) if values.numel() else 0.0
+            else:
+                diff = float(values.max() - values.min()) if values.numel() > 1 else 0.0
+            record[f"difference/{label}"] = diff
+            record[f"violation/{label}"] = diff - tolerance
+            worst = max(worst, diff - tolerance)
+        record["max_violation"] = worst
+        record["feasible"] = worst <= 1e-12
+        spread = float(target.std()) if target.numel() > 1 else 0.0
+        record["selection_share"] = float(preds.std()) / spread if spread > 0 else 0.0  # prediction std / target std
+        record["constant"] = record["selection_share"] <= CONSTANT_STD_SHARE
+        record["count"] = sums.count.clone()
+        return record
 
     def _sums(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> GroupSums | None:
         num_classes = getattr(pl_module, "num_classes", None)
@@ -309,9 +371,16 @@ class ConstrainedModelSelection(Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
+        if _is_regression(pl_module):
+            record = self._regression_record(trainer, pl_module)
+            if record is not None:
+                self._keep(record, pl_module)
+            return
         sums = self._sums(trainer, pl_module)
         if sums is None:
             return
+        if any(d == "bounded_group_loss" for d, _ in self.constraints):
+            raise ValueError("constraint 'bounded_group_loss' judges a regression model's group losses; the module is a classifier")
         record: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         record["objective"] = self._objective(trainer, sums)
         worst = -math.inf
@@ -347,6 +416,9 @@ class ConstrainedModelSelection(Callback):
         # (G,) per rate, or (K, G) for K classes
         record["rates"] = {r: torch.stack([t[r].value for t in tables]).squeeze(0).clone() for r in _RECORDED_RATES}
         record["count"] = sums.count.clone()
+        self._keep(record, pl_module)
+
+    def _keep(self, record: dict[str, Any], pl_module: pl.LightningModule) -> None:
         self.records.append(record)
         self.snapshots[len(self.records) - 1] = _snapshot(pl_module.state_dict())
         if self._fitted is not None:
@@ -409,7 +481,7 @@ class ConstrainedModelSelection(Callback):
             return None
         best = min(self.snapshots, key=self._rank_key)
         r = self.records[best]
-        objective = self.monitor or "validation accuracy"
+        objective = self.monitor or r.get("objective_name", "validation accuracy")
         n_feasible = sum(rec["feasible"] for rec in self.records)
         if r["feasible"] and r.get("constant"):
             self.reason = (
@@ -460,7 +532,8 @@ class ConstrainedModelSelection(Callback):
         if not r["feasible"]:
             out.append(
                 f"the chosen model (epoch {r['epoch']}) violates a constraint on validation by {r['max_violation']:.4f}: "
-                "no epoch met every tolerance; loosen the tolerance, train longer, or add group thresholds"
+                "no epoch met every tolerance; loosen the tolerance, train longer"
+                + (" or add group thresholds" if "rates" in r else "")
             )
         elif self._uncertified(r):
             names = ", ".join(
@@ -518,6 +591,8 @@ class ConstrainedModelSelection(Callback):
         index = sorted(self.snapshots)
         if not index:
             raise RuntimeError("ConstrainedModelSelection has no snapshot: fit first")
+        if any("rates" not in self.records[i] for i in index):
+            raise RuntimeError("`mixture` mixes classifiers' rates; the recorded runs are a regression model's")
         if any(partition is not None for partition, _ in self._parts):
             raise RuntimeError("`mixture` supports constraints over the module's own groups only (no `partition`)")
         rows, bounds = [], []
