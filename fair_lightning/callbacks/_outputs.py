@@ -10,8 +10,11 @@ import torch
 from torch import Tensor
 
 
-def evaluation_outputs(pl_module: pl.LightningModule, outputs: Any, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
-    """``(logits, target, groups)`` of an evaluation batch, each flattened to ``(N,)``.
+def evaluation_outputs(
+    pl_module: pl.LightningModule, outputs: Any, batch: Any, *, num_classes: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(logits, target, groups)`` of an evaluation batch, each flattened to ``(N,)`` (the logits
+    to ``(N, num_classes)`` when ``num_classes`` is given).
 
     When the step returned a mapping with ``"logits"`` (and, optionally, ``"target"`` and
     ``"groups"``), those are used: no extra computation. Otherwise the batch is split with
@@ -41,7 +44,8 @@ def evaluation_outputs(pl_module: pl.LightningModule, outputs: Any, batch: Any) 
                 logits = pl_module.forward(x)
     if target is None or groups is None:
         raise ValueError("evaluation batches must provide `target` and `groups` (see `FairLightningModule.unpack_batch`)")
-    return logits.detach().reshape(-1), target.detach().reshape(-1), groups.detach().reshape(-1).long()
+    logits = logits.detach().reshape(-1) if num_classes is None else logits.detach().reshape(-1, num_classes)
+    return logits, target.detach().reshape(-1), groups.detach().reshape(-1).long()
 
 
 def gather_rows(trainer: pl.Trainer, rows: Tensor) -> Tensor:
