@@ -1,7 +1,9 @@
 """Gradient reversal and the default adversary for adversarial debiasing.
 
 The adversary learns to predict the sensitive group from the model's logit (or representation,
-and with the label as extra input for equalized odds); the gradient reversal layer passes the
+and with the label as extra input for equalized odds), or to regress a continuous sensitive
+attribute (``Adversarial(sensitive="continuous")``: one output, mean squared error); the
+gradient reversal layer passes the
 adversary's gradient back to the model multiplied by ``-strength``, so that one backward pass
 trains the adversary to predict the group and the model to defeat it (Ganin & Lempitsky 2015).
 Zhang et al. (2018) instead project the model's gradient onto the orthogonal complement of the
@@ -52,7 +54,8 @@ class GradientReversalLayer(nn.Module):
 
 
 def make_adversary(in_features: int, num_groups: int, hidden: int = 32) -> nn.Module:
-    """A small MLP ``in_features -> hidden -> num_groups`` (group logits)."""
+    """A small MLP ``in_features -> hidden -> num_groups`` (group logits; ``num_groups=1`` for the
+    regression of a continuous attribute)."""
     return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_groups))
 
 

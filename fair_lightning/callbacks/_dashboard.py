@@ -16,7 +16,14 @@ from torch import Tensor
 from typing_extensions import override
 
 from fair_lightning.callbacks._outputs import evaluation_outputs, group_names, num_groups_of, reduce_sum
-from fair_lightning.functional import GroupSums, calibration_error_from_sums, calibration_sums, group_sums, hard_predictions
+from fair_lightning.functional import (
+    GroupSums,
+    calibration_error_from_sums,
+    calibration_sums,
+    group_sums,
+    hard_predictions,
+    multiclass_group_sums,
+)
 from fair_lightning.functional._calibration import check_n_bins
 
 #: HParams metric -> the ``trainer.callback_metrics`` key it copies (logged by ``FairLightningModule``).
@@ -71,19 +78,26 @@ def swept_keys() -> list[str]:
     return keys
 
 
-def run_hparams(module: Mapping[str, Any], datamodule: Mapping[str, Any], swept: Sequence[str] = ()) -> dict[str, Any]:
+def run_hparams(
+    module: Mapping[str, Any], datamodule: Mapping[str, Any], swept: Sequence[str] = (), *, num_classes: int | None = None
+) -> dict[str, Any]:
     """The HParams of a run: swept settings first, then ``mode`` and its own settings, then the rest it uses.
 
     A mode's settings are its method class's own arguments (:func:`method_hparams`: a Lagrangian
     run shows ``tolerance`` and ``dual_lr``, not ``eta``); then :data:`COMMON_HPARAMS` and :data:`DATA_HPARAMS`. ``None``
     values are left out. A module whose ``mode`` is not in the table shows all its
-    hyper-parameters (after the swept ones).
+    hyper-parameters (after the swept ones). A K-class module (``num_classes``, the module's
+    own, inferred when not given to it) shows ``num_classes`` after the mode's settings and no
+    ``threshold`` (K classes predict the argmax).
     """
     both = {**datamodule, **module}
+    if num_classes is not None:
+        both["num_classes"] = int(num_classes)
     mode = module.get("mode")
     own = method_hparams(mode)
     if own is not None:
-        order = ["mode", *own, *COMMON_HPARAMS, *DATA_HPARAMS]
+        common = COMMON_HPARAMS if num_classes is None else ("num_classes", *(k for k in COMMON_HPARAMS if k != "threshold"))
+        order = ["mode", *own, *common, *DATA_HPARAMS]
         used = set(order)
     else:
         order = list(both)
@@ -105,7 +119,12 @@ class FairnessDashboard(Callback):
     * every validation epoch, and after testing: a bar chart of the selection rate, TPR and FPR
       of every group (``figures/<stage>/group_rates``) and a per-group reliability diagram with
       each group's ECE (``figures/<stage>/reliability``), from per-group sums of the
-      statistics core (summed over the ranks under DDP, drawn on global rank zero);
+      statistics core (summed over the ranks under DDP, drawn on global rank zero). For a
+      K-class module (``pl_module.num_classes``, e.g. ``FairLightningModule(num_classes=K)``),
+      the rate figure has the classes on the x axis and one bar per group, in two panels: the
+      selection rate ``P(yhat = c | g)`` (demographic parity, per class) and the TPR
+      ``P(yhat = c | y = c, g)`` (the class's recall; equal opportunity, per class); the
+      reliability diagram is the top-label one (confidence of the argmax against its accuracy);
     * the HParams table: when a fit (or a validation or test run) is set up, the settings of the
       run (:func:`run_hparams`: the swept ones first, then the mode and its own settings, then
       the optimizer's and the data's; nothing the mode does not use) with the metric names of ``hp_metrics`` (once per logger,
@@ -162,6 +181,7 @@ class FairnessDashboard(Callback):
         self._warned = False
         self._hparams_logged: set[int] = set()
         self._sums: tuple[Tensor, Tensor] | None = None
+        self._num_classes: int | None = None
 
     # --- set-up -------------------------------------------------------------------------------
     @override
@@ -176,6 +196,7 @@ class FairnessDashboard(Callback):
                 )
                 self._warned = True
             return
+        self._num_classes = _num_classes_of(pl_module)
         if self.figures:
             num_groups_of(pl_module)
         if stage != "predict":
@@ -195,7 +216,7 @@ class FairnessDashboard(Callback):
             return
         dm = trainer.datamodule
         datamodule = {**dm.hparams_initial, **dm.hparams} if dm is not None else {}
-        params = run_hparams(dict(pl_module.hparams_initial), datamodule, swept_keys())
+        params = run_hparams(dict(pl_module.hparams_initial), datamodule, swept_keys(), num_classes=self._num_classes)
         logger.log_hyperparams(params, {name: math.nan for name in self.hp_metrics})
 
     def _log_hp_metrics(self, trainer: pl.Trainer) -> None:
@@ -219,12 +240,20 @@ class FairnessDashboard(Callback):
     ) -> None:
         if not self._active(trainer) or dataloader_idx != 0:
             return
-        logits, target, groups = evaluation_outputs(pl_module, outputs, batch)
+        k = self._num_classes
+        logits, target, groups = evaluation_outputs(pl_module, outputs, batch, num_classes=k)
         num_groups = num_groups_of(pl_module)
-        probs = torch.sigmoid(logits.double())
-        hard = hard_predictions(probs, getattr(pl_module, "threshold", 0.5))
-        rates = group_sums(hard, target, groups, num_groups).stack()
-        bins = calibration_sums(probs, target, groups, num_groups, n_bins=self.n_bins)
+        if k is None:
+            probs = torch.sigmoid(logits.double())
+            hard = hard_predictions(probs, getattr(pl_module, "threshold", 0.5))
+            rates = group_sums(hard, target, groups, num_groups).stack()
+            bins = calibration_sums(probs, target, groups, num_groups, n_bins=self.n_bins)
+        else:  # (4, K, G) one-vs-rest sums of the argmax; top-label calibration sums
+            probs = torch.softmax(logits.double(), 1)
+            rates = multiclass_group_sums(probs, target, groups, num_groups, k).stack()
+            confidence, predicted = probs.max(1)
+            correct = (predicted == target.long()).double()
+            bins = calibration_sums(confidence, correct, groups, num_groups, n_bins=self.n_bins)
         self._sums = (rates, bins) if self._sums is None else (self._sums[0] + rates, self._sums[1] + bins)
 
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -233,8 +262,9 @@ class FairnessDashboard(Callback):
         num_groups = num_groups_of(pl_module)
         if self._sums is None:  # no batch on this rank: it still takes part in the reduction
             device = pl_module.device
+            classes = () if self._num_classes is None else (self._num_classes,)
             self._sums = (
-                torch.zeros(4, num_groups, dtype=torch.float64, device=device),
+                torch.zeros(4, *classes, num_groups, dtype=torch.float64, device=device),
                 torch.zeros(num_groups, self.n_bins, 3, dtype=torch.float64, device=device),
             )
         rates, bins = (reduce_sum(trainer, s).cpu() for s in self._sums)
@@ -246,9 +276,15 @@ class FairnessDashboard(Callback):
         step = trainer.global_step
         experiment = self._logger.experiment
         title = f"{stage}, step {step}"
-        rates_figure = group_rates_figure(GroupSums.from_stacked(rates), names, title=f"{title}, threshold {threshold:g}")
+        if self._num_classes is None:
+            rates_figure = group_rates_figure(GroupSums.from_stacked(rates), names, title=f"{title}, threshold {threshold:g}")
+            reliability_title = title
+        else:
+            classes = _class_names_of(pl_module, self._num_classes)
+            rates_figure = group_rates_figure(GroupSums.from_stacked(rates), names, title=f"{title}, argmax", class_names=classes)
+            reliability_title = f"{title}, top label"
         experiment.add_image(RATES_TAG.format(stage=stage), render(rates_figure), step, dataformats="HWC")
-        reliability = reliability_figure(bins, names, title=title)
+        reliability = reliability_figure(bins, names, title=reliability_title)
         experiment.add_image(RELIABILITY_TAG.format(stage=stage), render(reliability), step, dataformats="HWC")
 
     # --- hooks --------------------------------------------------------------------------------
@@ -301,6 +337,20 @@ class FairnessDashboard(Callback):
         self._log_hp_metrics(trainer)
 
 
+def _num_classes_of(pl_module: pl.LightningModule) -> int | None:
+    """``pl_module.num_classes`` when it is a K-class module (an int >= 2), else ``None`` (binary)."""
+    k = getattr(pl_module, "num_classes", None)
+    return int(k) if isinstance(k, int) and not isinstance(k, bool) and k >= 2 else None
+
+
+def _class_names_of(pl_module: pl.LightningModule, num_classes: int) -> list[str]:
+    """The module's class names (the ones in its ``val/...`` keys), else ``class_<c>``."""
+    names = getattr(pl_module, "class_names", None)
+    if names is not None and len(names) == num_classes:
+        return [str(n) for n in names]
+    return [f"class_{c}" for c in range(num_classes)]
+
+
 # --- figures (matplotlib's object API on the Agg canvas: no pyplot, no global backend) -----------
 def _figure(width: float, height: float):
     from matplotlib.figure import Figure
@@ -321,17 +371,24 @@ def _nan_where_undefined(rate) -> np.ndarray:
     return torch.where(rate.valid, rate.value, torch.full_like(rate.value, math.nan)).double().numpy()
 
 
-def group_rates_figure(sums: GroupSums, names: Sequence[str], *, title: str = ""):
+def group_rates_figure(sums: GroupSums, names: Sequence[str], *, title: str = "", class_names: Sequence[str] | None = None):
     """Bars of the selection rate, TPR and FPR of every group (undefined rates are left out).
 
     Args:
-        sums: per-group sums of hard predictions (``fair_lightning.functional.group_sums``).
+        sums: per-group sums of hard predictions (``fair_lightning.functional.group_sums``); with
+            ``class_names``, K-class one-vs-rest sums with ``(K, G)`` fields
+            (``fair_lightning.functional.multiclass_group_sums``).
         names: group names.
         title: figure title.
+        class_names: the K class names: then two panels, the selection rate and the TPR (recall)
+            of each class, the classes on the x axis and one bar per group; each panel's title
+            gives the largest gap between groups and its class.
 
     Returns:
         A matplotlib ``Figure``.
     """
+    if class_names is not None:
+        return _class_rates_figure(sums, names, class_names, title=title)
     rates = {
         "selection rate": sums.selection_rate(),
         "TPR": sums.true_positive_rate(),
@@ -349,6 +406,42 @@ def group_rates_figure(sums: GroupSums, names: Sequence[str], *, title: str = ""
     ax.set_ylabel("rate")
     ax.legend(fontsize="small", ncols=len(rates))
     ax.set_title(f"Per-group rates ({title})" if title else "Per-group rates", fontsize="medium")
+    return figure
+
+
+def _class_rates_figure(sums: GroupSums, names: Sequence[str], class_names: Sequence[str], *, title: str = ""):
+    """:func:`group_rates_figure` for K classes: per class (x axis) one bar per group, two panels."""
+    num_classes, num_groups = len(class_names), len(names)
+    if tuple(sums.count.shape) != (num_classes, num_groups):
+        raise ValueError(
+            f"K-class sums must have ({num_classes}, {num_groups}) fields (classes, groups), got {tuple(sums.count.shape)}"
+        )
+    panels = {
+        "selection rate P(ŷ=c | g)": _nan_where_undefined(sums.selection_rate()),
+        "TPR (recall) P(ŷ=c | y=c, g)": _nan_where_undefined(sums.true_positive_rate()),
+    }
+    figure = _figure(max(6.0, 0.12 * num_classes * num_groups + 0.35 * num_classes + 2.5), 5.6)
+    axes = figure.subplots(2, 1, sharex=True)
+    x = np.arange(num_classes)
+    width = 0.8 / num_groups
+    colors = [f"C{g % 10}" for g in range(num_groups)]
+    for ax, (label, rate) in zip(axes, panels.items()):
+        for g, name in enumerate(names):
+            ax.bar(x + (g - (num_groups - 1) / 2) * width, rate[:, g], width, label=name, color=colors[g])
+        # per class, the largest minus the smallest defined group rate (NaN with fewer than two)
+        gap = np.array([np.ptp(r[~np.isnan(r)]) if (~np.isnan(r)).sum() >= 2 else np.nan for r in rate])
+        worst = "" if np.isnan(gap).all() else f"; largest gap {np.nanmax(gap):.3f} ({class_names[int(np.nanargmax(gap))]})"
+        ax.set_title(f"{label}{worst}", fontsize="small", loc="left")
+        top = 0.0 if np.isnan(rate).all() else float(np.nanmax(rate))
+        ax.set_ylim(0, min(1.0, 1.15 * top) if top > 0 else 1.0)
+        ax.set_ylabel("rate")
+        ax.grid(axis="y", linewidth=0.5, alpha=0.5)
+    rotate = num_classes > 12 or max(len(c) for c in class_names) > 6
+    axes[1].set_xticks(x, list(class_names), rotation=30 if rotate else 0, ha="right" if rotate else "center")
+    axes[1].set_xlabel("class")
+    figure.suptitle(f"Per-class rates by group ({title})" if title else "Per-class rates by group", fontsize="medium")
+    handles, labels = axes[0].get_legend_handles_labels()  # outside the panels: no bar hidden under it
+    figure.legend(handles, labels, loc="outside lower center", fontsize="small", ncols=min(num_groups, 6), frameon=False)
     return figure
 
 

@@ -10,9 +10,11 @@ import torch
 from torch import Tensor
 
 
-def evaluation_outputs(pl_module: pl.LightningModule, outputs: Any, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+def evaluation_outputs(
+    pl_module: pl.LightningModule, outputs: Any, batch: Any, *, num_classes: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(logits, target, groups)`` of an evaluation batch, each flattened to ``(N,)`` (K-class
-    logits stay ``(N, K)``).
+    logits stay ``(N, K)``; with ``num_classes`` given, the logits are reshaped to ``(N, num_classes)``).
 
     When the step returned a mapping with ``"logits"`` (and, optionally, ``"target"`` and
     ``"groups"``), those are used: no extra computation. Otherwise the batch is split with
@@ -43,7 +45,9 @@ def evaluation_outputs(pl_module: pl.LightningModule, outputs: Any, batch: Any) 
     if target is None or groups is None:
         raise ValueError("evaluation batches must provide `target` and `groups` (see `FairLightningModule.unpack_batch`)")
     logits = logits.detach()
-    if not (logits.ndim == 2 and logits.shape[1] > 1):
+    if num_classes is not None:
+        logits = logits.reshape(-1, num_classes)
+    elif not (logits.ndim == 2 and logits.shape[1] > 1):
         logits = logits.reshape(-1)
     return logits, target.detach().reshape(-1), groups.detach().reshape(-1).long()
 

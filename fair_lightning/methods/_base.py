@@ -71,7 +71,10 @@ class FairnessMethod(nn.Module):
 
     Args:
         num_groups: number of (possibly intersectional) groups, ids in ``[0, num_groups)``; at
-            least 2 (fairness compares groups).
+            least 2 (fairness compares groups). ``None`` only for a method that takes a continuous
+            sensitive attribute instead of groups (:attr:`accepts_continuous`, e.g.
+            ``Adversarial(sensitive="continuous")``): then ``num_groups`` is ``None`` and
+            ``group_names`` is empty.
         group_names: names of the groups in logged keys (default ``group_0``, ...).
         num_classes: ``None`` for a binary classifier (one logit per sample) or a regression
             model (one prediction per sample), or ``K >= 2`` for ``(N, K)`` logits and
@@ -90,18 +93,26 @@ class FairnessMethod(nn.Module):
     term_name: ClassVar[str | None] = "train/fairness_loss"
     #: whether :meth:`compute_term` needs binary targets
     requires_target: ClassVar[bool] = False
+    #: whether the method may be built with ``num_groups=None`` (a continuous sensitive attribute)
+    accepts_continuous: ClassVar[bool] = False
 
-    def __init__(self, num_groups: int, *, group_names: Sequence[str] | None = None, num_classes: int | None = None) -> None:
+    def __init__(self, num_groups: int | None, *, group_names: Sequence[str] | None = None, num_classes: int | None = None) -> None:
         super().__init__()
         from fair_lightning.losses import check_num_classes_arg
 
-        self.num_groups = check_num_groups(num_groups)
         self.num_classes = check_num_classes_arg(num_classes)
-        if type(self).requires_groups() and self.num_groups < 2:
-            raise ValueError(
-                f"`num_groups` must be >= 2 for {type(self).__name__}: fairness compares groups, got {num_groups}"
-            )
-        self.group_names = _check_group_names(group_names, self.num_groups)
+        if num_groups is None and type(self).accepts_continuous:
+            if group_names is not None:
+                raise ValueError(f"`group_names` must be None without groups (num_groups=None), got {group_names!r}")
+            self.num_groups = None
+            self.group_names = []
+        else:
+            self.num_groups = check_num_groups(num_groups)
+            if type(self).requires_groups() and self.num_groups < 2:
+                raise ValueError(
+                    f"`num_groups` must be >= 2 for {type(self).__name__}: fairness compares groups, got {num_groups}"
+                )
+            self.group_names = _check_group_names(group_names, self.num_groups)
         #: the model the method is for: ``"binary"`` (one logit), ``"multiclass"`` (``(N, K)``
         #: logits) or ``"regression"`` (one continuous prediction; set by regression methods)
         self.task = "binary" if self.num_classes is None else "multiclass"
