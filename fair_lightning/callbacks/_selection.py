@@ -533,7 +533,7 @@ class ConstrainedModelSelection(Callback):
             out.append(
                 f"the chosen model (epoch {r['epoch']}) violates a constraint on validation by {r['max_violation']:.4f}: "
                 "no epoch met every tolerance; loosen the tolerance, train longer"
-                + (" or add group thresholds" if "rates" in r else "")
+                + (" or add group thresholds" if "rates" in r and r["rates"]["selection_rate"].ndim == 1 else "")
             )
         elif self._uncertified(r):
             names = ", ".join(
