@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fair_lightning.methods import Adversarial, FairnessMethod
 from fair_lightning.module import FairLightningModule
+from tests._ddp import run_on_ranks
 
 
 def _leaky(n=3000, seed=0):
@@ -139,3 +140,39 @@ def test_group_adversary_is_unchanged():
     assert not any(k.startswith("sensitive_") for k in method.state_dict())
     loss = method(torch.randn(8), None, torch.randint(0, 2, (8,)))
     assert torch.isfinite(loss)
+
+
+def _standardize_on_rank(rank, world_size, module):
+    """Each rank standardizes its half of every global batch; the running moments are the global ones."""
+    import torch
+
+    from fair_lightning.methods import Adversarial
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(2 * 6, generator=gen, dtype=torch.float64) * 3.0 + 40.0 for _ in range(4)]
+    method = Adversarial(sensitive="continuous", eta=1.0)
+    method.train()
+    outs = []
+    for batch in batches:
+        local = batch.view(world_size, -1)[rank] if world_size > 1 else batch
+        outs.append(method._standardize(local))
+    return {"count": float(method.sensitive_count), "mean": float(method.sensitive_mean),
+            "m2": float(method.sensitive_m2), "last": outs[-1]}
+
+
+@pytest.mark.ddp
+def test_running_moments_are_reduced_across_ranks(tmp_path):
+    """Under 2-process DDP the attribute's running mean and variance (and so the adversary's
+    regression target) are those of the whole global batch, as on one process."""
+    import torch
+
+    single = _standardize_on_rank(0, 1, None)
+    ranks = run_on_ranks(_standardize_on_rank, tmp_path)
+    all_values = torch.cat([torch.randn(12, generator=g, dtype=torch.float64) * 3.0 + 40.0
+                            for g in [torch.Generator().manual_seed(0)] for _ in range(4)])
+    assert single["count"] == 48 and single["mean"] == pytest.approx(float(all_values.mean()), rel=1e-12)
+    assert single["m2"] / 47 == pytest.approx(float(all_values.var()), rel=1e-9)
+    for r, out in enumerate(ranks):
+        for key in ("count", "mean", "m2"):
+            assert out[key] == pytest.approx(single[key], rel=1e-12), (r, key)
+        assert torch.allclose(out["last"], single["last"].view(2, -1)[r], rtol=1e-12)

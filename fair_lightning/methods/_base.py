@@ -32,6 +32,15 @@ from fair_lightning.functional._checks import check_num_groups
 METHODS: dict[str, type[FairnessMethod]] = {}
 
 
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Sum ``tensor`` over the processes of the default process group (a no-op outside DDP)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
 def register_method(name: str):
     """Class decorator: make a :class:`FairnessMethod` available as ``mode=name``."""
 

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from fair_lightning.adversarial import GradientReversalLayer, make_adversary
 from fair_lightning.functional._rates import check_definition
-from fair_lightning.methods._base import FairnessMethod, check_number, register_method
+from fair_lightning.methods._base import FairnessMethod, all_reduce_sum, check_number, register_method
 from fair_lightning.schedules import EtaSchedule
 
 ADVERSARY_INPUTS = ("logit", "representation")
@@ -172,9 +172,14 @@ class Adversarial(FairnessMethod):
     def _standardize(self, values: Tensor) -> Tensor:
         """``values`` standardized by the running mean and variance (updated first in training)."""
         values = values.detach().double()
-        if self.training and values.numel():  # Chan et al.'s merge of the batch's moments into the running ones
-            n, mean = float(values.numel()), values.mean()
-            m2 = ((values - mean) ** 2).sum()
+        if self.training:  # Chan et al.'s merge of the (all ranks') batch moments into the running ones
+            shift = self.sensitive_mean  # sums around the running mean: no cancellation for large values
+            local = torch.stack((values.new_tensor(float(values.numel())), (values - shift).sum(), ((values - shift) ** 2).sum()))
+            n, first, second = all_reduce_sum(local).unbind(0)
+            if float(n) == 0:
+                return values
+            mean = shift + first / n
+            m2 = second - first**2 / n
             total = self.sensitive_count + n
             delta = mean - self.sensitive_mean
             self.sensitive_m2.add_(m2 + delta**2 * self.sensitive_count * n / total)

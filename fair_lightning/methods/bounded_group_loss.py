@@ -28,9 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fair_lightning.functional._core import grouped_sum
-from fair_lightning.methods._base import FairnessMethod, check_number, register_method
+from fair_lightning.methods._base import FairnessMethod, all_reduce_sum, check_number, register_method
 from fair_lightning.methods._dual import DualClock
-from fair_lightning.methods.lagrangian import all_reduce_sum
 
 def squared_error(preds: Tensor, target: Tensor) -> Tensor:
     """Per-sample ``(preds - target) ** 2``."""

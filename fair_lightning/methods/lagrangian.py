@@ -31,16 +31,7 @@ from fair_lightning.constraints import (
 from fair_lightning.functional import confusion_counts, group_sums, label_cells
 from fair_lightning.functional._multiclass import check_class_names
 from fair_lightning.methods._dual import DualClock
-from fair_lightning.methods._base import FairnessMethod, check_number, register_method
-
-
-def all_reduce_sum(tensor: Tensor) -> Tensor:
-    """Sum ``tensor`` over the processes of the default process group (a no-op outside DDP)."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        tensor = tensor.clone()
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
+from fair_lightning.methods._base import FairnessMethod, all_reduce_sum, check_number, register_method
 
 
 class _DualOptimizerState(nn.Module):
