@@ -544,9 +544,9 @@ class ConstrainedModelSelection(Callback):
                 self.best_index in self.threshold_states) else ""
             out.append(
                 f"the chosen model (epoch {r['epoch']}) meets every tolerance on validation, but {names} cannot be certified "
-                f"at {100 * self.confidence:g}% confidence{fitted}: groups with few validation rows leave the difference "
-                "uncertain; on new data expect differences up to the interval's end. More validation rows (or a looser "
-                "tolerance) make the constraint certifiable"
+                f"at {100 * self.confidence:g}% confidence{fitted}: the validation split is too small to pin the difference "
+                "down to the tolerance, and on new data it may reach the interval's end. More validation rows (above all "
+                "in the smallest groups) or a looser tolerance make it certifiable"
             )
         if r.get("constant"):
             out.append(f"the chosen model (epoch {r['epoch']}) is a constant predictor on validation")
