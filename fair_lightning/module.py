@@ -880,10 +880,10 @@ class FairLightningModule(pl.LightningModule):
             metrics["cdf_gap"].bin_edges.copy_(edges.to(metrics["cdf_gap"].bin_edges.device))
 
     def _refuse_classifier_callbacks(self) -> None:
-        from fair_lightning.callbacks import FairnessDashboard, GroupCalibrationCallback, GroupThresholdCallback
+        from fair_lightning.callbacks import GroupCalibrationCallback, GroupThresholdCallback
 
-        # (ConstrainedModelSelection judges regression models too: bounded group loss, mean gaps)
-        classifier_only = (GroupCalibrationCallback, GroupThresholdCallback, FairnessDashboard)
+        # (ConstrainedModelSelection judges regression models too, and FairnessDashboard draws them)
+        classifier_only = (GroupCalibrationCallback, GroupThresholdCallback)
         found = [type(cb).__name__ for cb in (self._trainer.callbacks if self._trainer is not None else ()) if isinstance(cb, classifier_only)]
         if found:
             raise ValueError(

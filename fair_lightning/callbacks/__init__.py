@@ -13,7 +13,9 @@
   feasible one (else the least violating) at the end of fit; optional randomized mixture.
 * :class:`FairnessDashboard`: per-group rate bars and reliability diagrams in TensorBoard, and
   the HParams table (``hp/...``) that lets the runs of a sweep be compared;
-  :func:`classwise_reliability_figure` draws the per-class diagrams of K-class probabilities.
+  :func:`classwise_reliability_figure` draws the per-class diagrams of K-class probabilities;
+  for a regression module, :func:`regression_statistics_figure` (group means and MSE) and
+  :func:`prediction_cdf_figure` (each group's prediction CDF, the largest gap marked).
 
 The per-group scalars, constraint violations, Lagrange multipliers and the fairness/task
 gradient-norm ratio are logged by :class:`~fair_lightning.module.FairLightningModule` itself and
@@ -35,6 +37,8 @@ from fair_lightning.callbacks._dashboard import (
     FairnessDashboard,
     classwise_reliability_figure,
     group_rates_figure,
+    prediction_cdf_figure,
+    regression_statistics_figure,
     reliability_figure,
 )
 
@@ -47,5 +51,7 @@ __all__ = [
     "GroupCalibrationCallback",
     "GroupThresholdCallback",
     "group_rates_figure",
+    "prediction_cdf_figure",
+    "regression_statistics_figure",
     "reliability_figure",
 ]

@@ -25,6 +25,12 @@ from fair_lightning.functional import (
     multiclass_group_sums,
 )
 from fair_lightning.functional._calibration import check_n_bins
+from fair_lightning.functional._regression import (
+    RegressionSums,
+    check_bin_edges,
+    prediction_histogram,
+    regression_group_sums,
+)
 
 #: HParams metric -> the ``trainer.callback_metrics`` key it copies (logged by ``FairLightningModule``).
 DEFAULT_HP_METRICS: dict[str, str] = {
@@ -40,6 +46,7 @@ DEFAULT_HP_METRICS: dict[str, str] = {
 #: Image tags, formatted with the stage (``"val"`` or ``"test"``).
 RATES_TAG = "figures/{stage}/group_rates"
 RELIABILITY_TAG = "figures/{stage}/reliability"
+CDF_TAG = "figures/{stage}/prediction_cdf"
 
 
 #: Hyper-parameters each mode uses, most telling first (the HParams table shows these and no others).
@@ -124,7 +131,12 @@ class FairnessDashboard(Callback):
       the rate figure has the classes on the x axis and one bar per group, in two panels: the
       selection rate ``P(yhat = c | g)`` (demographic parity, per class) and the TPR
       ``P(yhat = c | y = c, g)`` (the class's recall; equal opportunity, per class); the
-      reliability diagram is the top-label one (confidence of the argmax against its accuracy);
+      reliability diagram is the top-label one (confidence of the argmax against its accuracy).
+      For a regression module (``pl_module.task == "regression"``), the group figure shows each
+      group's mean prediction beside its mean target and its mean squared error
+      (``figures/<stage>/group_rates``), and the second figure each group's empirical CDF of the
+      predictions with the largest gap between them marked (``figures/<stage>/prediction_cdf``;
+      on the bin edges of the module's ``val/cdf_gap``, ``bin_edges`` or the first batch's range);
     * the HParams table: when a fit (or a validation or test run) is set up, the settings of the
       run (:func:`run_hparams`: the swept ones first, then the mode and its own settings, then
       the optimizer's and the data's; nothing the mode does not use) with the metric names of ``hp_metrics`` (once per logger,
@@ -149,6 +161,10 @@ class FairnessDashboard(Callback):
 
     Args:
         n_bins: equal-width probability bins of the reliability diagram.
+        bin_edges: regression only: the prediction values at which the groups' CDFs are drawn
+            (sorted, finite); default the module's ``cdf_gap`` metric's edges (``FairLightningModule``
+            sets them from the training targets), else 100 edges over the first validation
+            batch's predictions.
         figures: draw the figures (``False``: HParams only, and no extra work per batch).
         hp_metrics: HParams metric name -> ``callback_metrics`` key; ``None`` or ``{}``
             disables the HParams part. Add e.g. ``"hp/test_ece_after_max":
@@ -168,8 +184,12 @@ class FairnessDashboard(Callback):
         n_bins: int = 15,
         figures: bool = True,
         hp_metrics: Mapping[str, str] | None = DEFAULT_HP_METRICS,
+        bin_edges: Sequence[float] | Tensor | None = None,
     ) -> None:
         self.n_bins = check_n_bins(n_bins)
+        self.bin_edges = None if bin_edges is None else check_bin_edges(bin_edges)
+        self._edges: Tensor | None = None  # the edges in use (regression)
+        self._regression = False
         hp_metrics = {} if hp_metrics is None else hp_metrics
         if not isinstance(hp_metrics, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in hp_metrics.items()
@@ -197,6 +217,9 @@ class FairnessDashboard(Callback):
                 self._warned = True
             return
         self._num_classes = _num_classes_of(pl_module)
+        self._regression = getattr(pl_module, "task", None) == "regression"
+        # regression: the given edges, else read at the first batch (the module sets its own in its `setup`)
+        self._edges = self.bin_edges
         if self.figures:
             num_groups_of(pl_module)
         if stage != "predict":
@@ -243,7 +266,12 @@ class FairnessDashboard(Callback):
         k = self._num_classes
         logits, target, groups = evaluation_outputs(pl_module, outputs, batch, num_classes=k)
         num_groups = num_groups_of(pl_module)
-        if k is None:
+        if self._regression:  # (5, G) group sums; (G, E + 1) histogram of the predictions
+            preds = logits.reshape(-1).double()
+            edges = self._regression_edges(pl_module, preds)
+            rates = regression_group_sums(preds, target.double(), groups, num_groups, validate_args=False).stack()
+            bins = prediction_histogram(preds, groups, num_groups, edges)
+        elif k is None:
             probs = torch.sigmoid(logits.double())
             hard = hard_predictions(probs, getattr(pl_module, "threshold", 0.5))
             rates = group_sums(hard, target, groups, num_groups).stack()
@@ -256,6 +284,20 @@ class FairnessDashboard(Callback):
             bins = calibration_sums(confidence, correct, groups, num_groups, n_bins=self.n_bins)
         self._sums = (rates, bins) if self._sums is None else (self._sums[0] + rates, self._sums[1] + bins)
 
+    def _regression_edges(self, pl_module: pl.LightningModule, preds: Tensor) -> Tensor:
+        """The CDF edges: given, else the module's ``cdf_gap`` edges, else 100 over this batch's range
+        (then kept for the rest of the run, so that every batch and rank bins alike)."""
+        if self._edges is None:
+            metrics = getattr(pl_module, "val_metrics", None)
+            metric = metrics["cdf_gap"] if metrics is not None and "cdf_gap" in metrics else None
+            if metric is not None and hasattr(metric, "bin_edges"):
+                self._edges = metric.bin_edges.detach().double().cpu()
+            else:
+                low, high = (float(preds.min()), float(preds.max())) if preds.numel() else (0.0, 1.0)
+                pad = 0.05 * (high - low) if high > low else 1.0
+                self._edges = torch.linspace(low - pad, high + pad, 100, dtype=torch.float64)
+        return self._edges.to(preds.device)
+
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not self._active(trainer):
             return
@@ -263,10 +305,17 @@ class FairnessDashboard(Callback):
         if self._sums is None:  # no batch on this rank: it still takes part in the reduction
             device = pl_module.device
             classes = () if self._num_classes is None else (self._num_classes,)
-            self._sums = (
-                torch.zeros(4, *classes, num_groups, dtype=torch.float64, device=device),
-                torch.zeros(num_groups, self.n_bins, 3, dtype=torch.float64, device=device),
-            )
+            if self._regression:
+                edges = self._regression_edges(pl_module, torch.zeros(0, dtype=torch.float64))
+                self._sums = (
+                    torch.zeros(5, num_groups, dtype=torch.float64, device=device),
+                    torch.zeros(num_groups, edges.numel() + 1, dtype=torch.float64, device=device),
+                )
+            else:
+                self._sums = (
+                    torch.zeros(4, *classes, num_groups, dtype=torch.float64, device=device),
+                    torch.zeros(num_groups, self.n_bins, 3, dtype=torch.float64, device=device),
+                )
         rates, bins = (reduce_sum(trainer, s).cpu() for s in self._sums)
         self._sums = None
         if not trainer.is_global_zero:
@@ -276,6 +325,12 @@ class FairnessDashboard(Callback):
         step = trainer.global_step
         experiment = self._logger.experiment
         title = f"{stage}, step {step}"
+        if self._regression:
+            stats = regression_statistics_figure(RegressionSums.from_stacked(rates), names, title=title)
+            experiment.add_image(RATES_TAG.format(stage=stage), render(stats), step, dataformats="HWC")
+            cdf = prediction_cdf_figure(bins, self._edges, names, title=title)
+            experiment.add_image(CDF_TAG.format(stage=stage), render(cdf), step, dataformats="HWC")
+            return
         if self._num_classes is None:
             rates_figure = group_rates_figure(GroupSums.from_stacked(rates), names, title=f"{title}, threshold {threshold:g}")
             reliability_title = title
@@ -442,6 +497,56 @@ def _class_rates_figure(sums: GroupSums, names: Sequence[str], class_names: Sequ
     figure.suptitle(f"Per-class rates by group ({title})" if title else "Per-class rates by group", fontsize="medium")
     handles, labels = axes[0].get_legend_handles_labels()  # outside the panels: no bar hidden under it
     figure.legend(handles, labels, loc="outside lower center", fontsize="small", ncols=min(num_groups, 6), frameon=False)
+    return figure
+
+
+def regression_statistics_figure(sums: RegressionSums, names: Sequence[str], *, title: str = ""):
+    """Per group: mean prediction beside mean target (left), mean squared error (right)."""
+    count = sums.count.numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pred, target, mse = (np.where(count > 0, f.numpy() / count, np.nan) for f in (sums.pred, sums.target, sums.squared_error))
+    figure = _figure(max(6.0, 1.1 * len(names) + 3.0), 3.4)
+    left, right = figure.subplots(1, 2)
+    x = np.arange(len(names))
+    left.bar(x - 0.2, pred, 0.4, label="mean prediction")
+    left.bar(x + 0.2, target, 0.4, label="mean target", alpha=0.6)
+    gap = np.nanmax(pred) - np.nanmin(pred) if np.isfinite(pred).sum() > 1 else 0.0
+    left.set_title(f"means by group (prediction gap {gap:.3f})", fontsize="small")
+    left.legend(fontsize="x-small")
+    right.bar(x, mse, 0.6, color="tab:red")
+    right.set_title(f"mean squared error by group (max {np.nanmax(mse):.3f})" if np.isfinite(mse).any() else
+                    "mean squared error by group", fontsize="small")
+    for ax in (left, right):
+        ax.set_xticks(x, [f"{n}\n(n={int(c)})" for n, c in zip(names, count)], fontsize="x-small")
+    figure.suptitle(f"Regression by group ({title})" if title else "Regression by group", fontsize="medium")
+    return figure
+
+
+def prediction_cdf_figure(histogram: Tensor, edges: Tensor, names: Sequence[str], *, title: str = ""):
+    """Each group's empirical CDF of the predictions at ``edges`` (from :func:`prediction_histogram`
+    counts), with the largest gap between two groups marked (the Kolmogorov-Smirnov distance the
+    module logs as ``cdf_gap``, on these edges)."""
+    counts = histogram.numpy()
+    total = counts.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cdf = np.where(total > 0, counts.cumsum(1)[:, :-1] / total, np.nan)  # (G, E) at the edges
+    x = edges.numpy()
+    figure = _figure(6.4, 3.6)
+    ax = figure.subplots()
+    for g, name in enumerate(names):
+        if total[g, 0] > 0:
+            ax.step(x, cdf[g], where="post", label=f"{name} (n={int(total[g, 0])})")
+    present = total[:, 0] > 0
+    if present.sum() > 1:
+        spread = np.nanmax(cdf[present], 0) - np.nanmin(cdf[present], 0)
+        i = int(np.nanargmax(spread))
+        ax.vlines(x[i], np.nanmin(cdf[present][:, i]), np.nanmax(cdf[present][:, i]), colors="black", linestyles="dashed", linewidth=1.5)
+        ax.set_title(f"largest CDF gap {spread[i]:.3f} at {x[i]:.3g}", fontsize="small")
+    ax.set_xlabel("prediction", fontsize="small")
+    ax.set_ylabel("share of the group at or below", fontsize="small")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize="x-small", loc="lower right")
+    figure.suptitle(f"Prediction CDF by group ({title})" if title else "Prediction CDF by group", fontsize="medium")
     return figure
 
 
