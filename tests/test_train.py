@@ -92,9 +92,11 @@ def test_default_task_is_binary_and_each_task_picks_offline_data():
     assert _compose().module.task == "binary" and _compose().data.dataset == "adult"
     regression = _compose(["task=regression"])
     assert (regression.module.task, regression.data.dataset) == ("regression", "group_shift_regression")
-    assert list(regression.objective) == ["val_mse", "val_dp_difference"] and not regression.callbacks
+    assert list(regression.objective) == ["val_mse", "val_dp_difference"]
+    assert list(regression.callbacks) == ["dashboard"]  # no calibration: it maps classifiers' probabilities
     multiclass = _compose(["task=multiclass"])
     assert (multiclass.module.task, multiclass.data.dataset) == ("multiclass", "group_shift_classes")
+    assert multiclass.callbacks.calibration.method == "temperature" and "dashboard" in multiclass.callbacks
     assert _compose(["task=regression", "data=biased_lending"]).data.dataset == "biased_lending"  # the command line wins
 
 
