@@ -225,8 +225,11 @@ def train_job(job):
         sel = with_thr[tol]
         val, test = probs("val", sel.snapshots[sel.best_index]), probs("test")
         fitted = GroupThresholds.from_state_dict(sel.threshold_states[sel.best_index])
+        chosen_record = sel.records[sel.best_index]
         rows.append(row(f"{method}+sel-thr", tol, fitted.predict(val[0], val[2]).numpy(), val,
-                        fitted.predict(test[0], test[2]).numpy(), test, epoch=sel.best_epoch))
+                        fitted.predict(test[0], test[2]).numpy(), test, epoch=sel.best_epoch,
+                        certified=chosen_record.get(f"certified/{definition}"),
+                        ci_high=chosen_record.get(f"ci_high/{definition}")))
     return rows
 
 
@@ -372,6 +375,18 @@ def report(rows, markdown=False):
             continue
         m, a, d = max(peers, key=lambda p: p[1])
         out(f"| {case} | {definition} | {tol} | {acc:.4f} / {diff:.4f} | {m} | {a:.4f} / {d:.4f} | {acc - a:+.4f} |")
+    # the selection's certification on validation (95%, simultaneous intervals) against the test outcome
+    lib = [r for r in rows if r["method"] == LIBRARY and r.get("certified") is not None]
+    if lib:
+        out("")
+        out(f"certification of {LIBRARY} on validation (95%) against (a) on test:")
+        out("")
+        out("| verdict on validation | runs | held on test (a) | missed on test |")
+        out("| --- | --- | --- | --- |")
+        for status in ("holds", "uncertain", "violated"):
+            rs = [r for r in lib if r["certified"] == status]
+            held = sum(r["test"]["difference"] <= r["tolerance"] + 2 * r["test"]["se"] for r in rs)
+            out(f"| {status} | {len(rs)} | {held} | {len(rs) - held} |")
     text = "\n".join(lines)
     print(text)
     return text
