@@ -387,6 +387,14 @@ def report(rows, markdown=False):
             rs = [r for r in lib if r["certified"] == status]
             held = sum(r["test"]["difference"] <= r["tolerance"] + 2 * r["test"]["se"] for r in rs)
             out(f"| {status} | {len(rs)} | {held} | {len(rs) - held} |")
+        bounded = [r for r in lib if r.get("ci_high") is not None]
+        if bounded:
+            covered = sum(r["test"]["difference"] <= r["ci_high"] for r in bounded)
+            out("")
+            out(f"test difference <= the upper end of the validation interval: {covered} of {len(bounded)} runs; "
+                "median upper end by case: " + ", ".join(
+                    f"{c} {statistics.median(r['ci_high'] for r in bounded if r['case'] == c):.3f}"
+                    for c in sorted({r['case'] for r in bounded})))
     text = "\n".join(lines)
     print(text)
     return text
