@@ -175,7 +175,7 @@ def train_job(job):
     model = nn.Sequential(nn.Linear(d, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
     kwargs = {}
     if method == "lagrangian":
-        kwargs = {"constraints": definition, "tolerance": tolerances[0]}
+        kwargs = {"constraints": definition, "tolerance": tolerances[0], **job.get("lagrangian_kwargs", {})}
     # selection on validation without and with group thresholds (restore=False: evaluated below)
     plain = {tol: ConstrainedModelSelection([(definition, tol)], restore=False) for tol in tolerances}
     with_thr = {tol: ConstrainedModelSelection([(definition, tol)], restore=False, thresholds=True) for tol in tolerances}
@@ -413,6 +413,8 @@ def main(argv=None):
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--hierarchical", action="store_true", help="only check (e): Adult sex x race, 3 seeds")
+    parser.add_argument("--dual-warmup", type=float, default=None,
+                        help="train the Lagrangian with this dual_warmup instead of its default (an experiment)")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -449,7 +451,9 @@ def main(argv=None):
                     jobs.append(("train", {"case": case, "seed": seed, "method": "erm", "definition": definition, "tolerances": tols}))
                 for tol in tols:
                     if (case, seed, "lagrangian", definition, tol) not in seen:
-                        jobs.append(("train", {"case": case, "seed": seed, "method": "lagrangian", "definition": definition, "tolerances": (tol,)}))
+                        extra = {} if args.dual_warmup is None else {"lagrangian_kwargs": {"dual_warmup": args.dual_warmup}}
+                        jobs.append(("train", {"case": case, "seed": seed, "method": "lagrangian", "definition": definition,
+                                               "tolerances": (tol,), **extra}))
                 if not args.no_peers and (case, seed, "fairlearn-TO", definition, 0.0) not in seen:
                     jobs.append(("peer", {"case": case, "seed": seed, "definition": definition, "tolerances": tols}))
     print(f"{len(jobs)} jobs, {args.workers} workers", flush=True)
