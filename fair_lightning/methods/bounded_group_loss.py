@@ -186,7 +186,7 @@ class BoundedGroupLossConstraint(DualClock, FairnessMethod):
         else:
             running.copy_(self.pending_sums)
         self.num_updates.add_(1)
-        if not self._ascending(int(self.num_updates) - 1):
+        if not (self._warm_done or self._ascending(int(self.num_updates) - 1)):
             return  # warm-up: the running sums follow the model, the multipliers stay at 0
         violation, valid = self._violations()
         step = violation.to(self.integral.dtype)

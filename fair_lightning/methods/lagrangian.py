@@ -221,7 +221,7 @@ class Lagrangian(DualClock, FairnessMethod):
             return
         self._pending = False
         self.has_pending.fill_(False)
-        ascend = self._ascending(int(self.multipliers.num_updates))
+        ascend = self._warm_done or self._ascending(int(self.multipliers.num_updates))  # no tensor read after the warm-up
         self._last_hard = self.multipliers.dual_step(self.pending_counts, ascend=ascend)
         if ascend and not math.isfinite(float(self.multipliers.multipliers.sum())):
             raise FloatingPointError(
