@@ -8,12 +8,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from fair_lightning.callbacks._outputs import ValidationRows, evaluation_outputs, group_names, num_groups_of, reduce_sum
+from fair_lightning.callbacks._outputs import CollectsValidationRows, ValidationRows, evaluation_outputs, group_names, num_groups_of, reduce_sum
 from fair_lightning.calibration import METHODS, MULTICLASS_METHODS, GroupFairnessCalibrator
 from fair_lightning.functional import Rate, calibration_error_from_sums, calibration_sums
 from fair_lightning.functional._calibration import calibration_error_summary
@@ -27,7 +26,7 @@ CALIBRATOR_KWARGS = ("group_spec", "shrinkage", "temperature_bias", "max_iter", 
 STATE_VERSION = 1
 
 
-class GroupCalibrationCallback(Callback):
+class GroupCalibrationCallback(CollectsValidationRows):
     """Fit a :class:`~fair_lightning.calibration.GroupFairnessCalibrator` on the validation outputs.
 
     During validation the callback keeps each batch's scores, labels and groups: probabilities
@@ -301,25 +300,8 @@ class GroupCalibrationCallback(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._sync_with_checkpoint(trainer, pl_module, "fit")
 
-    @override
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._rows.clear()
-
-    @override
-    def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if trainer.sanity_checking or dataloader_idx != 0:
-            return
-        logits, target, groups = evaluation_outputs(pl_module, outputs, batch)
-        self._rows.add(logits, target, groups)
+    def _batch_rows(self, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+        return evaluation_outputs(pl_module, outputs, batch)
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

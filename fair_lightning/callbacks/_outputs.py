@@ -7,7 +7,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor
+from typing_extensions import override
 
 
 def evaluation_outputs(
@@ -115,6 +117,43 @@ class ValidationRows:
         """``(scores, target, groups)`` of gathered rows: scores ``(N,)`` or ``(N, K)``, groups long."""
         scores = rows[:, :-2]
         return scores[:, 0] if scores.shape[1] == 1 else scores, rows[:, -2], rows[:, -1].long()
+
+
+class CollectsValidationRows(Callback):
+    """Base of the callbacks that fit on a validation run's rows (calibration, thresholds, selection).
+
+    It clears :attr:`_rows` (a :class:`ValidationRows`, set by the subclass) when a validation
+    run starts and adds each batch of the first validation dataloader, as
+    :meth:`_batch_rows` gives it, while :meth:`_collecting` says so (by default: outside the
+    sanity check).
+    """
+
+    _rows: ValidationRows
+
+    def _collecting(self, trainer: pl.Trainer) -> bool:
+        return not trainer.sanity_checking
+
+    def _batch_rows(self, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """``(scores, target, groups)`` of one validation batch."""
+        raise NotImplementedError
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._collecting(trainer):
+            self._rows.clear()
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if dataloader_idx == 0 and self._collecting(trainer):
+            self._rows.add(*self._batch_rows(pl_module, outputs, batch))
 
 
 def reduce_sum(trainer: pl.Trainer, tensor: Tensor) -> Tensor:

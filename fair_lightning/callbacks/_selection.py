@@ -8,12 +8,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from fair_lightning.callbacks._outputs import ValidationRows, evaluation_outputs
+from fair_lightning.callbacks._outputs import CollectsValidationRows, ValidationRows, evaluation_outputs
 from fair_lightning.callbacks._thresholds import validation_probabilities
 from fair_lightning.functional import GroupSums, Rate, confusion_counts, constraint_holds, rate_difference
 from fair_lightning.functional._fairness import group_rate_table
@@ -95,7 +94,7 @@ def _snapshot(state: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v.detach().cpu().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in state.items()}
 
 
-class ConstrainedModelSelection(Callback):
+class ConstrainedModelSelection(CollectsValidationRows):
     """Restore, at the end of fit, the best validation snapshot that meets the fairness constraints.
 
     After every validation run during ``fit`` the callback records the objective (default: the
@@ -254,23 +253,15 @@ class ConstrainedModelSelection(Callback):
         return None if self.best_index is None else self.records[self.best_index]["epoch"]
 
     # --- collecting -------------------------------------------------------------------------------
-    @override
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._rows.clear()
+    def _collecting(self, trainer: pl.Trainer) -> bool:
+        return not trainer.sanity_checking and trainer.state.fn == "fit"
 
-    @override
-    def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        if trainer.sanity_checking or dataloader_idx != 0 or trainer.state.fn != "fit":
-            return
+    def _batch_rows(self, pl_module: pl.LightningModule, outputs: Any, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
         if self.outputs_fn is not None:
-            probs, target, groups = self.outputs_fn(pl_module, outputs, batch)
-        elif _is_regression(pl_module):
-            probs, target, groups = evaluation_outputs(pl_module, outputs, batch)  # the predictions themselves
-        else:
-            probs, target, groups = validation_probabilities(pl_module, outputs, batch)
-        self._rows.add(probs, target, groups)
+            return self.outputs_fn(pl_module, outputs, batch)
+        if _is_regression(pl_module):
+            return evaluation_outputs(pl_module, outputs, batch)  # the predictions themselves
+        return validation_probabilities(pl_module, outputs, batch)
 
     def _regression_record(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any] | None:
         """The record of a regression model's validation run (see the class docstring)."""

@@ -7,12 +7,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from fair_lightning.callbacks._outputs import ValidationRows, evaluation_outputs
+from fair_lightning.callbacks._outputs import CollectsValidationRows, ValidationRows, evaluation_outputs
 from fair_lightning.postprocessing import GroupThresholds
 
 STATE_VERSION = 1
@@ -42,7 +41,7 @@ def validation_probabilities(pl_module: pl.LightningModule, outputs: Any, batch:
     return torch.sigmoid(logits.double()), target, groups
 
 
-class GroupThresholdCallback(Callback):
+class GroupThresholdCallback(CollectsValidationRows):
     """Fit :class:`~fair_lightning.postprocessing.GroupThresholds` on the validation outputs at the end of fit.
 
     During each validation run the callback keeps each batch's probabilities, labels and groups
@@ -146,25 +145,7 @@ class GroupThresholdCallback(Callback):
             scores = probs.double()
         return torch.as_tensor(calibrator.transform(scores, groups)).double()
 
-    @override
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._rows.clear()
-
-    @override
-    def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if trainer.sanity_checking or dataloader_idx != 0:
-            return
-        probs, target, groups = self._scores(pl_module, outputs, batch)
-        self._rows.add(probs, target, groups)
+    _batch_rows = _scores  # what the validation hooks keep (CollectsValidationRows)
 
     # --- fitting ----------------------------------------------------------------------------------
     @override
