@@ -888,7 +888,7 @@ class FairLightningModule(pl.LightningModule):
         if found:
             raise ValueError(
                 f"the trainer's callbacks {found} work on classifiers' probabilities and labels; this module has "
-                "task='regression' (remove them; with the Hydra application use callbacks=none)"
+                "task='regression' (remove them; with the Hydra application use callbacks=regression)"
             )
 
     def on_fit_end(self) -> None:
