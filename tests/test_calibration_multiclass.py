@@ -312,3 +312,64 @@ def test_classwise_reliability_figure_has_one_panel_per_class_and_one_legend():
         classwise_reliability_figure(sums[:, 0], ["a", "b", "c"])
     with pytest.raises(ValueError, match=r"`class_names` must have 4 names"):
         classwise_reliability_figure(sums, ["a", "b", "c"], ["x"])
+
+
+# --- DDP ------------------------------------------------------------------------------------------
+class _UnevenClassRanks(pl.LightningDataModule):
+    """K-class data; rank 0 validates on 170 rows, rank 1 on the other 130 (no distributed sampler)."""
+
+    def __init__(self):
+        super().__init__()
+        x, y, g = _class_data(556, seed=3)
+        self.train_set, self.val_set = TensorDataset(x[:256], y[:256], g[:256]), TensorDataset(x[256:], y[256:], g[256:])
+
+    def train_dataloader(self):
+        return DataLoader(self.train_set, batch_size=32, shuffle=True)
+
+    def val_dataloader(self):
+        rows = range(0, 170) if self.trainer.global_rank == 0 else range(170, 300)
+        return DataLoader(torch.utils.data.Subset(self.val_set, list(rows)), batch_size=64)
+
+
+class _SaveCalibratorOnRanks(pl.Callback):
+    def __init__(self, calibration, out_dir):
+        self.calibration, self.out_dir, self.logits = calibration, out_dir, []
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking:
+            self.logits.append(pl_module(batch[0]).detach())
+
+    def on_train_end(self, trainer, pl_module):
+        import os
+
+        torch.save({"logits": torch.cat(self.logits), "state": self.calibration.calibrator.state_dict()},
+                   os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
+
+
+@pytest.mark.ddp
+@pytest.mark.timeout(240)
+def test_ddp_k_class_calibrator_is_fitted_on_the_union_of_the_ranks(tmp_path):
+    """Under 2-process DDP with uneven validation shards, both ranks fit the same vector-scaling
+    calibrator, the one a single process fits on the union of their (N, K) logits."""
+    from tests._ddp import DestroyProcessGroup
+
+    pl.seed_everything(0, verbose=False)
+    calibration = GroupCalibrationCallback("vector", when="validation_epoch_end", min_group_size=10)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    trainer = pl.Trainer(
+        strategy="ddp_spawn", accelerator="cpu", devices=2, max_epochs=1, num_sanity_val_steps=0,
+        use_distributed_sampler=False, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[calibration, _SaveCalibratorOnRanks(calibration, str(tmp_path)), DestroyProcessGroup()],
+    )
+    trainer.fit(FairLightningModule(model, num_groups=2, mode="erm", lr=3e-2), datamodule=_UnevenClassRanks())
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    assert (len(r0["logits"]), len(r1["logits"])) == (170, 130)
+    on_ranks = [GroupFairnessCalibrator.from_state_dict(r["state"]) for r in (r0, r1)]
+    x, y, g = _class_data(556, seed=3)
+    expected = GroupFairnessCalibrator("vector", num_groups=2, min_group_size=10)
+    expected.fit(torch.cat((r0["logits"], r1["logits"])).double(), y[256:], g[256:])
+    probe = torch.randn(40, 3, dtype=torch.float64)
+    groups = torch.arange(40) % 2
+    for fitted in on_ranks:
+        torch.testing.assert_close(fitted.transform(probe, groups), expected.transform(probe, groups), rtol=1e-6, atol=1e-8)
