@@ -887,7 +887,8 @@ def _markdown(table: pd.DataFrame) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """``scripts/pareto.py SWEEP_DIR [--threshold 0.05] [--x ...] [--baseline NAME=X,Y ...]``.
 
-    Writes ``frontier.csv`` (every job, with ``status`` and ``is_pareto``) and ``frontier.png``
+    Writes ``frontier.csv`` (every job, with ``status`` and ``is_pareto``; metric columns no job
+    logged are left out) and ``frontier.png``
     into the sweep directory (or ``--out``), prints the frontier and its hypervolume (reference:
     ``--reference``, default :func:`default_reference`), and logs the figure, the hypervolume and
     the table to TensorBoard in ``SWEEP_DIR/tensorboard``.
@@ -931,7 +932,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or args.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = out / FRONTIER_CSV, out / FRONTIER_PNG
-    table.to_csv(csv_path, index=False)
+    # metrics no job logged (a classification sweep has no val_mse, a regression one no val_auroc)
+    unlogged = [c for c in table.columns if c.startswith(("val_", "test_")) and table[c].isna().all()]
+    table.drop(columns=unlogged).to_csv(csv_path, index=False)
     baselines = dict(args.baseline)
     fig = plot_pareto_frontier(
         table, args.x, args.y, args.label, threshold=args.threshold, baselines=baselines, maximize=maximize

@@ -250,6 +250,8 @@ def test_pareto_script_on_a_sweep(sweep_dir):
     assert result.returncode == 0, result.stdout + result.stderr
     table = pd.read_csv(sweep_dir / "frontier.csv")
     assert table["job"].tolist() == [0, 1] and table["is_pareto"].dtype == bool and table["is_pareto"].any()
+    # metric columns no job logged (the regression ones in a classification sweep) are left out
+    assert "test_accuracy" in table.columns and "test_mse" not in table.columns and "val_cdf_gap" not in table.columns
     assert (sweep_dir / "frontier.png").stat().st_size > 0
     assert list((sweep_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert "hypervolume of (test_dp_difference ↓, test_accuracy ↑) w.r.t. reference (1, 0)" in result.stdout
