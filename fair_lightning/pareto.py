@@ -54,13 +54,13 @@ def higher_is_better(name: str) -> bool:
     """Whether a larger value of metric ``name`` is better, from its name.
 
     ``accuracy``, ``auroc`` and ``*ratio*`` (disparate impact) are maximized; ``*difference*``,
-    ``*error*``, ``*loss*`` and ``*seconds*`` minimized.
+    ``*error*``, ``*loss*``, ``*seconds*``, ``*cdf_gap*``, ``*mse`` and ``*mae`` minimized.
 
     Raises:
         ValueError: for a name matching neither rule (pass ``maximize`` explicitly).
     """
     lowered = name.lower()
-    if any(word in lowered for word in ("difference", "error", "loss", "seconds")):
+    if any(word in lowered for word in ("difference", "error", "loss", "seconds", "cdf_gap")) or lowered.endswith(("mse", "mae")):
         return False
     if "ratio" in lowered or lowered.endswith(("accuracy", "auroc", "auc")):
         return True
@@ -248,21 +248,27 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
-def _range_of(key: str) -> tuple[float, float] | None:
-    """The valid range of a record key, from its name (``None``: any finite number)."""
+def _range_of(key: str, task: str | None = None) -> tuple[float, float] | None:
+    """The valid range of a record key, from its name and the job's ``task`` (``None``: any finite
+    number). A regression job's differences (of mean predictions, of group MSEs) and its errors
+    are >= 0 without an upper end; its ``cdf_gap`` lies in [0, 1]."""
     base = key
     for suffix in (*_CI_SUFFIXES, _GROUP_SUFFIX):
         if base.endswith(suffix):
             base = base[: -len(suffix)]
-    if base.endswith("_count") or base.endswith("_seconds") or base in _NONNEGATIVE_KEYS:
+    if base.endswith(("_count", "_seconds", "_mse", "_mae", "mean_squared_error")) or base in _NONNEGATIVE_KEYS:
+        return (0.0, math.inf)
+    if base.endswith("cdf_gap"):
+        return (0.0, 1.0)
+    if task == "regression" and base.endswith("difference"):
         return (0.0, math.inf)
     if base.endswith(_UNIT_SUFFIXES):
         return (0.0, 1.0)
     return None
 
 
-def _check_value(key: str, value: Any) -> str | None:
-    bounds = _range_of(key)
+def _check_value(key: str, value: Any, task: str | None = None) -> str | None:
+    bounds = _range_of(key, task)
     expected = "a number" if bounds is None else (
         f"a number >= {bounds[0]:g}" if math.isinf(bounds[1]) else f"a number in [{bounds[0]:g}, {bounds[1]:g}]"
     )  # fmt: skip
@@ -289,6 +295,7 @@ def validate_record(record: Mapping[str, Any]) -> list[str]:
         ['`test_accuracy` must be a number in [0, 1], got 1.7', "`test_dp_difference` must be a number in [0, 1], got 'abc' (str)"]
     """
     problems = []
+    task = record.get("task")
     for key, value in record.items():
         if key in _NOT_IN_TABLE or value is None:
             continue
@@ -297,12 +304,12 @@ def validate_record(record: Mapping[str, Any]) -> list[str]:
                 problems.append(f"`{key}` must be a mapping of groups to numbers, got {value!r}")
                 continue
             for group, v in value.items():
-                if v is not None and (problem := _check_value(key, v)):
+                if v is not None and (problem := _check_value(key, v, task)):
                     problems.append(problem.replace(f"`{key}`", f"`{key}[{group!r}]`", 1))
-        elif _range_of(key) is not None or key.endswith(("_loss", *_CI_SUFFIXES)) or key.startswith(("val_", "test_")):
+        elif _range_of(key, task) is not None or key.endswith(("_loss", *_CI_SUFFIXES)) or key.startswith(("val_", "test_")):
             if key == "job" and not _is_number(value):
                 continue
-            if problem := _check_value(key, value):
+            if problem := _check_value(key, value, task):
                 problems.append(problem)
     return problems
 
@@ -428,7 +435,13 @@ READABLE_NAMES: dict[str, str] = {
     "eopp_difference": "equal-opportunity difference",
     "calibration_error_max": "largest group calibration error",
     "loss": "loss",
+    "mse": "MSE",
+    "mae": "MAE",
+    "mse_difference": "group MSE difference",
+    "cdf_gap": "largest gap between the groups' prediction CDFs",
 }
+#: what a column means for a regression job where it differs from a classifier's
+REGRESSION_NAMES: dict[str, str] = {"dp_difference": "group mean-prediction difference"}
 _STAGES = {"test": "test", "val": "validation"}
 #: Marker and colour of each method (``mode``) on the frontier plot.
 METHOD_STYLES: dict[str, tuple[str, str]] = {
@@ -443,14 +456,24 @@ _OTHER_STYLES = [("v", "tab:olive"), ("X", "tab:cyan"), ("h", "tab:pink")]
 CONSTANT_RATE_TOLERANCE = 0.01
 
 
-def readable_name(column: str) -> str:
-    """``"test_accuracy"`` -> ``"Test accuracy"``, ``"test_dp_difference"`` -> ``"Demographic-parity difference (test)"``."""
+def readable_name(column: str, task: str | None = None) -> str:
+    """``"test_accuracy"`` -> ``"Test accuracy"``, ``"test_dp_difference"`` -> ``"Demographic-parity difference (test)"``
+    (for ``task="regression"``: ``"Group mean-prediction difference (test)"``)."""
     stage, _, name = column.partition("_")
-    if stage in _STAGES and name in READABLE_NAMES:
-        text = READABLE_NAMES[name]
-        return f"{_STAGES[stage].capitalize()} {text}" if name in ("accuracy", "auroc", "loss") else f"{text[0].upper()}{text[1:]} ({_STAGES[stage]})"
+    names = {**READABLE_NAMES, **REGRESSION_NAMES} if task == "regression" else READABLE_NAMES
+    if stage in _STAGES and name in names:
+        text = names[name]
+        return f"{_STAGES[stage].capitalize()} {text}" if name in ("accuracy", "auroc", "loss", "mse", "mae") else f"{text[0].upper()}{text[1:]} ({_STAGES[stage]})"
     text = column.replace("_", " ")
     return text[:1].upper() + text[1:]
+
+
+def _task_of(table: pd.DataFrame) -> str | None:
+    """``"regression"`` when every job of ``table`` with a recorded task is a regression one."""
+    if "task" not in table.columns:
+        return None
+    tasks = set(table["task"].dropna())
+    return "regression" if tasks == {"regression"} else None
 
 
 def constant_predictors(table: pd.DataFrame, stage: str = "test") -> np.ndarray:
@@ -666,11 +689,12 @@ def plot_pareto_frontier(
             handles.append(Line2D([], [], marker="*", ls="none", markersize=13, markerfacecolor="none",
                                   markeredgecolor="tab:red", label="best model meeting the requirement"))  # fmt: skip
 
-    ax.set_xlabel(f"{readable_name(x)} ({'higher' if mx else 'lower'} is better)")
-    ax.set_ylabel(f"{readable_name(y)} ({'higher' if my else 'lower'} is better)")
+    task = _task_of(table)
+    ax.set_xlabel(f"{readable_name(x, task)} ({'higher' if mx else 'lower'} is better)")
+    ax.set_ylabel(f"{readable_name(y, task)} ({'higher' if my else 'lower'} is better)")
     n_models = len(points)
     default_title = (
-        f"{readable_name(y)} vs {readable_name(x)[0].lower()}{readable_name(x)[1:]}: "
+        f"{readable_name(y, task)} vs {readable_name(x, task)[0].lower()}{readable_name(x, task)[1:]}: "
         f"{int(front.sum())} of {n_models} models on the frontier"
     )
     ax.set_title(title or default_title, fontsize=10)
@@ -712,7 +736,9 @@ def _draw_key(ax: Axes, data: pd.DataFrame, numbers: Sequence[str], methods: Seq
         job = row.get("job_dir", row.get("job", ""))
         job = "" if job is None or (isinstance(job, float) and math.isnan(job)) else str(job)
         rows.append([number, job, short.get(method, method), _setting(row, label) or "-", f"{row[y]:.3f}", f"{row[x]:.3f}", flag])
-    header = ["#", "job", "method", "setting", readable_name(y).split(" (")[0].replace("Test ", ""), "DP diff." if "dp_difference" in x else readable_name(x)[:10], ""]
+    task = _task_of(data)
+    x_short = ("mean gap" if task == "regression" else "DP diff.") if "dp_difference" in x else readable_name(x, task)[:10]
+    header = ["#", "job", "method", "setting", readable_name(y, task).split(" (")[0].replace("Test ", ""), x_short, ""]
     size = 7.5 if len(rows) <= 24 else 6
     table = ax.table(cellText=rows, colLabels=header, loc="upper center", cellLoc="left", colLoc="left", edges="horizontal")
     table.auto_set_font_size(False)
@@ -849,7 +875,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("sweep_dir", metavar="SWEEP_DIR", type=Path, help="the Hydra sweep directory (hydra.sweep.dir)")
     add = parser.add_argument
     add("--x", default="test_dp_difference", help="fairness column on the x axis (default: %(default)s)")
-    add("--y", default="test_accuracy", help="performance column on the y axis (default: %(default)s)")
+    add("--y", default=None, help="performance column on the y axis (default: test_accuracy; test_mse for a regression sweep)")
     add("--label", default="eta", help="column labelling the points (default: %(default)s; 'tolerance' for Lagrangian sweeps)")
     add("--threshold", type=float, default=None, help="requirement on x, e.g. 0.05 for a DP difference, 0.8 for a DP ratio")
     add("--baseline", type=_baseline, action="append", default=[], metavar="NAME=X,Y", help="a reference model (repeatable)")
@@ -907,6 +933,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if args.y is None:
+        regression = "task" in table.columns and (table.loc[table["status"] == "ok", "task"] == "regression").any()
+        args.y = "test_mse" if regression else "test_accuracy"
     maximize = _maximize(args.x, args.y, None)
     if table.empty or not (table["status"] == "ok").any():
         print(f"error: no finished job in {args.sweep_dir} (see the messages above)", file=sys.stderr)
@@ -943,12 +972,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ok = table[table["status"] == "ok"]
     reference = args.reference or default_reference(maximize)
+    if args.reference is None:  # a metric without an upper end (MSE, a gap of mean predictions): 10% past the worst job
+        task = "regression" if "task" in ok.columns and (ok["task"] == "regression").all() else None
+        reference = tuple(
+            r if _range_of(c, task) == (0.0, 1.0) else 1.1 * float(np.nanmax(ok[c].to_numpy(float)))
+            for r, c in zip(reference, (args.x, args.y))
+        )
     usable = ok[~ok["constant_predictor"]]  # a constant model's DP of 0 is not a trade-off anyone can use
     hv = hypervolume(usable[[args.x, args.y]].to_numpy(float), reference, maximize)
     varied = [c for c in ("lr", "seed") if c in table.columns and table.loc[table["status"] == "ok", c].nunique() > 1]
     candidates = ("job_dir", "mode", "eta", "tolerance", *varied, args.label, args.y, args.x, "test_dp_ratio", "test_eo_difference",
                   "constant_predictor", "is_pareto")  # fmt: skip
-    shown = [c for c in dict.fromkeys(candidates) if c in table.columns]
+    shown = [c for c in dict.fromkeys(candidates) if c in table.columns and not (c.startswith("test_") and ok[c].isna().all())]
     n_front = int(table["is_pareto"].sum())
     print(f"{len(ok)} finished jobs of {len(table)} in {args.sweep_dir}; {n_front} on the frontier:")
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4f}".format):

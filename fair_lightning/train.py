@@ -552,6 +552,7 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[st
     results = fit_and_test(parts.trainer, parts.module, dm, ckpt_path=ckpt_path)
     record: dict[str, Any] = {
         "status": "ok",
+        "task": getattr(parts.module, "task", None),
         "dataset": dm.hparams.get("dataset"),
         "sensitive": list(dm.sensitive_columns),
         "groups": list(dm.group_names),

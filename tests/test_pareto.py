@@ -331,3 +331,41 @@ def test_frontier_plot_is_readable(tmp_path):
     for i, a in enumerate(boxes):
         for b in boxes[i + 1:]:
             assert not a.overlaps(b), "two point labels overlap"
+
+
+def _regression_record(job, eta, mse, gap):
+    return {
+        "job": job, "status": "ok", "task": "regression", "mode": "penalty",
+        "fairness": "regression_demographic_parity", "eta": eta, "tolerance": None, "groups": ["A", "B"],
+        "test_accuracy": None, "test_mse": mse, "test_mae": 0.8 * mse, "test_dp_difference": gap,
+        "test_mse_difference": 1.3, "test_cdf_gap": 0.2, "test_mean_prediction_by_group": {"A": -0.5, "B": gap - 0.5},
+        "test_mean_squared_error_by_group": {"A": mse, "B": mse + 1.3}, "traceback": None, "error": None,
+    }  # fmt: skip
+
+
+def test_regression_records_are_judged_on_regression_ranges_and_the_script_plots_mse(tmp_path):
+    """A regression job's gaps of mean predictions and group MSEs have no upper end (a classifier's
+    differences of rates stay in [0, 1]); the Pareto script puts the test MSE on the y axis."""
+    from fair_lightning.pareto import readable_name, validate_record
+
+    assert validate_record(_regression_record(0, 0.0, 0.96, 1.42)) == []
+    assert validate_record({**_regression_record(0, 0.0, 0.96, 1.42), "test_cdf_gap": 1.5}) == [
+        "`test_cdf_gap` must be a number in [0, 1], got 1.5"]
+    assert validate_record({**_regression_record(0, 0.0, 0.96, 0.4), "test_mse": -0.1}) == [
+        "`test_mse` must be a number >= 0, got -0.1"]
+    assert validate_record({**_record(0, 1.0, 0.8, 0.1), "test_dp_difference": 1.42}) == [
+        "`test_dp_difference` must be a number in [0, 1], got 1.42"]
+    assert higher_is_better("test_mse") is False and higher_is_better("val_cdf_gap") is False
+    assert readable_name("test_dp_difference", "regression") == "Group mean-prediction difference (test)"
+    root = tmp_path / "sweep"
+    for job, (eta, mse, gap) in enumerate([(0, 0.958, 0.42), (1, 0.955, 0.39), (2, 0.985, 0.22), (3, 1.057, 0.10)]):
+        (root / str(job) / ".hydra").mkdir(parents=True)
+        (root / str(job) / "metrics.json").write_text(json.dumps(_regression_record(job, eta, mse, gap)))
+    result = _pareto_script(root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "hypervolume of (test_dp_difference ↓, test_mse ↓)" in result.stdout
+    # the reference of metrics without an upper end: 10% past the worst job
+    assert "w.r.t. reference (0.462, 1.1627)" in result.stdout
+    table = pd.read_csv(root / "frontier.csv")
+    assert table["is_pareto"].tolist() == [False, True, True, True]
+    assert "test_accuracy" not in table.columns  # no job logged it

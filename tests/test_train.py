@@ -104,7 +104,10 @@ def test_default_task_is_binary_and_each_task_picks_offline_data():
 def test_regression_task_runs(option, tmp_path):
     cfg = _compose(["task=regression", "data.dataset_kwargs.n=2000", "trainer=fast", "logger=none", f"fairness={option}"])
     record = run(cfg, tmp_path)
-    assert record["status"] == "ok" and record["dataset"] == "group_shift_regression"
+    assert record["status"] == "ok" and record["dataset"] == "group_shift_regression" and record["task"] == "regression"
+    from fair_lightning.pareto import validate_record
+
+    assert validate_record(record) == []  # regression gaps have no upper end of 1
     for key in ("val_mse", "test_mse", "test_mae", "test_dp_difference", "test_mse_difference", "test_cdf_gap"):
         assert math.isfinite(record[key]), key
     assert record["test_accuracy"] is None
