@@ -3,6 +3,8 @@
 
     python scripts/bench_metrics.py [--rows 1000000] [--groups 20] [--repeats 5] [--threads 1]
                                     [--chunk-size 65536] [--fairlearn-repeats 3] [--device cpu]
+    python scripts/bench_metrics.py multiclass [--classes 10] ...   # K classes vs torchmetrics
+                                                                     # (scripts/bench_multiclass.py)
 
 Data: ``--rows`` synthetic rows (seeded), ``--groups`` groups of about equal size, binary labels
 (base rate varying by group) and float32 probabilities as ``preds``, thresholded at 0.5 by every
@@ -242,6 +244,12 @@ def describe_ratio(name: str, ratio: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["multiclass"]:  # the K-class benchmark (scripts/bench_multiclass.py), same options as there
+        from bench_multiclass import main as multiclass_main
+
+        multiclass_main(argv[1:])
+        return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--groups", type=int, default=20)

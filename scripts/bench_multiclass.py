@@ -89,7 +89,7 @@ def check_agreement(ours_metric: MulticlassGroupRates, tm_out: list[torch.Tensor
             raise SystemExit(f"disagreement in field {('tp', 'fp', 'tn', 'fn')[i]}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--classes", type=int, default=10)
@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--chunk-size", type=int, default=65536)
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     logits, y, g = make_data(args.rows, args.classes, args.groups, args.device)
     K, G = args.classes, args.groups
