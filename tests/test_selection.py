@@ -242,3 +242,41 @@ def test_certification_at_a_stated_confidence(tmp_path):
     assert not [w for w in caught if "certified" in str(w.message)]
     with pytest.raises(ValueError, match=r"`confidence` must be a level in \(0, 1\), got 1.5"):
         ConstrainedModelSelection(confidence=1.5)
+
+
+class OscillatingRegressor(Oscillating):
+    """A plain regression LightningModule (``task = "regression"``) whose weights follow SCHEDULE."""
+
+    task = "regression"
+
+    def validation_step(self, batch, batch_idx):
+        x, y, groups = batch
+        preds = self(x, groups)
+        self.log("val_mse", ((preds - y) ** 2).mean(), on_epoch=True)
+        return {"logits": preds, "target": y, "groups": groups}
+
+
+def _regression_loaders():
+    x, _, groups = _data()
+    y = 2.0 * x + 0.5 * groups + 0.3 * torch.randn(len(x), generator=torch.Generator().manual_seed(1))
+    data = TensorDataset(x, y, groups)
+    return DataLoader(data, batch_size=200), DataLoader(data, batch_size=200)
+
+
+@pytest.mark.ddp
+def test_ddp_regression_selection_records_the_one_process_values(tmp_path):
+    """Selection on a regression model's group MSEs gathers every rank's rows: the records (and the
+    chosen epoch) under 2-process DDP equal one process's."""
+    constraints = [("bounded_group_loss", 1.5), ("demographic_parity", 1.0)]
+    single = ConstrainedModelSelection(constraints)
+    _trainer(tmp_path / "single", [single], enable_checkpointing=False).fit(OscillatingRegressor(), *_regression_loaders())
+    assert single.records[0]["objective_name"] == "minus the validation MSE"
+    selection = ConstrainedModelSelection(constraints)
+    trainer = _trainer(
+        tmp_path / "ddp", [selection, _Report(selection, tmp_path), DestroyProcessGroup()], enable_checkpointing=False,
+        strategy="ddp_spawn", accelerator="cpu", devices=2,
+    )  # fmt: skip
+    trainer.fit(OscillatingRegressor(), *_regression_loaders())
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0] == ranks[1] and ranks[0]["best"] == single.best_epoch
+    assert ranks[0]["objective"] == pytest.approx([r["objective"] for r in single.records], rel=1e-6)
