@@ -305,6 +305,17 @@ def constraint_violations(
     return _violations(plan, stacked.reshape(-1))
 
 
+def pi_multipliers(integral: Tensor, step: Tensor, out: Tensor, damping: float, multiplier_max: float, valid: Tensor) -> None:
+    """The multipliers the model sees, written into ``out``: the PI controller's
+    ``integral + damping * step`` projected onto ``[0, multiplier_max]`` (the integral itself when
+    ``damping`` is 0), zero where ``valid`` is false."""
+    if damping:
+        torch.add(integral, step, alpha=damping, out=out).clamp_(0.0, multiplier_max)
+    else:
+        out.copy_(integral)
+    out.mul_(valid)
+
+
 def _violations(plan: _StepPlan, flat_sums: Tensor) -> tuple[Tensor, Tensor]:
     """:func:`constraint_violations` of flattened ``(4 * G,)`` stacked sums, in a few tensor calls."""
     num, den = torch.mv(plan.rates, flat_sums).view(2, -1)
@@ -568,12 +579,8 @@ class LagrangeMultipliers(nn.Module):
             self.dual_optimizer.step()
             integral.grad = None
         integral.clamp_(0.0, self.multiplier_max)
-        if self.dual_damping:
-            torch.add(integral, step, alpha=self.dual_damping, out=self.multipliers).clamp_(0.0, self.multiplier_max)
-        else:
-            self.multipliers.copy_(integral)
         # an inequality undefined on the running sums (too few samples) does not push the model
-        self.multipliers.mul_(valid)
+        pi_multipliers(integral, step, self.multipliers, self.dual_damping, self.multiplier_max, valid)
         return hard
 
     def hard_violations(self) -> Tensor:

@@ -973,9 +973,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok = table[table["status"] == "ok"]
     reference = args.reference or default_reference(maximize)
     if args.reference is None:  # a metric without an upper end (MSE, a gap of mean predictions): 10% past the worst job
-        task = "regression" if "task" in ok.columns and (ok["task"] == "regression").all() else None
         reference = tuple(
-            r if _range_of(c, task) == (0.0, 1.0) else 1.1 * float(np.nanmax(ok[c].to_numpy(float)))
+            r if _range_of(c, _task_of(ok)) == (0.0, 1.0) else 1.1 * float(np.nanmax(ok[c].to_numpy(float)))
             for r, c in zip(reference, (args.x, args.y))
         )
     usable = ok[~ok["constant_predictor"]]  # a constant model's DP of 0 is not a trade-off anyone can use

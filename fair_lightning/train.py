@@ -441,15 +441,13 @@ def selection_summary(trainer: Any) -> dict[str, Any]:
 
     for cb in trainer.callbacks:
         if isinstance(cb, ConstrainedModelSelection) and cb.best_index is not None:
-            chosen = cb.records[cb.best_index]
-            certified = {k.split("/", 1)[1]: v for k, v in chosen.items() if k.startswith("certified/")}
-            order = ("holds", "uncertain", "violated")
+            certification = cb.certification()
             return {
-                "certified": max(certified.values(), key=order.index) if certified else None,
+                "certified": certification["worst"],
                 "selection": {
                     "epoch": cb.best_epoch, "reason": cb.reason, "warnings": cb.verdict(),
-                    "certified": certified, "confidence": cb.confidence,
-                    "ci_high": {k.split("/", 1)[1]: v for k, v in chosen.items() if k.startswith("ci_high/")},
+                    "certified": certification["certified"], "confidence": cb.confidence,
+                    "ci_high": certification["ci_high"],
                 },
             }
     return {}

@@ -554,6 +554,16 @@ class ConstrainedModelSelection(CollectsValidationRows):
         older versions carry no certification: none)."""
         return [label for _, label in self._parts if record.get(f"certified/{label}", "holds") != "holds"]
 
+    def certification(self) -> dict[str, Any]:
+        """The chosen snapshot's certification on validation: ``{"certified": {name: status},
+        "ci_high": {name: upper end}, "worst": status}`` (``"holds"``, ``"uncertain"`` or
+        ``"violated"``; empty mappings and ``None`` for a regression model or before fit)."""
+        record = {} if self.best_index is None else self.records[self.best_index]
+        certified = {label: record[f"certified/{label}"] for _, label in self._parts if f"certified/{label}" in record}
+        ci_high = {label: record[f"ci_high/{label}"] for _, label in self._parts if f"ci_high/{label}" in record}
+        worst = max(certified.values(), key=_STATUS.index) if certified else None
+        return {"certified": certified, "ci_high": ci_high, "worst": worst}
+
     def report(self) -> Any:
         """The recorded table as a pandas DataFrame (one row per validation run; ``chosen`` marks the pick)."""
         import pandas as pd

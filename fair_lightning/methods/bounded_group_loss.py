@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fair_lightning.constraints import pi_multipliers
 from fair_lightning.functional._core import grouped_sum
 from fair_lightning.methods._base import FairnessMethod, all_reduce_sum, check_number, register_method
 from fair_lightning.methods._dual import DualClock
@@ -189,11 +190,10 @@ class BoundedGroupLossConstraint(DualClock, FairnessMethod):
         if not (self._warm_done or self._ascending(int(self.num_updates) - 1)):
             return  # warm-up: the running sums follow the model, the multipliers stay at 0
         violation, valid = self._violations()
-        step = violation.to(self.integral.dtype)
-        self.integral.add_(step, alpha=self._step_lr).clamp_(0.0, self.multiplier_max).mul_(valid.to(step.dtype))
+        step, keep = violation.to(self.integral.dtype), valid.to(self.integral.dtype)
+        self.integral.add_(step, alpha=self._step_lr).clamp_(0.0, self.multiplier_max).mul_(keep)
         lam = self.multipliers
-        torch.add(self.integral, step, alpha=self.dual_damping, out=lam).clamp_(0.0, self.multiplier_max)
-        lam.mul_(valid.to(lam.dtype))
+        pi_multipliers(self.integral, step, lam, self.dual_damping, self.multiplier_max, keep)
         if not math.isfinite(float(lam.sum())):
             raise FloatingPointError(f"the multipliers are not finite after the dual step ({lam.tolist()}); check `dual_lr`")
 
