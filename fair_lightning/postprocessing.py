@@ -633,6 +633,31 @@ class GroupThresholds:
             self.unconstrained_ = torch.as_tensor(state.get("unconstrained", [])).tolist()
 
     @classmethod
+    def shared(
+        cls, threshold: float, scores: Any, labels: Any, groups: Any, num_groups: int | None = None, *,
+        constraint: str = "demographic_parity",
+    ) -> GroupThresholds:
+        """One decision threshold for every group (``score > threshold``), as a fitted instance.
+
+        What a model's own predictions are in this class's terms: :class:`ConstrainedModelSelection`
+        returns it when a snapshot is better without group thresholds, so ``predict_step`` applies
+        the threshold it was judged with (to the model's own probabilities, not group-calibrated
+        ones). The ``fit_*`` summaries are those of ``(scores, labels, groups)``.
+        """
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+            raise ValueError(f"`threshold` must be a finite number, got {threshold!r}")
+        out = cls(constraint)
+        scores, labels, groups, num_groups = out._inputs(scores, labels, groups, num_groups)
+        out.num_groups_ = num_groups
+        out.thresholds_ = torch.full((num_groups, 2), float(threshold), dtype=torch.float64)
+        out.weights_ = torch.tensor([[1.0, 0.0]], dtype=torch.float64).expand(num_groups, 2).contiguous()
+        out.p_constant_ = torch.zeros(num_groups, dtype=torch.float64)
+        out.constant_ = 0.0
+        out.unconstrained_ = list(range(num_groups))
+        out._fit_summary(scores, labels, groups)
+        return out
+
+    @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> GroupThresholds:
         """A new instance from :meth:`state_dict`'s output."""
         out = cls()

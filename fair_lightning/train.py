@@ -257,7 +257,8 @@ def selection_callbacks(cfg: DictConfig, module: Any) -> list:
     thresholds = bool(options.get("thresholds", True)) and len(judged) == 1 and judged[0].partition is None and not multiclass
     return [
         ConstrainedModelSelection(
-            judged, thresholds=thresholds, min_count=options.get("min_count", 10), margin=options.get("margin", 0.0)
+            judged, thresholds=thresholds, min_count=options.get("min_count", 10), margin=options.get("margin", 0.0),
+            cv_folds=options.get("cv_folds", 5),
         )
     ]
 
@@ -441,14 +442,10 @@ def selection_summary(trainer: Any) -> dict[str, Any]:
 
     for cb in trainer.callbacks:
         if isinstance(cb, ConstrainedModelSelection) and cb.best_index is not None:
-            certification = cb.certification()
+            summary = cb.summary()
             return {
-                "certified": certification["worst"],
-                "selection": {
-                    "epoch": cb.best_epoch, "reason": cb.reason, "warnings": cb.verdict(),
-                    "certified": certification["certified"], "confidence": cb.confidence,
-                    "ci_high": certification["ci_high"],
-                },
+                "certified": cb.certification()["worst"],
+                "selection": {**summary, "reason": cb.reason, "warnings": cb.verdict()},
             }
     return {}
 

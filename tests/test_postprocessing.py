@@ -330,3 +330,24 @@ def test_min_count_leaves_thin_groups_unconstrained():
     assert big.any()
     with pytest.raises(ValueError, match="`min_count` must be a finite number >= 0"):
         GroupThresholds(min_count=-1)
+
+
+def test_shared_threshold_is_one_threshold_for_every_group_with_fit_summaries():
+    """GroupThresholds.shared: the model's own decision rule (score > t) as a fitted instance, so
+    that selection can hand back 'no group thresholds' through the same attribute; its summaries
+    are of the data given, and a non-finite threshold is refused."""
+    gen = torch.Generator().manual_seed(3)
+    groups = torch.randint(0, 3, (500,), generator=gen)
+    labels = torch.randint(0, 2, (500,), generator=gen)
+    scores = torch.rand(500, generator=gen, dtype=torch.float64)
+    own = GroupThresholds.shared(0.4, scores, labels, groups, 3)
+    preds = (scores > 0.4).double()
+    torch.testing.assert_close(own.predict(scores, groups).double(), preds)
+    assert own.fit_accuracy_ == pytest.approx(float((preds == labels).double().mean()))
+    rates = [float(preds[groups == g].mean()) for g in range(3)]
+    assert own.fit_difference_ == pytest.approx(max(rates) - min(rates))
+    again = GroupThresholds.from_state_dict(own.state_dict())
+    torch.testing.assert_close(again.predict(scores, groups), own.predict(scores, groups))
+    for bad in (float("nan"), float("inf"), True, "0.5"):
+        with pytest.raises(ValueError, match="`threshold` must be a finite number, got"):
+            GroupThresholds.shared(bad, scores, labels, groups, 3)

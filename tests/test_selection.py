@@ -150,22 +150,28 @@ def test_argument_errors():
 
 
 class _Report(pl.Callback):
-    def __init__(self, selection, out_dir):
-        self.selection, self.out_dir = selection, out_dir
+    def __init__(self, selection, out_dir, tag=""):
+        self.selection, self.out_dir, self.tag = selection, out_dir, tag
 
     def on_fit_end(self, trainer, pl_module):
-        torch.save({"best": self.selection.best_epoch, "objective": [r["objective"] for r in self.selection.records]},
-                   self.out_dir / f"rank{trainer.global_rank}.pt")
+        torch.save({"best": self.selection.best_epoch, "objective": [r["objective"] for r in self.selection.records],
+                    "thresholds": [r.get("thresholds") for r in self.selection.records]},
+                   self.out_dir / f"{self.tag}rank{trainer.global_rank}.pt")
 
 
 @pytest.mark.ddp
 def test_ddp_chooses_the_same_epoch_as_one_process(tmp_path):
+    # and with group thresholds judged by cross-fitting: the folds do not depend on how the rows
+    # were split across ranks, so the cross-fitted accuracies equal one process's
     single = ConstrainedModelSelection([("demographic_parity", 0.1)])
-    _trainer(tmp_path / "single", [single], enable_checkpointing=False).fit(Oscillating(), *_loaders())
+    single_thr = ConstrainedModelSelection([("demographic_parity", 0.05)], thresholds=True, restore=False)
+    _trainer(tmp_path / "single", [single, single_thr], enable_checkpointing=False).fit(Oscillating(), *_loaders())
     selection = ConstrainedModelSelection([("demographic_parity", 0.1)])
+    with_thr = ConstrainedModelSelection([("demographic_parity", 0.05)], thresholds=True, restore=False)
     trainer = _trainer(
-        tmp_path / "ddp", [selection, _Report(selection, tmp_path), DestroyProcessGroup()], enable_checkpointing=False,
-        strategy="ddp_spawn", accelerator="cpu", devices=2,
+        tmp_path / "ddp", [selection, with_thr, _Report(selection, tmp_path), _Report(with_thr, tmp_path, "thr"),
+                           DestroyProcessGroup()],
+        enable_checkpointing=False, strategy="ddp_spawn", accelerator="cpu", devices=2,
     )  # fmt: skip
     module = Oscillating()
     trainer.fit(module, *_loaders())
@@ -173,6 +179,11 @@ def test_ddp_chooses_the_same_epoch_as_one_process(tmp_path):
     assert ranks[0] == ranks[1]
     assert ranks[0]["best"] == single.best_epoch
     assert ranks[0]["objective"] == pytest.approx([r["objective"] for r in single.records], abs=1e-12)
+    thr = [torch.load(tmp_path / f"thrrank{r}.pt") for r in range(2)]
+    assert thr[0] == thr[1]
+    assert thr[0]["best"] == single_thr.best_epoch
+    assert thr[0]["thresholds"] == [r["thresholds"] for r in single_thr.records]
+    assert thr[0]["objective"] == pytest.approx([r["objective"] for r in single_thr.records], abs=1e-12)
     assert float(module.weight) == SCHEDULE[single.best_epoch][0]  # rank zero's restored weights come back
 
 
@@ -208,6 +219,69 @@ def test_thresholds_option_judges_each_epoch_after_group_thresholds(tmp_path):
     assert set(fresh.threshold_states) == set(selection.threshold_states)
     with pytest.raises(ValueError, match="one constraint"):
         ConstrainedModelSelection([("demographic_parity", 0.1), ("equal_opportunity", 0.1)], thresholds=True)
+
+
+def test_thresholds_are_judged_by_their_cross_fitted_accuracy(tmp_path):
+    """Thresholds fitted on the validation rows look better there than they are: each run records
+    the snapshot's own accuracy, the thresholds' in-sample accuracy and their cross-fitted one
+    (lower), and is judged with thresholds only where they win on the cross-fitted accuracy. The
+    module gets thresholds exactly when the chosen run used them."""
+    from fair_lightning.postprocessing import GroupThresholds
+
+    tol = 0.1
+    expected = _expected(tol)
+    selection = ConstrainedModelSelection([("demographic_parity", tol)], thresholds=True)
+    module = Oscillating()
+    _trainer(tmp_path, [selection]).fit(module, *_loaders())
+    for record, (accuracy, dp) in zip(selection.records, expected):
+        assert record["objective/own"] == pytest.approx(accuracy, abs=1e-6)
+        # the snapshot's own 0.5 threshold is among the candidates whenever it is feasible
+        if dp <= tol:
+            assert record["objective/thresholds_in_sample"] >= record["objective/own"] - 1e-12
+        # out of fold, the thresholds lose some of their in-sample accuracy on these 800 rows
+        assert record["objective/thresholds"] < record["objective/thresholds_in_sample"]
+        if not record["thresholds"]:
+            assert dp <= tol and record["objective"] == record["objective/own"]
+            assert record["objective/own"] >= record["objective/thresholds"]
+        else:
+            assert record["objective"] == record["objective/thresholds"]
+            assert record["objective/thresholds"] > record["objective/own"] or dp > tol
+    assert selection.records[0]["thresholds"] and selection.records[3]["thresholds"]  # unfair: thresholds
+    assert all(r["feasible"] for r in selection.records)
+    best = max(range(4), key=lambda i: selection.records[i]["objective"])
+    assert selection.best_index == best
+    chosen = selection.records[best]
+    assert selection.uses_thresholds() == chosen["thresholds"]
+    # the module applies what the run was judged with: its thresholds, or its own shared 0.5
+    shared = bool((module.prediction_thresholds.thresholds_ == 0.5).all())
+    assert shared != chosen["thresholds"]
+    # the same rows in another order (as another DDP split would gather them): the same records
+    x, y, groups = _data()
+    order = torch.randperm(x.numel(), generator=torch.Generator().manual_seed(1))
+    shuffled = DataLoader(TensorDataset(x[order], y[order], groups[order]), batch_size=200)
+    again = ConstrainedModelSelection([("demographic_parity", tol)], thresholds=True, restore=False)
+    _trainer(tmp_path / "again", [again]).fit(Oscillating(), _loaders()[0], shuffled)
+    for a, b in zip(selection.records, again.records):
+        assert a["objective"] == pytest.approx(b["objective"], abs=1e-12) and a["thresholds"] == b["thresholds"]
+    # cv_folds=0: thresholds judged on the rows they were fitted on and always applied (0.1)
+    in_sample = ConstrainedModelSelection([("demographic_parity", tol)], thresholds=True, restore=False, cv_folds=0)
+    _trainer(tmp_path / "in_sample", [in_sample]).fit(Oscillating(), *_loaders())
+    assert set(in_sample.threshold_states) == {0, 1, 2, 3}
+    assert all("thresholds" not in r for r in in_sample.records)
+    for a, b in zip(in_sample.records, selection.records):
+        assert a["objective"] == pytest.approx(b["objective/thresholds_in_sample"], abs=1e-12)
+    # labels that are the sign of x: epoch 2 (logits 3x) is exact and fair, thresholds cannot beat it
+    x, y, groups = _data()
+    exact = DataLoader(TensorDataset(x, (x > 0).float(), groups), batch_size=200)
+    plain = ConstrainedModelSelection([("demographic_parity", tol)], thresholds=True, restore=False)
+    _trainer(tmp_path / "exact", [plain]).fit(Oscillating(), exact, exact)
+    assert plain.records[2]["objective/own"] == 1.0 and not plain.records[2]["thresholds"]
+    assert plain.best_epoch == 2 and not plain.uses_thresholds()
+    own = GroupThresholds.from_state_dict(plain.threshold_states[plain.best_index])
+    torch.testing.assert_close(own.predict(torch.sigmoid(3 * x.double()), groups).double(), (x > 0).double())
+    for bad in (1, -2, 2.5, True, "5"):
+        with pytest.raises(ValueError, match=r"`cv_folds` must be 0 \(no cross-fitting\) or an int >= 2, got"):
+            ConstrainedModelSelection(thresholds=True, cv_folds=bad)
 
 
 def test_certification_at_a_stated_confidence(tmp_path):
@@ -280,3 +354,37 @@ def test_ddp_regression_selection_records_the_one_process_values(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert ranks[0] == ranks[1] and ranks[0]["best"] == single.best_epoch
     assert ranks[0]["objective"] == pytest.approx([r["objective"] for r in single.records], rel=1e-6)
+
+
+def test_choose_run_ships_across_runs_by_the_epoch_rule(tmp_path):
+    """Across runs judged against the same constraints, choose_run orders their summaries as the
+    selection orders epochs: feasible and non-constant first by objective, then feasible constant,
+    then the least violating; ties to the first; different constraints are refused."""
+    from fair_lightning.callbacks import choose_run, rank_key
+
+    c = [["demographic_parity", 0.05]]
+    feasible = {"feasible": True, "max_violation": -0.01, "objective": 0.80, "constant": False, "constraints": c}
+    better = {**feasible, "objective": 0.82}
+    constant = {**feasible, "objective": 0.90, "constant": True}
+    violating = {"feasible": False, "max_violation": 0.03, "objective": 0.95, "constant": False, "constraints": c}
+    less = {**violating, "max_violation": 0.01, "objective": 0.70}
+    assert choose_run([feasible, better, constant, violating]) == 1
+    assert choose_run([constant, violating]) == 0  # a feasible constant predictor before a violation
+    assert choose_run([violating, less]) == 1  # the least violating, whatever its objective
+    assert choose_run([feasible, dict(feasible)]) == 0  # ties: the first
+    assert choose_run([feasible, better], maximize=False) == 0  # e.g. a monitored loss
+    assert rank_key(better) < rank_key(feasible) < rank_key(constant) < rank_key(less) < rank_key(violating)
+    with pytest.raises(ValueError, match="different constraints"):
+        choose_run([feasible, {**better, "constraints": [["demographic_parity", 0.02]]}])
+    with pytest.raises(ValueError, match="at least one run"):
+        choose_run([])
+    # a fitted selection's summary is such a record, and the same rule picks its own epoch
+    selection = ConstrainedModelSelection([("demographic_parity", 0.1)], thresholds=True, restore=False)
+    _trainer(tmp_path, [selection]).fit(Oscillating(), *_loaders())
+    summary = selection.summary()
+    chosen = selection.records[selection.best_index]
+    assert summary["epoch"] == selection.best_epoch and summary["objective"] == chosen["objective"]
+    assert summary["constraints"] == [["demographic_parity", 0.1]] and summary["thresholds"] == selection.uses_thresholds()
+    per_epoch = [{**summary, **{k: r[k] for k in ("objective", "feasible", "max_violation", "constant")}} for r in selection.records]
+    assert choose_run(per_epoch) == selection.best_index
+    assert ConstrainedModelSelection().summary() == {}

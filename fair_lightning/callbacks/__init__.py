@@ -30,7 +30,7 @@ with ``"logits"``; otherwise they run one forward pass without gradients on the 
 """
 
 from fair_lightning.callbacks._calibration import WHEN, GroupCalibrationCallback
-from fair_lightning.callbacks._selection import ConstrainedModelSelection
+from fair_lightning.callbacks._selection import ConstrainedModelSelection, choose_run, rank_key
 from fair_lightning.callbacks._thresholds import GroupThresholdCallback
 from fair_lightning.callbacks._dashboard import (
     DEFAULT_HP_METRICS,
@@ -44,6 +44,8 @@ from fair_lightning.callbacks._dashboard import (
 
 __all__ = [
     "ConstrainedModelSelection",
+    "choose_run",
+    "rank_key",
     "DEFAULT_HP_METRICS",
     "WHEN",
     "FairnessDashboard",
