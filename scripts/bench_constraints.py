@@ -74,6 +74,18 @@ MIN_COUNT = 10
 LIBRARY = "lagrangian+sel-thr"
 
 
+def hydra_lagrangian_settings():
+    """The Lagrangian's arguments in the Hydra app's ``fairness=lagrangian_dp`` config (the
+    recipe the issue judges), without the constraint and tolerance the benchmark sets."""
+    from omegaconf import OmegaConf
+
+    import fair_lightning
+
+    path = Path(fair_lightning.__file__).parent / "conf" / "fairness" / "lagrangian_dp.yaml"
+    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    return {k: v for k, v in cfg.items() if k not in ("mode", "constraints", "tolerance", "defaults")}
+
+
 # ---------------------------------------------------------------------------------- data
 def make_data(case: str, seed: int):
     import pandas as pd
@@ -187,6 +199,8 @@ def train_job(job):
     trainer.fit(module, datamodule=dm)
     seconds = time.perf_counter() - start
     last_state = {k: v.clone() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+    if job.get("dump"):
+        _dump_scores(job, module, dm, with_thr[tolerances[0]])
 
     def probs(split, state=None):
         if state is not None:
@@ -224,13 +238,39 @@ def train_job(job):
         # selection judged after thresholds: the snapshot and its thresholds
         sel = with_thr[tol]
         val, test = probs("val", sel.snapshots[sel.best_index]), probs("test")
-        fitted = GroupThresholds.from_state_dict(sel.threshold_states[sel.best_index])
         chosen_record = sel.records[sel.best_index]
-        rows.append(row(f"{method}+sel-thr", tol, fitted.predict(val[0], val[2]).numpy(), val,
-                        fitted.predict(test[0], test[2]).numpy(), test, epoch=sel.best_epoch,
+        # its group thresholds, or (judged better without them) its own shared 0.5
+        fitted = GroupThresholds.from_state_dict(sel.threshold_states[sel.best_index])
+        val_pred, test_pred = fitted.predict(val[0], val[2]).numpy(), fitted.predict(test[0], test[2]).numpy()
+        rows.append(row(f"{method}+sel-thr", tol, val_pred, val, test_pred, test, epoch=sel.best_epoch,
+                        thresholds=sel.uses_thresholds(), objective=chosen_record["objective"],
+                        feasible=chosen_record["feasible"], max_violation=chosen_record["max_violation"],
                         certified=chosen_record.get(f"certified/{definition}"),
                         ci_high=chosen_record.get(f"ci_high/{definition}")))
     return rows
+
+
+def _dump_scores(job, module, dm, selection):
+    """Every epoch's validation and test probabilities (for comparing selection rules offline on the
+    same trained runs; ``--dump-scores``)."""
+    import torch
+
+    out = {}
+    for split in ("val", "test"):
+        x, y, g = _split(dm, split)
+        out[f"{split}_y"], out[f"{split}_g"] = y.numpy(), g.numpy()
+        probs = []
+        for index in sorted(selection.snapshots):
+            module.load_state_dict(selection.snapshots[index], strict=False)
+            module.eval()
+            with torch.no_grad():
+                probs.append(torch.sigmoid(module(x).reshape(-1)).float().numpy())
+        out[f"{split}_p"] = np.stack(probs)
+    tol = "" if job["method"] == "erm" else f"-{job['tolerances'][0]}"
+    name = f"{job['case']}-{job['definition']}-{job['method']}{tol}-seed{job['seed']}.npz"
+    path = Path(job["dump"]) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, num_groups=dm.num_groups, **out)
 
 
 HIERARCHICAL = {"sex": 0.02, "race": 0.03, "intersection": 0.06}
@@ -320,8 +360,33 @@ def peer_job(job):
 
 
 # ---------------------------------------------------------------------------------- report
+def sweep_rows(rows):
+    """``sweep+sel``: for each (case, definition, tolerance, seed), the run that
+    :func:`fair_lightning.callbacks.choose_run` ships among the ERM and the Lagrangian runs, each
+    with ``ConstrainedModelSelection(thresholds=True)`` at that tolerance (what ``pareto.py
+    --choose`` does for a sweep ``fairness=erm,lagrangian_*``): judged on validation only, by each
+    run's selection objective (cross-fitted where thresholds were fitted on validation)."""
+    from fair_lightning.callbacks import choose_run
+
+    runs = defaultdict(list)
+    for r in rows:
+        if r["method"] in ("erm+sel-thr", "lagrangian+sel-thr") and "objective" in r:
+            runs[(r["case"], r["definition"], r["tolerance"], r["seed"])].append(r)
+    out = []
+    for (case, definition, tol, seed), rs in sorted(runs.items(), key=lambda kv: str(kv[0])):
+        if len(rs) < 2:
+            continue
+        rs = sorted(rs, key=lambda r: r["method"])  # erm first: ties go to the simpler model
+        summaries = [{"objective": r["objective"], "feasible": r["feasible"], "max_violation": r["max_violation"],
+                      "constant": r["val"]["constant"], "constraints": [[definition, tol]]} for r in rs]
+        chosen = rs[choose_run(summaries)]
+        out.append({**chosen, "method": "sweep+sel", "from": chosen["method"]})
+    return out
+
+
 def report(rows, markdown=False):
     rows = [r for r in rows if r["method"] != "lagrangian-hierarchical"]
+    rows = rows + sweep_rows(rows)
     by = defaultdict(list)
     for r in rows:
         by[(r["case"], r["definition"], r["method"], r["tolerance"])].append(r)
@@ -414,7 +479,9 @@ def main(argv=None):
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--hierarchical", action="store_true", help="only check (e): Adult sex x race, 3 seeds")
     parser.add_argument("--dual-warmup", type=float, default=None,
-                        help="train the Lagrangian with this dual_warmup instead of its default (an experiment)")
+                        help="train the Lagrangian with this dual_warmup instead of the Hydra config's (an experiment)")
+    parser.add_argument("--dump-scores", default=None, metavar="DIR",
+                        help="also save every epoch's validation and test probabilities of each training run (npz)")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -447,13 +514,18 @@ def main(argv=None):
             defs.append(("equalized_odds", EO_CASES[case]))
         for seed in range(seeds):
             for definition, tols in defs:
+                dump = {"dump": args.dump_scores} if args.dump_scores else {}
                 if (case, seed, "erm", definition, None) not in seen:
-                    jobs.append(("train", {"case": case, "seed": seed, "method": "erm", "definition": definition, "tolerances": tols}))
+                    jobs.append(("train", {"case": case, "seed": seed, "method": "erm", "definition": definition, "tolerances": tols,
+                                           **dump}))
                 for tol in tols:
                     if (case, seed, "lagrangian", definition, tol) not in seen:
-                        extra = {} if args.dual_warmup is None else {"lagrangian_kwargs": {"dual_warmup": args.dual_warmup}}
+                        settings = hydra_lagrangian_settings()
+                        if args.dual_warmup is not None:
+                            settings["dual_warmup"] = args.dual_warmup
+                        extra = {"lagrangian_kwargs": settings}
                         jobs.append(("train", {"case": case, "seed": seed, "method": "lagrangian", "definition": definition,
-                                               "tolerances": (tol,), **extra}))
+                                               "tolerances": (tol,), **extra, **dump}))
                 if not args.no_peers and (case, seed, "fairlearn-TO", definition, 0.0) not in seen:
                     jobs.append(("peer", {"case": case, "seed": seed, "definition": definition, "tolerances": tols}))
     print(f"{len(jobs)} jobs, {args.workers} workers", flush=True)
