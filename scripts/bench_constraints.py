@@ -13,7 +13,10 @@ library defaults. For each (case, tolerance, seed) it trains
 * ``lagrangian``: ``mode="lagrangian"`` with ``ConstrainedModelSelection`` on validation;
 * ``lagrangian+thr``: its last epoch with group thresholds fitted on validation;
 * ``lagrangian+sel-thr``: ``mode="lagrangian"`` with ``ConstrainedModelSelection(thresholds=True)``:
-  the model the library returns (the recipe of the Hydra ``lagrangian_*`` configs);
+  the model the library returns (the recipe of the Hydra ``lagrangian_*`` configs, whose
+  Lagrangian settings it reads);
+* ``sweep+sel``: of ``erm+sel-thr`` and ``lagrangian+sel-thr``, the run ``choose_run`` ships on
+  validation (a sweep over the two methods);
 
 and the peers on the same splits: fairlearn ``ThresholdOptimizer(LogisticRegression)`` (exact
 parity) and ``ExponentiatedGradient(LogisticRegression, difference_bound=tolerance)``.

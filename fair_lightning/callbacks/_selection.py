@@ -205,8 +205,8 @@ class ConstrainedModelSelection(CollectsValidationRows):
             the binomial standard error of the difference on the validation split (the two
             smallest groups): thresholds fitted exactly at the tolerance on a few hundred rows
             exceed it on new data about half the time; a margin trades that for accuracy and, on
-            small data, for near-constant classifiers (the constraint benchmark with ``margin=1``:
-            every run held, 41 of 103 were constant). 0 (the default) fits at the tolerance.
+            small data, for near-constant classifiers (the constraint benchmark with ``margin=1``, judged
+            in-sample: every run held, 41 of 103 were constant). 0 (the default) fits at the tolerance.
         min_count: groups with fewer validation samples behind a rate are left out of that rate's
             difference (too few to judge; listed in :meth:`report` through the per-group counts).
         confidence: level of the simultaneous (Bonferroni-adjusted Wilson) intervals behind the
