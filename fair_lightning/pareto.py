@@ -219,6 +219,11 @@ def flatten_record(record: Mapping[str, Any]) -> dict[str, Any]:
     joined by spaces, groups by commas); the raw ``metrics`` and the ``traceback`` are left out.
     """
     row: dict[str, Any] = {}
+    selection = record.get("selection")
+    if isinstance(selection, Mapping) and "objective" in selection:
+        # what a selection judged on validation (cross-fitted where it fitted group thresholds)
+        row["selection_objective"] = selection["objective"]
+        row["selection_thresholds"] = bool(selection.get("thresholds", False))
     for key, value in record.items():
         if key in _NOT_IN_TABLE:
             continue
@@ -505,6 +510,59 @@ def constant_predictors(table: pd.DataFrame, stage: str = "test") -> np.ndarray:
     return mask
 
 
+def _validation_column(column: str) -> str:
+    return "val_" + column[len("test_"):] if column.startswith("test_") else column
+
+
+def choose_on_validation(
+    table: pd.DataFrame,
+    x: str = "test_dp_difference",
+    y: str = "test_accuracy",
+    threshold: float | None = None,
+    maximize: Sequence[bool] | None = None,
+) -> tuple[Any, str]:
+    """The job to ship under a requirement on ``x``, chosen on the **validation** split.
+
+    The test split reports; it does not choose. Among finished jobs that are not constant
+    predictors on validation and meet ``threshold`` on the validation column of ``x``
+    (``test_dp_difference`` -> ``val_dp_difference``), the best validation value of ``y``; its
+    test values are what the frontier shows. For ``y="test_accuracy"`` a job whose
+    ``ConstrainedModelSelection`` fitted group thresholds on validation is compared by the
+    selection's cross-fitted accuracy (``selection_objective``), not by the accuracy of thresholds
+    on the rows they were fitted on. Without a threshold: the best validation ``y``.
+
+    Returns:
+        ``(index, why)``: the row's index label (``None`` when no job qualifies or the table has
+        no validation columns) and a sentence saying what was chosen or why nothing was.
+    """
+    mx, my = _maximize(x, y, maximize)
+    vx, vy = _validation_column(x), _validation_column(y)
+    missing = [c for c in ((vx, vy) if threshold is not None else (vy,)) if c not in table.columns]
+    if missing:
+        return None, f"no validation column {', '.join(missing)} in the records: cannot choose on validation"
+    ok = np.array(table["status"].eq("ok"), dtype=bool) if "status" in table.columns else np.ones(len(table), dtype=bool)
+    ok &= ~constant_predictors(table.drop(columns="constant_predictor", errors="ignore"), "val")
+    score = pd.to_numeric(table[vy], errors="coerce").to_numpy(float)
+    replaced = np.zeros(len(table), dtype=bool)
+    if y == "test_accuracy" and "selection_objective" in table.columns:
+        cross_fitted = pd.to_numeric(table["selection_objective"], errors="coerce").to_numpy(float)
+        used = np.array(table.get("selection_thresholds", pd.Series(False, index=table.index)).fillna(False), dtype=bool)
+        replaced = used & np.isfinite(cross_fitted)
+        score = np.where(replaced, cross_fitted, score)
+    ok &= np.isfinite(score)
+    requirement = ""
+    if threshold is not None:
+        vals = pd.to_numeric(table[vx], errors="coerce").to_numpy(float)
+        with np.errstate(invalid="ignore"):
+            ok &= (vals >= threshold) if mx else (vals <= threshold)
+        requirement = f" with {vx} {'>=' if mx else '<='} {threshold:g}"
+    if not ok.any():
+        return None, f"no non-constant job{requirement} on validation"
+    best = np.flatnonzero(ok)[int(np.argmax(score[ok]) if my else np.argmin(score[ok]))]
+    how = f"{score[best]:.4f}, cross-fitted over its group thresholds" if replaced[best] else f"{score[best]:.4f}"
+    return table.index[best], f"chosen on validation: the best {vy} ({how}) of the {int(ok.sum())} jobs{requirement}"
+
+
 def _method(row: pd.Series) -> str:
     mode = row.get("mode")
     return mode if isinstance(mode, str) and mode else "unknown"
@@ -597,7 +655,7 @@ def plot_pareto_frontier(
         label: the setting shown first in the key (``"eta"``; each row also shows its
             ``eta``/``tolerance``, whichever it has). ``None``: no numbers and no key.
         threshold: a fairness requirement on ``x``: a dashed vertical line, the acceptable side
-            shaded, and the best acceptable non-constant model of the sweep starred.
+            shaded, and the model to ship starred: chosen on validation (:func:`choose_on_validation`).
         baselines: name -> ``(x, y)`` of reference models drawn as labelled diamonds.
         ax: axes to draw on (then no key panel); default a new figure with the key beside it.
         maximize: whether larger is better for ``x`` and ``y``; default from the names.
@@ -682,12 +740,12 @@ def plot_pareto_frontier(
         else:
             ax.axvspan(min(lo, threshold), threshold, color="tab:green", alpha=0.06)
         ax.set_xlim(min(lo, threshold), max(hi, threshold))
-        ok = (points[:, 0] >= threshold if mx else points[:, 0] <= threshold) & ~constant
-        if ok.any():
-            best = np.flatnonzero(ok)[np.argmax(points[ok, 1]) if my else np.argmin(points[ok, 1])]
-            ax.scatter(*points[best], marker="*", s=320, facecolor="none", edgecolor="tab:red", lw=1.5, zorder=5)
+        chosen, _ = choose_on_validation(table, x, y, threshold, (mx, my))
+        if chosen is not None and chosen in data.index:
+            at = (float(data.at[chosen, x]), float(data.at[chosen, y]))
+            ax.scatter(*at, marker="*", s=320, facecolor="none", edgecolor="tab:red", lw=1.5, zorder=5)
             handles.append(Line2D([], [], marker="*", ls="none", markersize=13, markerfacecolor="none",
-                                  markeredgecolor="tab:red", label="best model meeting the requirement"))  # fmt: skip
+                                  markeredgecolor="tab:red", label="chosen on validation (meets it there)"))  # fmt: skip
 
     task = _task_of(table)
     ax.set_xlabel(f"{readable_name(x, task)} ({'higher' if mx else 'lower'} is better)")
@@ -1000,17 +1058,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = ", ".join(ok.loc[ok["constant_predictor"], "job_dir"].astype(str))
         print(f"constant (collapsed) predictors, left off the frontier and the hypervolume: job {names}")
     if args.threshold is not None:
-        within = usable[usable[args.x] >= args.threshold] if maximize[0] else usable[usable[args.x] <= args.threshold]
-        if len(within):
-            best = within.loc[within[args.y].idxmax() if maximize[1] else within[args.y].idxmin()]
+        chosen, why = choose_on_validation(ok, args.x, args.y, args.threshold, maximize)
+        if chosen is not None:
+            best = ok.loc[chosen]
             text = _label(best, args.label)
             setting = text if "=" in text or text == best.get("mode") else f"{args.label}={text}"
             print(
-                f"best within {args.x} {'>=' if maximize[0] else '<='} {args.threshold:g}: job {best['job_dir']} "
-                f"({setting}): {args.y} {best[args.y]:.4f}, {args.x} {best[args.x]:.4f}"
+                f"model to ship under {args.x} {'>=' if maximize[0] else '<='} {args.threshold:g}: job {best['job_dir']} "
+                f"({setting}), {why}; on test: {args.y} {best[args.y]:.4f}, {args.x} {best[args.x]:.4f}"
             )
         else:
-            print(f"no model meets {args.x} {'>=' if maximize[0] else '<='} {args.threshold:g}")
+            print(f"no model to ship under {args.x} {'>=' if maximize[0] else '<='} {args.threshold:g}: {why}")
     if not args.no_tensorboard:
         _log_to_tensorboard(args.sweep_dir / TENSORBOARD_DIR, fig, hv, table.loc[table["is_pareto"]], shown)
         print(f"TensorBoard: tensorboard --logdir {args.sweep_dir} (pareto/frontier, pareto/hypervolume)")
@@ -1022,6 +1080,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 __all__ = [
     "FRONTIER_CSV",
     "FRONTIER_PNG",
+    "choose_on_validation",
     "default_reference",
     "validate_record",
     "flatten_record",

@@ -134,6 +134,7 @@ def _record(job, eta, accuracy, dp, status="ok"):
         "job": job, "status": status, "mode": "penalty", "fairness": "demographic_parity", "eta": eta,
         "tolerance": None, "overrides": [f"fairness.eta={eta}"], "groups": ["A", "B"],
         "test_accuracy": accuracy, "test_dp_difference": dp, "test_dp_ratio": 1 - dp,
+        "val_accuracy": accuracy + 0.01, "val_dp_difference": dp,
         "test_selection_rate_by_group": {"A": 0.3, "B": 0.3 - dp}, "metrics": {"test/accuracy": accuracy},
         "traceback": None, "error": None,
     }  # fmt: skip
@@ -191,7 +192,7 @@ def test_frontier_table_and_plot(tmp_path):
     assert {"1", "2", "3", "reductions"} <= labels  # every finished job numbered, and the baseline
     cells = {c.get_text().get_text() for c in key.tables[0].get_celld().values()}
     assert {"eta=0", "eta=1", "eta=4", "0", "1", "2"} <= cells  # the key: number, job, setting
-    assert any("best model meeting the requirement" in t.get_text() for t in ax.get_legend().get_texts())
+    assert any("chosen on validation" in t.get_text() for t in ax.get_legend().get_texts())
     fig.savefig(tmp_path / "f.png")
     # on given axes, other columns, a DP-ratio threshold (higher is better)
     other = Figure()
@@ -199,6 +200,36 @@ def test_frontier_table_and_plot(tmp_path):
     assert plot_pareto_frontier(front, x="test_dp_ratio", threshold=0.8, label=None, ax=ax) is other
     with pytest.raises(ValueError, match="column 'nope' is not in the table"):
         plot_pareto_frontier(front, x="nope", maximize=(False, True))
+
+
+def test_the_model_to_ship_is_chosen_on_validation_not_on_test():
+    """The starred / printed model under a requirement is chosen on the validation columns, with
+    the selection's cross-fitted accuracy for jobs that fitted thresholds on validation; test only
+    reports. Constant predictors on validation never ship; without validation columns nothing is
+    chosen, and the reason says so."""
+    from fair_lightning.pareto import choose_on_validation
+
+    table = pd.DataFrame({
+        "status": ["ok"] * 5,
+        "job_dir": list("abcde"),
+        # a: best on test within 0.05 but not within it on validation; b: best on validation
+        "test_accuracy": [0.86, 0.84, 0.83, 0.90, 0.85], "test_dp_difference": [0.04, 0.05, 0.02, 0.0, 0.03],
+        "val_accuracy": [0.87, 0.85, 0.84, 0.91, 0.88], "val_dp_difference": [0.07, 0.04, 0.03, 0.0, 0.05],
+        # d predicts one class for everyone on validation; e's 0.88 is in-sample thresholds accuracy
+        "val_selection_rate/A": [0.3, 0.3, 0.3, 0.0, 0.3], "val_selection_rate/B": [0.3, 0.3, 0.3, 0.0, 0.3],
+        "selection_objective": [np.nan, np.nan, np.nan, np.nan, 0.845], "selection_thresholds": [False, False, False, False, True],
+    })  # fmt: skip
+    chosen, why = choose_on_validation(table, threshold=0.05)
+    assert table.at[chosen, "job_dir"] == "b"
+    assert "val_accuracy (0.8500) of the 3 jobs with val_dp_difference <= 0.05" in why
+    # e competes with its cross-fitted accuracy; with a better one it wins
+    table.loc[4, "selection_objective"] = 0.86
+    assert table.at[choose_on_validation(table, threshold=0.05)[0], "job_dir"] == "e"
+    # no threshold: the best validation accuracy of the jobs not constant on validation (d is)
+    assert table.at[choose_on_validation(table)[0], "job_dir"] == "a"
+    assert choose_on_validation(table, threshold=0.001)[0] is None
+    none, why = choose_on_validation(table.drop(columns=["val_dp_difference"]), threshold=0.05)
+    assert none is None and "no validation column val_dp_difference" in why
 
 
 def test_pareto_sweep_in_process():
@@ -256,6 +287,9 @@ def test_pareto_script_on_a_sweep(sweep_dir):
     assert list((sweep_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert "hypervolume of (test_dp_difference ↓, test_accuracy ↑) w.r.t. reference (1, 0)" in result.stdout
     assert f"wrote {sweep_dir / 'frontier.png'}" in result.stdout
+    # the model to ship under the requirement is chosen on validation, and its test values reported
+    assert "model to ship under test_dp_difference <= 0.05" in result.stdout
+    assert "chosen on validation: the best val_accuracy" in result.stdout
 
 
 def test_pareto_script_reports_and_skips_failed_jobs(sweep_dir, tmp_path):
