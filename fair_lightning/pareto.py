@@ -535,6 +535,9 @@ def choose_on_validation(
         ``(index, why)``: the row's index label (``None`` when no job qualifies or the table has
         no validation columns) and a sentence saying what was chosen or why nothing was.
     """
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating))
+                                  or not math.isfinite(threshold)):
+        raise ValueError(f"`threshold` must be a finite number or None, got {threshold!r}")
     mx, my = _maximize(x, y, maximize)
     vx, vy = _validation_column(x), _validation_column(y)
     missing = [c for c in ((vx, vy) if threshold is not None else (vy,)) if c not in table.columns]

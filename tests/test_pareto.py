@@ -230,6 +230,9 @@ def test_the_model_to_ship_is_chosen_on_validation_not_on_test():
     assert choose_on_validation(table, threshold=0.001)[0] is None
     none, why = choose_on_validation(table.drop(columns=["val_dp_difference"]), threshold=0.05)
     assert none is None and "no validation column val_dp_difference" in why
+    for bad in ("0.05", float("nan"), True):
+        with pytest.raises(ValueError, match="`threshold` must be a finite number or None, got"):
+            choose_on_validation(table, threshold=bad)
 
 
 def test_pareto_sweep_in_process():

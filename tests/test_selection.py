@@ -279,6 +279,12 @@ def test_thresholds_are_judged_by_their_cross_fitted_accuracy(tmp_path):
     assert plain.best_epoch == 2 and not plain.uses_thresholds()
     own = GroupThresholds.from_state_dict(plain.threshold_states[plain.best_index])
     torch.testing.assert_close(own.predict(torch.sigmoid(3 * x.double()), groups).double(), (x > 0).double())
+    # too few validation rows to cross-fit over 5 folds: a clear error, not a silent estimate
+    tiny = DataLoader(TensorDataset(x[:6], y[:6], groups[:6]), batch_size=6)
+    with pytest.raises(ValueError, match=r"cv_folds=5\) cross-fits .* needs at least 10 of them; got 6"):
+        _trainer(tmp_path / "tiny", [ConstrainedModelSelection([("demographic_parity", tol)], thresholds=True)]).fit(
+            Oscillating(), _loaders()[0], tiny
+        )
     for bad in (1, -2, 2.5, True, "5"):
         with pytest.raises(ValueError, match=r"`cv_folds` must be 0 \(no cross-fitting\) or an int >= 2, got"):
             ConstrainedModelSelection(thresholds=True, cv_folds=bad)

@@ -405,6 +405,12 @@ class ConstrainedModelSelection(CollectsValidationRows):
         if self.monitor is not None or not self.cv_folds:
             self._fitted = fitted.state_dict()
             return thresholded
+        if scores.numel() < 2 * self.cv_folds:
+            raise ValueError(
+                f"ConstrainedModelSelection(cv_folds={self.cv_folds}) cross-fits the group thresholds over the "
+                f"validation rows, and needs at least {2 * self.cv_folds} of them; got {scores.numel()} "
+                "(use more validation rows, fewer folds, or cv_folds=0 to judge thresholds on the rows they were fitted on)"
+            )
         cv_pred = self._cross_fitted(scores, labels, groups, num_groups, definition, target)
         correct = labels.bool()
         raw_accuracy = float((hard == correct).double().mean())
