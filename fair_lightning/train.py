@@ -242,6 +242,19 @@ def selection_callbacks(cfg: DictConfig, module: Any) -> list:
     constraints = getattr(module.method, "user_constraints" if multiclass else "constraints", None)
     if not options.get("enabled", True):
         return []
+    stated = options.get("constraints")
+    if stated is not None and getattr(module, "task", None) != "regression":
+        # any method judged against the stated constraints (an ERM run then returns the
+        # unconstrained model with group thresholds: the post-processing route)
+        stated = dict(stated) if isinstance(stated, Mapping) else stated
+        if not isinstance(stated, Mapping) or not stated:
+            raise ValueError(
+                "`selection.constraints` must be a mapping {definition: tolerance}, e.g. "
+                f"'selection.constraints={{demographic_parity: 0.02}}', got {stated!r}"
+            )
+        from fair_lightning.constraints import FairnessConstraint
+
+        constraints = [FairnessConstraint(definition, tolerance) for definition, tolerance in stated.items()]
     if getattr(module, "task", None) == "regression":
         # the bounded group loss on squared errors: each group's validation MSE <= bound
         method = module.method

@@ -337,6 +337,31 @@ def test_lagrangian_job_selects_on_validation_with_thresholds_and_reports_interv
     assert not [cb for cb in build(off, tmp_path).trainer.callbacks if isinstance(cb, ConstrainedModelSelection)]
 
 
+def test_stated_selection_constraints_turn_an_erm_job_into_post_processing(tmp_path):
+    """`selection.constraints` judges any method's epochs against stated constraints: an ERM job
+    returns the unconstrained model with group thresholds where they pay off, meets the tolerance
+    on validation, and records what the selection chose (for choose_run across a sweep); a
+    malformed value is refused by name."""
+    from fair_lightning.callbacks import ConstrainedModelSelection
+
+    cfg = _compose([*TINY, "fairness=erm", "callbacks=none", "trainer.max_epochs=3",
+                    "selection.constraints={demographic_parity: 0.03}"])  # fmt: skip
+    selection = [cb for cb in build(cfg, tmp_path).trainer.callbacks if isinstance(cb, ConstrainedModelSelection)]
+    assert len(selection) == 1 and selection[0].thresholds and selection[0].constraints == [("demographic_parity", 0.03)]
+    record = run(cfg, tmp_path)
+    assert record["status"] == "ok" and record["mode"] == "erm"
+    assert record["val_dp_difference"] <= 0.03 + 1e-9
+    chosen = record["selection"]
+    assert chosen["constraints"] == [["demographic_parity", 0.03]] and chosen["feasible"]
+    assert isinstance(chosen["thresholds"], bool) and 0.0 <= chosen["objective"] <= 1.0
+    # without stated constraints an ERM job has no selection
+    plain = _compose([*TINY, "fairness=erm", "callbacks=none"])
+    assert not [cb for cb in build(plain, tmp_path).trainer.callbacks if isinstance(cb, ConstrainedModelSelection)]
+    bad = _compose([*TINY, "fairness=erm", "callbacks=none", "selection.constraints=[demographic_parity]"])
+    with pytest.raises(ValueError, match=r"`selection.constraints` must be a mapping \{definition: tolerance\}"):
+        build(bad, tmp_path)
+
+
 def test_lagrangian_job_with_group_calibration_applies_thresholds_to_the_probabilities_they_were_fitted_on(tmp_path):
     """Selection fits thresholds on the model's own probabilities; the group calibrator (fitted
     at the end of fit too) must not be applied before them: validation then meets the tolerance."""
