@@ -394,3 +394,27 @@ def test_choose_run_ships_across_runs_by_the_epoch_rule(tmp_path):
     per_epoch = [{**summary, **{k: r[k] for k in ("objective", "feasible", "max_violation", "constant")}} for r in selection.records]
     assert choose_run(per_epoch) == selection.best_index
     assert ConstrainedModelSelection().summary() == {}
+
+
+def test_checkpoint_resume_keeps_the_thresholds_judgement(tmp_path):
+    """With thresholds judged by cross-fitting, a run resumed from a mid-fit checkpoint (loaded
+    with weights_only=True) makes the same records, choice and module thresholds as one that was
+    not interrupted."""
+    def make():
+        return ConstrainedModelSelection([("demographic_parity", 0.05)], thresholds=True)
+
+    straight, module_a = make(), Oscillating()
+    _trainer(tmp_path / "a", [straight], enable_checkpointing=False).fit(module_a, *_loaders())
+    first = make()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    _trainer(tmp_path / "b", [first, ckpt], epochs=2).fit(Oscillating(), *_loaders())
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["callbacks"][first.state_key]
+    assert set(state["threshold_states"]) == {0, 1} and all("thresholds" in r for r in state["records"])
+    resumed, module_b = make(), Oscillating()
+    _trainer(tmp_path / "b", [resumed]).fit(module_b, *_loaders(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert resumed.best_epoch == straight.best_epoch and resumed.uses_thresholds() == straight.uses_thresholds()
+    assert resumed.report().drop(columns=["step"]).equals(straight.report().drop(columns=["step"]))
+    x, _, groups = _data()
+    probs = torch.sigmoid(module_a(x, groups)).double()
+    torch.testing.assert_close(module_b.prediction_thresholds.predict(probs, groups),
+                               module_a.prediction_thresholds.predict(probs, groups))
