@@ -243,7 +243,12 @@ def selection_callbacks(cfg: DictConfig, module: Any) -> list:
     if not options.get("enabled", True):
         return []
     stated = options.get("constraints")
-    if stated is not None and getattr(module, "task", None) != "regression":
+    if stated is not None and getattr(module, "task", None) == "regression":
+        raise ValueError(
+            "`selection.constraints` states a classifier's constraints; a regression job (task=regression) is selected "
+            f"on its method's bound (fairness=bounded_group_loss), got {stated!r}"
+        )
+    if stated is not None:
         # any method judged against the stated constraints (an ERM run then returns the
         # unconstrained model with group thresholds: the post-processing route)
         stated = dict(stated) if isinstance(stated, Mapping) else stated

@@ -360,6 +360,10 @@ def test_stated_selection_constraints_turn_an_erm_job_into_post_processing(tmp_p
     bad = _compose([*TINY, "fairness=erm", "callbacks=none", "selection.constraints=[demographic_parity]"])
     with pytest.raises(ValueError, match=r"`selection.constraints` must be a mapping \{definition: tolerance\}"):
         build(bad, tmp_path)
+    regression = _compose(["task=regression", "trainer=fast", "logger=none", "callbacks=none",
+                           "selection.constraints={demographic_parity: 0.02}"])  # fmt: skip
+    with pytest.raises(ValueError, match=r"`selection.constraints` states a classifier's constraints; a regression job"):
+        build(regression, tmp_path)
 
 
 def test_lagrangian_job_with_group_calibration_applies_thresholds_to_the_probabilities_they_were_fitted_on(tmp_path):

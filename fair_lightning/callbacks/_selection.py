@@ -34,6 +34,11 @@ REGRESSION_CONSTRAINTS = ("bounded_group_loss", "demographic_parity")
 CONSTANT_STD_SHARE = 0.01
 
 
+def _one_class(share: float) -> bool:
+    """Whether a binary classifier predicting 1 for this share of the rows is a constant predictor."""
+    return share >= CONSTANT_SHARE or share <= 1 - CONSTANT_SHARE
+
+
 def rank_key(record: Mapping[str, Any], maximize: bool = True) -> tuple:
     """How :class:`ConstrainedModelSelection` orders validation runs (smaller is better): runs that
     meet every constraint and are not constant predictors, by objective; then feasible constant
@@ -422,7 +427,7 @@ class ConstrainedModelSelection(CollectsValidationRows):
             share = float(pred.double().mean())
             return rank_key({
                 "feasible": violation <= 1e-12, "max_violation": violation, "objective": accuracy,
-                "constant": share >= CONSTANT_SHARE or share <= 1 - CONSTANT_SHARE,
+                "constant": _one_class(share),
             })  # fmt: skip
 
         use = key(fitted_sums, thresholded, cv_accuracy) < key(plain, hard, raw_accuracy)  # ties: no thresholds
@@ -533,7 +538,7 @@ class ConstrainedModelSelection(CollectsValidationRows):
         total = float(per_class[0].count.sum().clamp_min(1))
         if len(per_class) == 1:
             share = float(sums.pred.sum()) / total
-            record["constant"] = share >= CONSTANT_SHARE or share <= 1 - CONSTANT_SHARE
+            record["constant"] = _one_class(share)
         else:  # the share of the most predicted class
             share = float(sums.pred.sum(1).max()) / total
             record["constant"] = share >= CONSTANT_SHARE
