@@ -90,7 +90,7 @@ def hydra_lagrangian_settings():
 
 
 # ---------------------------------------------------------------------------------- data
-def make_data(case: str, seed: int):
+def make_data(case: str, seed: int, include_sensitive: bool = False):
     import pandas as pd
 
     from fair_lightning.data import TabularDataModule
@@ -110,7 +110,7 @@ def make_data(case: str, seed: int):
         frame[column] = frame[column].cat.remove_unused_categories()
         split = None if data.split is None else np.asarray(data.split)[mask]
         data = dataclasses.replace(data, frame=frame, split=split)
-    dm = TabularDataModule(data, sensitive=column, batch_size=BATCH, seed=seed)
+    dm = TabularDataModule(data, sensitive=column, batch_size=BATCH, seed=seed, include_sensitive=include_sensitive)
     dm.setup("fit")
     return dm
 
@@ -184,7 +184,7 @@ def train_job(job):
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     case, seed, method, definition, tolerances = job["case"], job["seed"], job["method"], job["definition"], job["tolerances"]
-    dm = make_data(case, seed)
+    dm = make_data(case, seed, job.get("include_sensitive", False))
     pl.seed_everything(seed, verbose=False)
     d = dm.num_features
     model = nn.Sequential(nn.Linear(d, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
@@ -338,7 +338,7 @@ def peer_job(job):
 
     warnings.filterwarnings("ignore")
     case, seed, definition, tolerances = job["case"], job["seed"], job["definition"], job["tolerances"]
-    dm = make_data(case, seed)
+    dm = make_data(case, seed, job.get("include_sensitive", False))
     # float64 features and integer labels: fairlearn's internal frames refuse float32 upcasts (pandas 3)
     xtr, ytr, gtr = (t.numpy() for t in _split(dm, "train"))
     xte, yte, gte = (t.numpy() for t in _split(dm, "test"))
@@ -483,6 +483,8 @@ def main(argv=None):
     parser.add_argument("--hierarchical", action="store_true", help="only check (e): Adult sex x race, 3 seeds")
     parser.add_argument("--dual-warmup", type=float, default=None,
                         help="train the Lagrangian with this dual_warmup instead of the Hydra config's (an experiment)")
+    parser.add_argument("--include-sensitive", action="store_true",
+                        help="give every model the sensitive attribute as a feature (a group-aware model; an experiment)")
     parser.add_argument("--dump-scores", default=None, metavar="DIR",
                         help="also save every epoch's validation and test probabilities of each training run (npz)")
     args = parser.parse_args(argv)
@@ -517,10 +519,13 @@ def main(argv=None):
             defs.append(("equalized_odds", EO_CASES[case]))
         for seed in range(seeds):
             for definition, tols in defs:
-                dump = {"dump": args.dump_scores} if args.dump_scores else {}
+                # experiment options every training job of this run carries
+                options = {"include_sensitive": args.include_sensitive}
+                if args.dump_scores:
+                    options["dump"] = args.dump_scores
                 if (case, seed, "erm", definition, None) not in seen:
                     jobs.append(("train", {"case": case, "seed": seed, "method": "erm", "definition": definition, "tolerances": tols,
-                                           **dump}))
+                                           **options}))
                 for tol in tols:
                     if (case, seed, "lagrangian", definition, tol) not in seen:
                         settings = hydra_lagrangian_settings()
@@ -528,9 +533,10 @@ def main(argv=None):
                             settings["dual_warmup"] = args.dual_warmup
                         extra = {"lagrangian_kwargs": settings}
                         jobs.append(("train", {"case": case, "seed": seed, "method": "lagrangian", "definition": definition,
-                                               "tolerances": (tol,), **extra, **dump}))
+                                               "tolerances": (tol,), **extra, **options}))
                 if not args.no_peers and (case, seed, "fairlearn-TO", definition, 0.0) not in seen:
-                    jobs.append(("peer", {"case": case, "seed": seed, "definition": definition, "tolerances": tols}))
+                    jobs.append(("peer", {"case": case, "seed": seed, "definition": definition, "tolerances": tols,
+                                          "include_sensitive": args.include_sensitive}))
     print(f"{len(jobs)} jobs, {args.workers} workers", flush=True)
     rows = list(done)
     with ProcessPoolExecutor(max_workers=args.workers) as pool, out.open("a") as sink:
