@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, MulticlassAccuracy, MulticlassAUROC
 
+from fair_lightning._verdicts import CONSTANT_SHARE, one_class
 from fair_lightning.functional import GroupSums
 from fair_lightning.functional._checks import check_binary_target, check_group_names, check_groups, check_num_groups
 from fair_lightning.functional._multiclass import check_class_names, check_class_target
@@ -72,8 +73,6 @@ if TYPE_CHECKING:
 MODES = tuple(METHODS)
 OptimizerFactory = Callable[[Iterable[Tensor]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
-#: share of validation samples in one class above which the end of fit warns of a near-constant model
-CONSTANT_SHARE = 0.99
 #: regression: validation prediction std below this share of the target's std warns of a near-constant model
 CONSTANT_STD = 0.01
 #: the tasks a module trains (torchmetrics' names)
@@ -913,7 +912,7 @@ class FairLightningModule(pl.LightningModule):
                     "small; lower the learning rate or loosen the fairness strength, and compare with mode='erm'."
                 )
             return
-        if share is not None and (share >= CONSTANT_SHARE or share <= 1 - CONSTANT_SHARE):
+        if share is not None and one_class(share):
             cls = 1 if share >= 0.5 else 0
             rank_zero_warn(
                 f"the trained model predicts class {cls} for {100 * max(share, 1 - share):.1f}% of the validation "

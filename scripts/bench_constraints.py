@@ -7,7 +7,11 @@ library defaults. For each (case, tolerance, seed) it trains
 
 * ``erm``: the unconstrained MLP, last epoch (the baseline the others must not be less fair than);
 * ``erm+thr``: group thresholds fitted on the unconstrained MLP's validation scores (post-processing
-  baseline, OxonFair / error-parity style);
+  baseline, OxonFair / error-parity style; groups with fewer than 10 validation rows behind a rate
+  unconstrained, as ``GroupThresholdCallback`` does);
+* ``erm+oracle-thr``: not a method but a reference: thresholds fitted on the *test* split, at the
+  epoch where that is most accurate on test (what thresholding could reach without validation
+  noise);
 * ``erm+sel-thr``: ``ConstrainedModelSelection(thresholds=True)`` on the unconstrained run: the
   epoch whose thresholded validation accuracy is best;
 * ``lagrangian``: ``mode="lagrangian"`` with ``ConstrainedModelSelection`` on validation;
@@ -75,6 +79,8 @@ CONSTANT_SHARE = 0.99
 MIN_COUNT = 10
 #: the model the library returns, judged by checks (a)-(c)
 LIBRARY = "lagrangian+sel-thr"
+#: thresholds fitted on the test split (a reference, not a method: left out of the checks)
+ORACLE = "erm+oracle-thr"
 
 
 def hydra_lagrangian_settings():
@@ -151,6 +157,23 @@ def torch_tensor(a):
     return a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
 
 
+def _rate_labels(rate):
+    """The labels whose rows a rate is taken over: positives for a TPR, negatives for an FPR."""
+    return {"true_positive_rate": [1], "false_positive_rate": [0]}.get(rate, [0, 1])
+
+
+def _pooled_rates(pred, y, definition):
+    """The definition's rates over all rows pooled: ``[selection rate]`` for demographic parity,
+    ``[TPR, FPR]`` for equalized odds, ``[TPR]`` for equal opportunity."""
+    from fair_lightning.functional._rates import DEFINITIONS
+
+    out = []
+    for rate in DEFINITIONS[definition]:
+        rows = np.isin(y, _rate_labels(rate))
+        out.append(float(pred[rows].mean()) if rows.any() else 0.5)
+    return out
+
+
 def summarize(pred, y, g, num_groups, definition):
     pred = np.asarray(pred, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -163,8 +186,65 @@ def summarize(pred, y, g, num_groups, definition):
         "difference_all_groups": d_all,
         "se": se,
         "selection_share": share,
+        "rates": _pooled_rates(pred, y, definition),
         "constant": bool(share >= CONSTANT_SHARE or share <= 1 - CONSTANT_SHARE),
     }
+
+
+def split_counts(dm):
+    """Rows per (group, label) of the validation and test splits: ``{"val": [[n_g0, n_g1], ...], ...}``."""
+    out = {}
+    for split in ("val", "test"):
+        _, y, g = _split(dm, split)
+        y, g = np.asarray(y).astype(np.int64), np.asarray(g).astype(np.int64)
+        out[split] = np.stack([np.bincount(g[y == label], minlength=dm.num_groups) for label in (0, 1)], axis=1).tolist()
+    return out
+
+
+# ------------------------------------------------------------- what sampling noise leaves to (a)
+def ideal_hold_probability(val_counts, test_counts, definition, tolerance, rates, *, val_scale=1.0,
+                           draws=20_000, seed=0):
+    """Probability that check (a) holds for an *ideal* method fitted on validation.
+
+    The ideal method's observed validation rates are exactly equal across the groups with at least
+    ``MIN_COUNT`` validation rows (what group thresholds fitted on validation achieve at any
+    tolerance), at the pooled levels ``rates`` (one per rate of the definition). Its true rates then
+    differ from the common level only by the validation sampling noise of each group (normal, with
+    the binomial standard error), and the test rates are binomial draws around the true rates. The
+    check is the benchmark's own: the max - min test difference over groups with at least
+    ``MIN_COUNT`` test rows <= ``tolerance`` + 2 standard errors of the two groups that set it
+    (the largest difference over the definition's rates).
+
+    ``val_scale`` multiplies the validation counts (what a larger validation split would give);
+    ``val_scale=inf`` leaves only the test noise. Monte Carlo with ``draws`` draws and a fixed seed.
+    """
+    from fair_lightning.functional._rates import DEFINITIONS
+
+    rng = np.random.default_rng(seed)
+    val_counts, test_counts = np.asarray(val_counts, dtype=np.float64), np.asarray(test_counts, dtype=np.int64)
+    worst = np.full(draws, -1.0)
+    worst_se = np.zeros(draws)
+    for kind, rate in enumerate(DEFINITIONS[definition]):
+        columns = _rate_labels(rate)
+        n_val = val_counts[:, columns].sum(axis=1) * val_scale
+        n_test = test_counts[:, columns].sum(axis=1)
+        level = float(np.clip(rates[kind], 1e-6, 1 - 1e-6))
+        judged = n_test >= MIN_COUNT
+        if judged.sum() < 2:
+            continue
+        noise_sd = np.where(n_val >= MIN_COUNT, np.sqrt(level * (1 - level) / np.maximum(n_val, 1.0)), 0.0)
+        true = np.clip(level + rng.standard_normal((draws, len(n_val))) * noise_sd, 0.0, 1.0)[:, judged]
+        observed = rng.binomial(np.broadcast_to(n_test[judged], true.shape), true) / n_test[judged]
+        hi, lo = observed.argmax(axis=1), observed.argmin(axis=1)
+        rows = np.arange(draws)
+        r_hi, r_lo = observed[rows, hi], observed[rows, lo]
+        diff = r_hi - r_lo
+        se = np.sqrt(r_hi * (1 - r_hi) / n_test[judged][hi] + r_lo * (1 - r_lo) / n_test[judged][lo])
+        larger = diff >= worst
+        worst, worst_se = np.where(larger, diff, worst), np.where(larger, se, worst_se)
+    if (worst < 0).all():
+        return 1.0
+    return float((worst <= tolerance + 2 * worst_se).mean())
 
 
 # ---------------------------------------------------------------------------------- jobs
@@ -216,7 +296,7 @@ def train_job(job):
 
     G = dm.num_groups
     rows = []
-    base = {"case": case, "seed": seed, "definition": definition, "seconds": seconds}
+    base = {"case": case, "seed": seed, "definition": definition, "seconds": seconds, "counts": split_counts(dm)}
 
     def row(name, tol, val_pred, val, test_pred, test, **extra):
         return {**base, "method": name, "tolerance": tol, **extra,
@@ -230,7 +310,7 @@ def train_job(job):
         val, test = probs("val", last_state), probs("test")
         if method == "erm" and tol == tolerances[0]:
             rows.append(row("erm", None, (val[0] > 0.5).numpy(), val, (test[0] > 0.5).numpy(), test))
-        thr = GroupThresholds(definition, tolerance=tol).fit(val[0], val[1], val[2], G)
+        thr = GroupThresholds(definition, tolerance=tol, min_count=MIN_COUNT).fit(val[0], val[1], val[2], G)
         rows.append(row(f"{method}+thr", tol, thr.predict(val[0], val[2]).numpy(), val, thr.predict(test[0], test[2]).numpy(), test))
         # the snapshot selection restores (the model the library returns without thresholds)
         chosen = plain[tol].snapshots[plain[tol].best_index]
@@ -250,7 +330,26 @@ def train_job(job):
                         feasible=chosen_record["feasible"], max_violation=chosen_record["max_violation"],
                         certified=chosen_record.get(f"certified/{definition}"),
                         ci_high=chosen_record.get(f"ci_high/{definition}")))
+        if method == "erm":
+            rows.append(oracle_row(tol, definition, G, sel, probs, row))
     return rows
+
+
+def oracle_row(tol, definition, num_groups, selection, probs, row):
+    """Not a method: group thresholds fitted on the *test* split itself, at the epoch where that
+    gives the best test accuracy. What thresholding this run's snapshots could reach at the
+    tolerance if validation were the test split (no validation noise): an upper reference for (c)."""
+    from fair_lightning.postprocessing import GroupThresholds
+
+    best = None
+    for index in sorted(selection.snapshots):
+        test = probs("test", selection.snapshots[index])
+        thr = GroupThresholds(definition, tolerance=tol, min_count=MIN_COUNT).fit(*test, num_groups)
+        pred = thr.predict(test[0], test[2]).numpy()
+        r = row("erm+oracle-thr", tol, pred, test, pred, test, epoch=index)
+        if best is None or r["test"]["accuracy"] > best["test"]["accuracy"]:
+            best = r
+    return best
 
 
 def _dump_scores(job, module, dm, selection):
@@ -412,7 +511,7 @@ def report(rows, markdown=False):
             if base is not None and method != "erm":
                 harmful += t["difference"] > base["test"]["difference"]
             constant += t["constant"]
-        if tol is not None and method not in ("fairlearn-TO",):
+        if tol is not None and method not in ("fairlearn-TO", ORACLE):
             tot = totals[method]
             tot[0] += len(rs)
             tot[1] += held
@@ -429,8 +528,8 @@ def report(rows, markdown=False):
     out("")
     out("(c) accuracy at matched test difference (medians over seeds; peers whose median test difference <= ours + 0.005):")
     out("")
-    out(f"| case | definition | tol | ours ({LIBRARY}) acc / diff | best peer | peer acc / diff | gap |")
-    out("| --- | --- | --- | --- | --- | --- | --- |")
+    out(f"| case | definition | tol | ours ({LIBRARY}) acc / diff | best peer | peer acc / diff | gap | reference: thresholds fitted on test |")
+    out("| --- | --- | --- | --- | --- | --- | --- | --- |")
     med = {k: (statistics.median(r["test"]["accuracy"] for r in rs), statistics.median(r["test"]["difference"] for r in rs))
            for k, rs in by.items()}
     for (case, definition, method, tol), (acc, diff) in sorted(med.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][3] or 0)):
@@ -438,11 +537,13 @@ def report(rows, markdown=False):
             continue
         peers = [(m, a, d) for (c2, d2, m, t2), (a, d) in med.items()
                  if c2 == case and d2 == definition and m in ("fairlearn-TO", "fairlearn-EG", "erm+thr", "erm+sel-thr") and d <= diff + 0.005]
+        oracle = med.get((case, definition, ORACLE, tol))
+        reference = "-" if oracle is None else f"{oracle[0]:.4f} / {oracle[1]:.4f}"
         if not peers:
-            out(f"| {case} | {definition} | {tol} | {acc:.4f} / {diff:.4f} | none at this difference | - | - |")
+            out(f"| {case} | {definition} | {tol} | {acc:.4f} / {diff:.4f} | none at this difference | - | - | {reference} |")
             continue
         m, a, d = max(peers, key=lambda p: p[1])
-        out(f"| {case} | {definition} | {tol} | {acc:.4f} / {diff:.4f} | {m} | {a:.4f} / {d:.4f} | {acc - a:+.4f} |")
+        out(f"| {case} | {definition} | {tol} | {acc:.4f} / {diff:.4f} | {m} | {a:.4f} / {d:.4f} | {acc - a:+.4f} | {reference} |")
     # the selection's certification on validation (95%, simultaneous intervals) against the test outcome
     lib = [r for r in rows if r["method"] == LIBRARY and r.get("certified") is not None]
     if lib:
@@ -463,9 +564,53 @@ def report(rows, markdown=False):
                 "median upper end by case: " + ", ".join(
                     f"{c} {statistics.median(r['ci_high'] for r in bounded if r['case'] == c):.3f}"
                     for c in sorted({r['case'] for r in bounded})))
+    ideal_report(rows, out)
     text = "\n".join(lines)
     print(text)
     return text
+
+
+def ideal_report(rows, out):
+    """(a) against what sampling noise leaves: the expected number of runs an ideal
+    validation-fitted method holds (:func:`ideal_hold_probability`), on the same splits."""
+    lib = [r for r in rows if r["method"] == LIBRARY and r.get("tolerance") is not None]
+    if not lib:
+        return
+    counts_cache = {}
+
+    def counts(r):
+        if "counts" in r:
+            return r["counts"]
+        key = (r["case"], r["seed"])
+        if key not in counts_cache:  # rows written before the counts were recorded
+            counts_cache[key] = split_counts(make_data(r["case"], r["seed"]))
+        return counts_cache[key]
+
+    by = defaultdict(lambda: [0, 0, 0.0, 0.0, 0.0])  # runs, held, ideal, ideal with 2x validation, test noise only
+    for i, r in enumerate(sorted(lib, key=lambda r: (r["case"], r["definition"], r["tolerance"], r["seed"]))):
+        c, t = counts(r), r["test"]
+        rates = t.get("rates") or ([t["selection_share"]] if r["definition"] == "demographic_parity" else [0.5, 0.5])
+        args = (c["val"], c["test"], r["definition"], r["tolerance"], rates)
+        for key in ((r["case"], r["definition"]), ("all", "")):
+            cell = by[key]
+            cell[0] += 1
+            cell[1] += t["difference"] <= r["tolerance"] + 2 * t["se"]
+        probs = [ideal_hold_probability(*args, seed=i), ideal_hold_probability(*args, val_scale=2.0, seed=i),
+                 ideal_hold_probability(*args, val_scale=math.inf, seed=i)]
+        for key in ((r["case"], r["definition"]), ("all", "")):
+            for j, p in enumerate(probs):
+                by[key][2 + j] += p
+    out("")
+    out(f"(a) against sampling noise: runs an ideal method fitted on validation is expected to hold (its validation "
+        f"rates exactly equal, its test rates off by validation and test sampling noise only; "
+        f"`ideal_hold_probability`, at {LIBRARY}'s pooled rates, on the same splits):")
+    out("")
+    out(f"| case | definition | runs | {LIBRARY} held | ideal, expected held | ideal, validation 2x larger | test noise only |")
+    out("| --- | --- | --- | --- | --- | --- | --- |")
+    for (case, definition), (n, held, ideal, ideal2, test_only) in sorted(by.items(), key=lambda kv: kv[0] == ("all", "")):
+        name = "**all**" if case == "all" else case
+        out(f"| {name} | {definition or '-'} | {n} | {held} ({held / n:.0%}) | {ideal:.1f} ({ideal / n:.0%}) | "
+            f"{ideal2:.1f} ({ideal2 / n:.0%}) | {test_only:.1f} ({test_only / n:.0%}) |")
 
 
 def main(argv=None):

@@ -299,6 +299,41 @@ def test_callback_uses_the_group_calibrator_and_an_outputs_fn(tmp_path):
     assert torch.equal(thresholds.thresholds.thresholds_, direct.thresholds_)
 
 
+def _thin_group_loaders():
+    """1,200 rows in group 0 and 3 in group 1: exact parity with group 1 constrained leaves only
+    the rates 0 and 1 (no share of 1,200 rows equals 1/3 or 2/3), a constant classifier."""
+    x, y, _ = _synthetic(1203)
+    a = np.zeros(1203, dtype=np.int64)
+    a[:3] = 1
+    data = TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32), torch.tensor(a))
+    return DataLoader(data, batch_size=401), DataLoader(data, batch_size=401)
+
+
+def test_callback_leaves_thin_groups_unconstrained_and_warns_of_a_constant_result(tmp_path, recwarn):
+    torch.manual_seed(0)
+    train, val = _thin_group_loaders()
+    # the default (min_count=10, as the selection and the module's constraints): group 1 is listed
+    # as unconstrained, and group 0 keeps an informative threshold
+    default = GroupThresholdCallback("demographic_parity", tolerance=0.0)
+    module = _PlainModule()
+    _trainer([default], tmp_path).fit(module, train, val)
+    assert default.min_count == 10 and default.thresholds.unconstrained_ == [1]
+    x, y, a = val.dataset.tensors
+    with torch.no_grad():
+        probs = torch.sigmoid(module(x).double())
+    share = float(default.thresholds.predict(probs, a).mean())
+    assert 0.05 < share < 0.95
+    assert not [w for w in recwarn if "constant classifier" in str(w.message)]
+    # min_count=0 constrains the 3 rows too (fairlearn's behaviour): exact parity then forces one
+    # class on everyone, and the callback says so
+    strict = GroupThresholdCallback("demographic_parity", tolerance=0.0, min_count=0)
+    with pytest.warns(UserWarning, match=r"predict 1 for (0\.0|100\.0)% of the 1203 validation rows, a constant classifier"):
+        _trainer([strict], tmp_path).fit(_PlainModule(), train, val)
+    assert strict.thresholds.unconstrained_ == []
+    with pytest.raises(ValueError, match="`min_count`"):
+        GroupThresholdCallback(min_count=-1)
+
+
 def test_callback_argument_errors():
     with pytest.raises(ValueError, match="`tolerance`"):
         GroupThresholdCallback(tolerance=-1)

@@ -17,14 +17,13 @@ from fair_lightning.callbacks._thresholds import validation_probabilities
 from fair_lightning.functional import GroupSums, Rate, confusion_counts, constraint_holds, rate_difference
 from fair_lightning.functional._fairness import group_rate_table
 from fair_lightning.functional._multiclass import group_sums_from_multiclass_confusion, multiclass_confusion_counts
+from fair_lightning._verdicts import CONSTANT_SHARE, one_class
 from fair_lightning.functional._rates import DEFINITIONS
 from fair_lightning.functional._regression import regression_group_sums
 
 STATE_VERSION = 1
 #: order of the verdicts of :func:`~fair_lightning.functional.constraint_holds`, best first
 _STATUS = ("holds", "uncertain", "violated")
-#: share of validation samples in one class from which a snapshot counts as a constant predictor
-CONSTANT_SHARE = 0.99
 #: the rates recorded per group for each validation run
 _RECORDED_RATES = ("selection_rate", "true_positive_rate", "false_positive_rate")
 #: constraints of a regression model (``task="regression"``): every group's mean squared error
@@ -32,11 +31,6 @@ _RECORDED_RATES = ("selection_rate", "true_positive_rate", "false_positive_rate"
 REGRESSION_CONSTRAINTS = ("bounded_group_loss", "demographic_parity")
 #: a regression snapshot is constant when its predictions' std is at most this share of the target's
 CONSTANT_STD_SHARE = 0.01
-
-
-def _one_class(share: float) -> bool:
-    """Whether a binary classifier predicting 1 for this share of the rows is a constant predictor."""
-    return share >= CONSTANT_SHARE or share <= 1 - CONSTANT_SHARE
 
 
 def rank_key(record: Mapping[str, Any], maximize: bool = True) -> tuple:
@@ -427,7 +421,7 @@ class ConstrainedModelSelection(CollectsValidationRows):
             share = float(pred.double().mean())
             return rank_key({
                 "feasible": violation <= 1e-12, "max_violation": violation, "objective": accuracy,
-                "constant": _one_class(share),
+                "constant": one_class(share),
             })  # fmt: skip
 
         use = key(fitted_sums, thresholded, cv_accuracy) < key(plain, hard, raw_accuracy)  # ties: no thresholds
@@ -538,7 +532,7 @@ class ConstrainedModelSelection(CollectsValidationRows):
         total = float(per_class[0].count.sum().clamp_min(1))
         if len(per_class) == 1:
             share = float(sums.pred.sum()) / total
-            record["constant"] = _one_class(share)
+            record["constant"] = one_class(share)
         else:  # the share of the most predicted class
             share = float(sums.pred.sum(1).max()) / total
             record["constant"] = share >= CONSTANT_SHARE

@@ -12,6 +12,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from fair_lightning.callbacks._outputs import CollectsValidationRows, ValidationRows, evaluation_outputs
+from fair_lightning._verdicts import one_class
 from fair_lightning.postprocessing import GroupThresholds
 
 STATE_VERSION = 1
@@ -77,6 +78,16 @@ class GroupThresholdCallback(CollectsValidationRows):
         outputs_fn: ``(pl_module, outputs, batch) -> (probs, target, groups)``.
         use_calibrator: fit on the module's calibrated probabilities when it has a calibrator.
         num_groups: number of groups; default ``pl_module.num_groups``, else ``max(groups) + 1``.
+        min_count: a group with fewer validation samples behind a constrained rate is left
+            unconstrained (its own most accurate threshold) and listed when fitting: a threshold
+            fitted on a handful of rows follows their noise, and on data sets with very small
+            groups it can force every group to one class. 10 by default, as
+            :class:`~fair_lightning.callbacks.ConstrainedModelSelection` and the module's
+            constraints; 0 constrains every group with data, as fairlearn's ``ThresholdOptimizer``.
+
+    Warns:
+        UserWarning: when the thresholds predict one class for at least 99% of the validation
+            rows (the tolerance left nothing else on these scores).
 
     Attributes:
         thresholds: the fitted ``GroupThresholds``, or ``None``.
@@ -97,8 +108,10 @@ class GroupThresholdCallback(CollectsValidationRows):
         outputs_fn: OutputsFn | None = None,
         use_calibrator: bool = True,
         num_groups: int | None = None,
+        min_count: float = 10,
     ) -> None:
-        GroupThresholds(constraint, tolerance, randomized)  # bad arguments fail now, not after training
+        # bad arguments fail now, not after training
+        GroupThresholds(constraint, tolerance, randomized, min_count=min_count)
         if outputs_fn is not None and not callable(outputs_fn):
             raise ValueError(f"`outputs_fn` must be callable, got {type(outputs_fn).__name__}")
         if num_groups is not None and (isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1):
@@ -109,6 +122,7 @@ class GroupThresholdCallback(CollectsValidationRows):
         self.outputs_fn = outputs_fn
         self.use_calibrator = bool(use_calibrator)
         self.num_groups = num_groups
+        self.min_count = float(min_count)
         self.thresholds: GroupThresholds | None = None
         self._rows = ValidationRows()
 
@@ -164,9 +178,9 @@ class GroupThresholdCallback(CollectsValidationRows):
         if not isinstance(num_groups, int):
             num_groups = int(groups.max()) + 1
         with torch.inference_mode(False):
-            self.thresholds = GroupThresholds(self.constraint, self.tolerance, self.randomized).fit(
-                probs, target, groups, num_groups
-            )
+            self.thresholds = GroupThresholds(
+                self.constraint, self.tolerance, self.randomized, min_count=self.min_count
+            ).fit(probs, target, groups, num_groups)
         # predict_step calibrates before thresholding only when the thresholds were fitted so
         self.thresholds.calibrated = bool(self.use_calibrator and getattr(pl_module, "prediction_calibrator", None) is not None)
         setattr(pl_module, ATTRIBUTE, self.thresholds)
@@ -176,6 +190,15 @@ class GroupThresholdCallback(CollectsValidationRows):
             f"accuracy {t.fit_accuracy_:.4f}, difference {t.fit_difference_:.4f} (tolerance {self.tolerance})"
             + (f"; unconstrained groups {t.unconstrained_}" if t.unconstrained_ else "")
         )
+        share = float(t.predict_proba(probs, groups).mean())
+        if one_class(share):
+            rank_zero_warn(
+                f"GroupThresholdCallback: the fitted {self.constraint} thresholds predict 1 for {share:.1%} of the "
+                f"{rows.shape[0]} validation rows, a constant classifier: tolerance {self.tolerance} leaves nothing "
+                "else on these scores (a looser tolerance, a model whose group score distributions overlap more, "
+                "or `min_count` to leave groups too small to constrain out)",
+                category=UserWarning,
+            )
 
     # --- checkpoints --------------------------------------------------------------------------------
     @override
