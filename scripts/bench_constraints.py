@@ -506,12 +506,12 @@ def report(rows):
     out = lines.append
     out(f"| case | definition | method | tol | seeds | test acc (median) | test diff (median; groups >= {MIN_COUNT}) | all groups | held (a) | less fair than ERM | constant |")
     out("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    totals = defaultdict(lambda: [0, 0, 0, 0])  # method -> runs, held, harmful, constant
+    totals = defaultdict(lambda: [0, 0, 0, 0, 0])  # method -> runs, held, harmful, constant, harmful beyond noise
     for (case, definition, method, tol), rs in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3] or 0)):
         acc = statistics.median(r["test"]["accuracy"] for r in rs)
         diff = statistics.median(r["test"]["difference"] for r in rs)
         diff_all = statistics.median(r["test"].get("difference_all_groups", r["test"]["difference"]) for r in rs)
-        held = harmful = constant = 0
+        held = harmful = constant = beyond = 0
         for r in rs:
             t = r["test"]
             if tol is not None:
@@ -519,6 +519,9 @@ def report(rows):
             base = erm.get((case, definition, r["seed"]))
             if base is not None and method != "erm":
                 harmful += t["difference"] > base["test"]["difference"]
+                # beyond 2 SEs of the two differences taken as independent (a rough, conservative
+                # scale: both are measured on the same test rows)
+                beyond += t["difference"] - base["test"]["difference"] > 2 * math.hypot(t["se"], base["test"]["se"])
             constant += t["constant"]
         if tol is not None and method not in ("fairlearn-TO", ORACLE):
             tot = totals[method]
@@ -526,13 +529,14 @@ def report(rows):
             tot[1] += held
             tot[2] += harmful
             tot[3] += constant
+            tot[4] += beyond
         out(f"| {case} | {definition} | {method} | {'-' if tol is None else tol} | {len(rs)} | {acc:.4f} | {diff:.4f} | {diff_all:.4f} | "
             f"{'-' if tol is None else f'{held}/{len(rs)}'} | {harmful if method != 'erm' else '-'} | {constant} |")
     out("")
-    out("| method | runs | (a) held | (a) share | (b) less fair than ERM | (b) constant |")
-    out("| --- | --- | --- | --- | --- | --- |")
-    for method, (n, held, harmful, constant) in sorted(totals.items()):
-        out(f"| {method} | {n} | {held} | {held / max(n, 1):.0%} | {harmful} | {constant} |")
+    out("| method | runs | (a) held | (a) share | (b) less fair than ERM | of which by more than 2 SE | (b) constant |")
+    out("| --- | --- | --- | --- | --- | --- | --- |")
+    for method, (n, held, harmful, constant, beyond) in sorted(totals.items()):
+        out(f"| {method} | {n} | {held} | {held / max(n, 1):.0%} | {harmful} | {beyond} | {constant} |")
     # (c): at matched test difference, our accuracy vs the best peer at a difference no larger
     out("")
     out("(c) accuracy at matched test difference (medians over seeds; peers whose median test difference <= ours + 0.005):")
