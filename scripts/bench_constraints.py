@@ -101,7 +101,8 @@ def hydra_lagrangian_settings():
 
 
 # ---------------------------------------------------------------------------------- data
-def make_data(case: str, seed: int, include_sensitive: bool = False, val_fraction: float = 0.2):
+def make_data(case: str, seed: int, include_sensitive: bool = False, val_fraction: float | None = None, cv_folds: int = 0,
+              cv_fold: int = 0):
     import pandas as pd
 
     from fair_lightning.data import TabularDataModule
@@ -122,7 +123,7 @@ def make_data(case: str, seed: int, include_sensitive: bool = False, val_fractio
         split = None if data.split is None else np.asarray(data.split)[mask]
         data = dataclasses.replace(data, frame=frame, split=split)
     dm = TabularDataModule(data, sensitive=column, batch_size=BATCH, seed=seed, include_sensitive=include_sensitive,
-                           val_fraction=val_fraction)
+                           val_fraction=val_fraction, cv_folds=cv_folds, cv_fold=cv_fold)
     dm.setup("fit")
     return dm
 
@@ -273,7 +274,7 @@ def train_job(job):
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     case, seed, method, definition, tolerances = job["case"], job["seed"], job["method"], job["definition"], job["tolerances"]
-    dm = make_data(case, seed, job.get("include_sensitive", False), job.get("val_fraction", 0.2))
+    dm = make_data(case, seed, job.get("include_sensitive", False), job.get("val_fraction"))
     pl.seed_everything(seed, verbose=False)
     d = dm.num_features
     model = nn.Sequential(nn.Linear(d, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
@@ -438,6 +439,63 @@ def hierarchical_job(seed):
     return [out]
 
 
+def crossfit_job(job):
+    """An experiment (``--cross-fit K``): group thresholds fitted on out-of-fold scores of *all*
+    non-test rows instead of the validation split alone (the README's cross-fitting recipe).
+
+    ``TabularDataModule(cv_folds=K, cv_fold=k)`` for ``k < K``: each fold of the non-test rows
+    (stratified on label and group) is the validation split once. ``K`` unconstrained MLPs are
+    trained, one per fold, for the usual epochs (last epoch, as ``erm+thr``); each row's
+    out-of-fold score comes from the model that did not see it, and the thresholds are fitted on
+    all of them (``K`` times the validation rows). Rows: ``erm+cf-thr`` applies them to the first
+    fold's model (trained on the same share of rows as the default split's model),
+    ``erm+cf-ens-thr`` to the mean of the ``K`` models' test probabilities (an ensemble, whose
+    scores are less spread out than the single models' the thresholds were fitted on)."""
+    import logging
+
+    import lightning.pytorch as pl
+    import torch
+    from torch import nn
+
+    from fair_lightning.module import FairLightningModule
+    from fair_lightning.postprocessing import GroupThresholds
+
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    case, seed, definition, tolerances, folds = job["case"], job["seed"], job["definition"], job["tolerances"], job["folds"]
+    oof, test_scores = [], []
+    start = time.perf_counter()
+    for k in range(folds):
+        dm = make_data(case, seed, cv_folds=folds, cv_fold=k)
+        pl.seed_everything(seed * 100 + k, verbose=False)
+        d = dm.num_features
+        model = nn.Sequential(nn.Linear(d, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
+        module = FairLightningModule(model, num_groups=dm.num_groups, group_names=dm.group_names, mode="erm",
+                                     grad_ratio_every_n_steps=0)
+        trainer = pl.Trainer(max_epochs=EPOCHS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, limit_val_batches=0)
+        trainer.fit(module, datamodule=dm)
+        module.eval()
+        with torch.no_grad():
+            x, y, g = _split(dm, "val")
+            oof.append((torch.sigmoid(module(x).reshape(-1)).double(), y, g))
+            xte, yte, gte = _split(dm, "test")
+            test_scores.append(torch.sigmoid(module(xte).reshape(-1)).double())
+    seconds = time.perf_counter() - start
+    G = dm.num_groups
+    scores, y, g = (torch.cat([part[i] for part in oof]) for i in range(3))
+    base = {"case": case, "seed": seed, "definition": definition, "seconds": seconds, "folds": folds}
+    rows = []
+    for tol in tolerances:
+        thr = GroupThresholds(definition, tolerance=tol, min_count=MIN_COUNT).fit(scores, y.long(), g, G)
+        fitted = summarize(thr.predict(scores, g).numpy(), y, g, G, definition)
+        for name, test in (("erm+cf-thr", test_scores[0]), ("erm+cf-ens-thr", torch.stack(test_scores).mean(0))):
+            rows.append({**base, "method": name, "tolerance": tol, "val": fitted,
+                         "test": summarize(thr.predict(test, gte).numpy(), yte, gte, G, definition)})
+    return rows
+
+
 def peer_job(job):
     """fairlearn ThresholdOptimizer and ExponentiatedGradient on logistic regression."""
     from fairlearn.postprocessing import ThresholdOptimizer
@@ -446,7 +504,7 @@ def peer_job(job):
 
     warnings.filterwarnings("ignore")
     case, seed, definition, tolerances = job["case"], job["seed"], job["definition"], job["tolerances"]
-    dm = make_data(case, seed, job.get("include_sensitive", False), job.get("val_fraction", 0.2))
+    dm = make_data(case, seed, job.get("include_sensitive", False), job.get("val_fraction"))
     # float64 features and integer labels: fairlearn's internal frames refuse float32 upcasts (pandas 3)
     xtr, ytr, gtr = (t.numpy() for t in _split(dm, "train"))
     xte, yte, gte = (t.numpy() for t in _split(dm, "test"))
@@ -646,9 +704,11 @@ def main(argv=None):
                         help="train the Lagrangian with this dual_warmup instead of the Hydra config's (an experiment)")
     parser.add_argument("--include-sensitive", action="store_true",
                         help="give every model the sensitive attribute as a feature (a group-aware model; an experiment)")
-    parser.add_argument("--val-fraction", type=float, default=0.2,
+    parser.add_argument("--val-fraction", type=float, default=None,
                         help="the data module's val_fraction (share of the non-test rows held out for validation; "
                              "the test split does not change with it; an experiment)")
+    parser.add_argument("--cross-fit", type=int, default=0, metavar="K",
+                        help="also run the cross-fitted post-processing experiment with K folds (crossfit_job)")
     parser.add_argument("--dump-scores", default=None, metavar="DIR",
                         help="also save every epoch's validation and test probabilities of each training run (npz)")
     args = parser.parse_args(argv)
@@ -698,13 +758,17 @@ def main(argv=None):
                         extra = {"lagrangian_kwargs": settings}
                         jobs.append(("train", {"case": case, "seed": seed, "method": "lagrangian", "definition": definition,
                                                "tolerances": (tol,), **extra, **options}))
+                if args.cross_fit and (case, seed, "erm+cf-thr", definition, tols[0]) not in seen:
+                    jobs.append(("crossfit", {"case": case, "seed": seed, "definition": definition, "tolerances": tols,
+                                              "folds": args.cross_fit}))
                 if not args.no_peers and (case, seed, "fairlearn-TO", definition, 0.0) not in seen:
                     jobs.append(("peer", {"case": case, "seed": seed, "definition": definition, "tolerances": tols,
                                           "include_sensitive": args.include_sensitive, "val_fraction": args.val_fraction}))
     print(f"{len(jobs)} jobs, {args.workers} workers", flush=True)
     rows = list(done)
     with ProcessPoolExecutor(max_workers=args.workers) as pool, out.open("a") as sink:
-        futures = [pool.submit(train_job if kind == "train" else peer_job, job) for kind, job in jobs]
+        runners = {"train": train_job, "peer": peer_job, "crossfit": crossfit_job}
+        futures = [pool.submit(runners[kind], job) for kind, job in jobs]
         for i, fut in enumerate(futures):
             try:
                 result = fut.result()

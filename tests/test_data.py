@@ -23,6 +23,7 @@ from fair_lightning.data import (
     load_compas,
     load_german,
     make_biased_lending,
+    stratified_folds,
     stratified_split,
 )
 from fair_lightning.data import _datasets
@@ -195,6 +196,38 @@ def test_adult_module_splits_official_test_and_stratified_val():
     assert dm.num_groups == 10 and "sex=Female&race=Black" in dm.group_names
     assert dm.group_names == dm.group_spec.names
     assert not any(name.startswith(("sex=", "race=")) for name in dm.feature_names)
+
+
+def test_stratified_folds_deal_every_stratum_evenly():
+    keys = np.random.default_rng(0).integers(0, 5, size=503)
+    fold = stratified_folds(keys, 4, np.random.default_rng(1))
+    assert set(fold.tolist()) == {0, 1, 2, 3}
+    for k in np.unique(keys):
+        counts = np.bincount(fold[keys == k], minlength=4)
+        assert counts.max() - counts.min() <= 1  # within one row of the stratum's share
+
+
+def test_cv_folds_partition_the_non_test_rows_and_keep_the_test_split():
+    plain = TabularDataModule("german", seed=3)
+    plain.setup()
+    folds = []
+    for k in range(4):
+        dm = TabularDataModule("german", seed=3, cv_folds=4, cv_fold=k)
+        dm.setup()
+        rows = dm.split_indices
+        assert np.array_equal(rows["test"], plain.split_indices["test"])  # the test split does not move
+        assert np.intersect1d(rows["train"], rows["val"]).size == 0
+        assert np.array_equal(np.sort(np.concatenate([rows["train"], rows["val"]])),
+                              np.sort(np.concatenate([plain.split_indices["train"], plain.split_indices["val"]])))
+        assert len(rows["val"]) in (199, 200, 201, 202)  # a quarter of the 800 non-test rows, stratified
+        folds.append(rows["val"])
+        # preprocessing is fitted on this fold's training rows
+        assert np.isclose(dm.train_tensors[0][:, 0].mean().item(), 0.0, atol=1e-5)
+    every = np.concatenate(folds)
+    assert len(every) == 800 and len(np.unique(every)) == 800  # each non-test row validates exactly once
+    again = TabularDataModule("german", seed=3, cv_folds=4, cv_fold=2)
+    again.setup()
+    assert np.array_equal(again.split_indices["val"], folds[2])  # fixed by the seed
 
 
 def test_german_module_holds_out_a_stratified_test_split_and_drops_proxies():
@@ -371,6 +404,11 @@ def test_trainer_fit_one_epoch_with_the_datamodule():
         ({"batch_size": 32.0}, r"`batch_size` must be an int >= 1, got 32.0"),
         ({"eval_batch_size": -1}, r"`eval_batch_size` must be an int >= 1, got -1"),
         ({"sensitive": []}, r"`sensitive` must be a column name or a non-empty list"),
+        ({"cv_folds": 1}, r"`cv_folds` must be 0 \(one train / validation split\) or an int >= 2, got 1"),
+        ({"cv_folds": -2}, r"`cv_folds` must be an int >= 0, got -2"),
+        ({"cv_folds": 5, "cv_fold": 5}, r"`cv_fold` must be in \[0, cv_folds=5\), got 5"),
+        ({"cv_fold": 2}, r"`cv_fold=2` needs `cv_folds` >= 2"),
+        ({"cv_folds": 5, "val_fraction": 0.2}, r"`val_fraction=0.2` and `cv_folds=5` both set the validation split"),
     ],
 )
 def test_datamodule_argument_errors(kwargs, match):

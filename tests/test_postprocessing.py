@@ -386,3 +386,42 @@ def test_shared_threshold_is_one_threshold_for_every_group_with_fit_summaries():
     for bad in (float("nan"), float("inf"), True, "0.5"):
         with pytest.raises(ValueError, match="`threshold` must be a finite number, got"):
             GroupThresholds.shared(bad, scores, labels, groups, 3)
+
+
+def test_cross_fitted_thresholds_compose(tmp_path):
+    """Cross-fitting from the library's pieces (the benchmark's experiment): one model per fold of
+    the non-test rows (``TabularDataModule(cv_folds=...)``), thresholds fitted on every row's
+    out-of-fold score, set on one fold's model, applied by predict_step and kept in its checkpoint."""
+    from fair_lightning.data import TabularDataModule
+    from fair_lightning.models import MLP
+    from fair_lightning.module import FairLightningModule
+
+    scores, labels, groups = [], [], []
+    for k in range(3):
+        dm = TabularDataModule("german", batch_size=64, cv_folds=3, cv_fold=k, seed=0)
+        dm.setup()
+        pl.seed_everything(k, verbose=False)
+        module = FairLightningModule(MLP(dm.num_features, hidden=[16]), num_groups=dm.num_groups)
+        trainer = _trainer([], tmp_path, limit_val_batches=0)
+        trainer.fit(module, datamodule=dm)
+        x, y, g = dm.val_tensors
+        with torch.no_grad():
+            scores.append(torch.sigmoid(module(x).reshape(-1)).double())
+        labels.append(y.long())
+        groups.append(g)
+        if k == 0:
+            shipped, shipped_dm, shipped_trainer = module, dm, trainer
+    scores, labels, groups = torch.cat(scores), torch.cat(labels), torch.cat(groups)
+    assert len(scores) == 800  # every non-test row of German credit, each scored by a model that did not see it
+    thresholds = GroupThresholds("demographic_parity", tolerance=0.05, min_count=10).fit(scores, labels, groups)
+    assert thresholds.fit_difference_ <= 0.05
+
+    shipped.prediction_thresholds = thresholds
+    decisions = torch.cat(shipped_trainer.predict(shipped, dataloaders=shipped_dm.test_dataloader()))
+    x, _, g = shipped_dm.test_tensors
+    with torch.no_grad():
+        expected = thresholds.predict(torch.sigmoid(shipped(x).reshape(-1)).double(), g)
+    assert torch.equal(decisions.double(), expected.double())
+    shipped_trainer.save_checkpoint(tmp_path / "shipped.ckpt")
+    restored = FairLightningModule.load_from_checkpoint(tmp_path / "shipped.ckpt", model=MLP(shipped_dm.num_features, hidden=[16]))
+    assert torch.equal(restored.prediction_thresholds.thresholds_, thresholds.thresholds_)

@@ -20,7 +20,7 @@ from fair_lightning.data._batching import (
 )
 from fair_lightning.data._checks import check_finite_features, check_groups_in_splits, check_sensitive_levels
 from fair_lightning.data._container import TabularData
-from fair_lightning.data._datamodule import DATASETS, TabularDataModule, stratified_split
+from fair_lightning.data._datamodule import DATASETS, TabularDataModule, stratified_folds, stratified_split
 from fair_lightning.data._datasets import (
     fetch_adult,
     fetch_census_kdd,
@@ -65,5 +65,6 @@ __all__ = [
     "prepare_census_kdd",
     "prepare_compas",
     "prepare_german",
+    "stratified_folds",
     "stratified_split",
 ]

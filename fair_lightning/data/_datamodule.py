@@ -45,6 +45,19 @@ def _check_fraction(value: object, name: str) -> float:
     return float(value)
 
 
+def stratified_folds(keys: np.ndarray, folds: int, rng: np.random.Generator) -> np.ndarray:
+    """A fold id in ``[0, folds)`` for each row, stratified on ``keys``.
+
+    Each stratum's rows, in random order, are dealt round-robin from a random first fold, so
+    every fold holds within one row of its share of every stratum.
+    """
+    fold = np.empty(len(keys), dtype=np.int64)
+    for key in np.unique(keys):
+        members = rng.permutation(np.flatnonzero(keys == key))
+        fold[members] = (np.arange(len(members)) + rng.integers(folds)) % folds
+    return fold
+
+
 def _check_int(value: object, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}")
@@ -104,7 +117,8 @@ class TabularDataModule(pl.LightningDataModule):
       does not remove correlated features);
     * the test split is the official one where the data set has it (Adult) and
       ``official_split`` is true, else a held-out ``test_fraction``; the validation split is
-      ``val_fraction`` of the remaining training rows. Held-out splits are stratified on
+      ``val_fraction`` of the remaining training rows, or with ``cv_folds=K`` fold ``cv_fold`` of
+      ``K`` folds of them (cross-fitting, below). Held-out splits are stratified on
       ``(label, group)`` (:func:`stratified_split`; for regression the label is the target's
       quartile); they depend only on the labels, the groups and ``seed``.
 
@@ -141,13 +155,23 @@ class TabularDataModule(pl.LightningDataModule):
             the data set's sensitive or categorical columns may be used.
         batch_size: training batch size (per process), an int >= 1.
         eval_batch_size: validation / test / predict batch size; default ``batch_size``.
-        val_fraction: share of the training rows held out for validation, in (0, 1).
+        val_fraction: share of the training rows held out for validation, in (0, 1); default
+            0.2. Not with ``cv_folds``, whose folds set the validation split.
         test_fraction: share of all rows held out for testing when there is no official
             split (or ``official_split=False``), in (0, 1).
         official_split: use the publisher's test split where there is one.
         include_sensitive: keep the sensitive columns (and their proxies) among the features.
         stratified_batches: every training batch contains every group (see above).
         seed: fixes the splits and the batch order.
+        cv_folds: 0 (default) for one train / validation split; an int ``K >= 2`` deals the
+            non-test rows into ``K`` folds stratified on ``(label, group)`` (fixed by ``seed``)
+            and makes fold ``cv_fold`` the validation split and the other folds the training
+            split. The test split does not depend on it. Training one model per fold gives every
+            non-test row a score from a model that did not see it (cross-validation, or
+            cross-fitting: group thresholds fitted on all those scores see ``K`` times the
+            validation rows; docs/BENCHMARKS.md measures it, and where its models' scores
+            disagree it can go wrong).
+        cv_fold: which fold is the validation split, in ``[0, cv_folds)``.
         num_workers: DataLoader worker processes; 0 (default) is fastest for in-memory data.
         pin_memory: pin batches in page-locked memory (for GPU training).
         dataset_kwargs: keyword arguments of the loading function, e.g.
@@ -172,7 +196,7 @@ class TabularDataModule(pl.LightningDataModule):
         sensitive: str | Sequence[str] | None = None,
         batch_size: int = 256,
         eval_batch_size: int | None = None,
-        val_fraction: float = 0.2,
+        val_fraction: float | None = None,
         test_fraction: float = 0.2,
         official_split: bool = True,
         include_sensitive: bool = False,
@@ -181,6 +205,8 @@ class TabularDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         dataset_kwargs: Mapping[str, Any] | None = None,
+        cv_folds: int = 0,
+        cv_fold: int = 0,
     ) -> None:
         super().__init__()
         if isinstance(dataset, str):
@@ -192,7 +218,23 @@ class TabularDataModule(pl.LightningDataModule):
             )
         self.batch_size = _check_int(batch_size, "batch_size", 1)
         self.eval_batch_size = self.batch_size if eval_batch_size is None else _check_int(eval_batch_size, "eval_batch_size", 1)
-        self.val_fraction = _check_fraction(val_fraction, "val_fraction")
+        self.cv_folds = _check_int(cv_folds, "cv_folds", 0)
+        if self.cv_folds == 1:
+            raise ValueError("`cv_folds` must be 0 (one train / validation split) or an int >= 2, got 1")
+        self.cv_fold = _check_int(cv_fold, "cv_fold", 0)
+        if self.cv_folds and self.cv_fold >= self.cv_folds:
+            raise ValueError(f"`cv_fold` must be in [0, cv_folds={self.cv_folds}), got {cv_fold!r}")
+        if not self.cv_folds and self.cv_fold:
+            raise ValueError(f"`cv_fold={cv_fold!r}` needs `cv_folds` >= 2 (the number of folds)")
+        if self.cv_folds and val_fraction is not None:
+            raise ValueError(
+                f"`val_fraction={val_fraction!r}` and `cv_folds={self.cv_folds}` both set the validation split; "
+                "pass one (with `cv_folds` the validation split is one fold)"
+            )
+        if self.cv_folds:
+            self.val_fraction = 1.0 / self.cv_folds
+        else:
+            self.val_fraction = _check_fraction(0.2 if val_fraction is None else val_fraction, "val_fraction")
         self.test_fraction = _check_fraction(test_fraction, "test_fraction")
         self.seed = _check_int(seed, "seed", 0)
         self.num_workers = _check_int(num_workers, "num_workers", 0)
@@ -276,13 +318,18 @@ class TabularDataModule(pl.LightningDataModule):
             trainval, test = everything[~is_test], everything[is_test]
         else:
             trainval, test = stratified_split(everything, keys, self.test_fraction, rng)
-        train, val = stratified_split(trainval, keys[trainval], self.val_fraction, rng)
+        if self.cv_folds:
+            fold = stratified_folds(keys[trainval], self.cv_folds, rng)
+            train, val = np.sort(trainval[fold != self.cv_fold]), np.sort(trainval[fold == self.cv_fold])
+        else:
+            train, val = stratified_split(trainval, keys[trainval], self.val_fraction, rng)
         splits = {"train": train, "val": val, "test": test}
         empty = [name for name, rows in splits.items() if len(rows) == 0]
         if empty:
             raise ValueError(
                 f"splits {empty} of data set {data.name!r} are empty: {len(data)} rows are too few for "
-                f"val_fraction={self.val_fraction}, test_fraction={self.test_fraction}"
+                + (f"cv_folds={self.cv_folds}" if self.cv_folds else f"val_fraction={self.val_fraction}")
+                + f", test_fraction={self.test_fraction}"
             )
         return splits
 
