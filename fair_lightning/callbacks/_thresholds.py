@@ -11,8 +11,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from fair_lightning.callbacks._outputs import CollectsValidationRows, ValidationRows, evaluation_outputs
 from fair_lightning._verdicts import one_class
+from fair_lightning.callbacks._outputs import CollectsValidationRows, ValidationRows, evaluation_outputs
 from fair_lightning.postprocessing import GroupThresholds
 
 STATE_VERSION = 1

@@ -118,7 +118,7 @@ class TabularDataModule(pl.LightningDataModule):
     * the test split is the official one where the data set has it (Adult) and
       ``official_split`` is true, else a held-out ``test_fraction``; the validation split is
       ``val_fraction`` of the remaining training rows, or with ``cv_folds=K`` fold ``cv_fold`` of
-      ``K`` folds of them (cross-fitting, below). Held-out splits are stratified on
+      ``K`` folds of them (see ``cv_folds``). Held-out splits are stratified on
       ``(label, group)`` (:func:`stratified_split`; for regression the label is the target's
       quartile); they depend only on the labels, the groups and ``seed``.
 
