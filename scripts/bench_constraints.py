@@ -356,7 +356,7 @@ def oracle_row(tol, definition, num_groups, selection, probs, row):
         test = probs("test", selection.snapshots[index])
         thr = GroupThresholds(definition, tolerance=tol, min_count=MIN_COUNT).fit(*test, num_groups)
         pred = thr.predict(test[0], test[2]).numpy()
-        r = row("erm+oracle-thr", tol, pred, test, pred, test, epoch=index)
+        r = row("erm+oracle-thr", tol, pred, test, pred, test, epoch=selection.records[index]["epoch"])
         if best is None or r["test"]["accuracy"] > best["test"]["accuracy"]:
             best = r
     return best
