@@ -693,6 +693,8 @@ def main(argv=None):
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--tolerances", nargs="+", type=float, default=list(TOLERANCES))
     parser.add_argument("--seeds", type=int, default=None, help="seeds per case (default: the issue's 3 or 5)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds run from this one on (another sample of splits beside an earlier run's)")
     parser.add_argument("--no-eo", action="store_true", help="skip the equalized-odds runs")
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--workers", type=int, default=2)
@@ -741,7 +743,7 @@ def main(argv=None):
         defs = [("demographic_parity", tuple(args.tolerances))]
         if not args.no_eo and case in EO_CASES:
             defs.append(("equalized_odds", EO_CASES[case]))
-        for seed in range(seeds):
+        for seed in range(args.first_seed, args.first_seed + seeds):
             for definition, tols in defs:
                 # experiment options every training job of this run carries
                 options = {"include_sensitive": args.include_sensitive, "val_fraction": args.val_fraction}
