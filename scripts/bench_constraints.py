@@ -165,20 +165,24 @@ def torch_tensor(a):
 
 
 def _rate_labels(rate):
-    """The labels whose rows a rate is taken over: positives for a TPR, negatives for an FPR."""
-    return {"true_positive_rate": [1], "false_positive_rate": [0]}.get(rate, [0, 1])
+    """The labels whose rows a rate is taken over (the rate spec's ``label``; both for a rate over
+    every row)."""
+    from fair_lightning.functional._rates import RATES
+
+    label = RATES[rate].label
+    return [0, 1] if label is None else [label]
 
 
 def _pooled_rates(pred, y, definition):
-    """The definition's rates over all rows pooled: ``[selection rate]`` for demographic parity,
-    ``[TPR, FPR]`` for equalized odds, ``[TPR]`` for equal opportunity."""
+    """The definition's rates over all rows pooled (one group of the statistics core):
+    ``[selection rate]`` for demographic parity, ``[TPR, FPR]`` for equalized odds."""
+    from fair_lightning.functional import group_sums
     from fair_lightning.functional._rates import DEFINITIONS
 
-    out = []
-    for rate in DEFINITIONS[definition]:
-        rows = np.isin(y, _rate_labels(rate))
-        out.append(float(pred[rows].mean()) if rows.any() else 0.5)
-    return out
+    sums = group_sums(torch_tensor(pred), torch_tensor(y), torch_tensor(np.zeros(len(y), dtype=np.int64)), 1)
+    num, den = sums.numerators_denominators(DEFINITIONS[definition])
+    num, den = num[:, 0].numpy(), den[:, 0].numpy()
+    return [float(n / d) if d > 0 else 0.5 for n, d in zip(num, den)]
 
 
 def summarize(pred, y, g, num_groups, definition):
