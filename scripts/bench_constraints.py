@@ -344,26 +344,29 @@ def train_job(job):
                         feasible=chosen_record["feasible"], max_violation=chosen_record["max_violation"],
                         certified=chosen_record.get(f"certified/{definition}"),
                         ci_high=chosen_record.get(f"ci_high/{definition}")))
-        if method == "erm":
-            rows.append(oracle_row(tol, definition, G, sel, probs, row))
+    if method == "erm":
+        rows += oracle_rows(tolerances, definition, G, with_thr[tolerances[0]], probs, row)
     return rows
 
 
-def oracle_row(tol, definition, num_groups, selection, probs, row):
+def oracle_rows(tolerances, definition, num_groups, selection, probs, row):
     """Not a method: group thresholds fitted on the *test* split itself, at the epoch where that
-    gives the best test accuracy. What thresholding this run's snapshots could reach at the
-    tolerance if validation were the test split (no validation noise): an upper reference for (c)."""
+    gives the best test accuracy, for each tolerance. What thresholding this run's snapshots could
+    reach if validation were the test split (no validation noise): an upper reference for (c)."""
     from fair_lightning.postprocessing import GroupThresholds
 
-    best = None
-    for index in sorted(selection.snapshots):
-        test = probs("test", selection.snapshots[index])
-        thr = GroupThresholds(definition, tolerance=tol, min_count=MIN_COUNT).fit(*test, num_groups)
-        pred = thr.predict(test[0], test[2]).numpy()
-        r = row("erm+oracle-thr", tol, pred, test, pred, test, epoch=selection.records[index]["epoch"])
-        if best is None or r["test"]["accuracy"] > best["test"]["accuracy"]:
-            best = r
-    return best
+    scores = {index: probs("test", snapshot) for index, snapshot in sorted(selection.snapshots.items())}
+    out = []
+    for tol in tolerances:
+        best = None
+        for index, test in scores.items():
+            thr = GroupThresholds(definition, tolerance=tol, min_count=MIN_COUNT).fit(*test, num_groups)
+            pred = thr.predict(test[0], test[2]).numpy()
+            r = row(ORACLE, tol, pred, test, pred, test, epoch=selection.records[index]["epoch"])
+            if best is None or r["test"]["accuracy"] > best["test"]["accuracy"]:
+                best = r
+        out.append(best)
+    return out
 
 
 def _dump_scores(job, module, dm, selection):
