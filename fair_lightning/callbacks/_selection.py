@@ -17,7 +17,7 @@ from fair_lightning.callbacks._thresholds import validation_probabilities
 from fair_lightning.functional import GroupSums, Rate, confusion_counts, constraint_holds, rate_difference
 from fair_lightning.functional._fairness import group_rate_table
 from fair_lightning.functional._multiclass import group_sums_from_multiclass_confusion, multiclass_confusion_counts
-from fair_lightning._verdicts import CONSTANT_SHARE, one_class
+from fair_lightning._verdicts import CONSTANT_SHARE, judged_sums, one_class
 from fair_lightning.functional._rates import DEFINITIONS
 from fair_lightning.functional._regression import regression_group_sums
 
@@ -565,11 +565,8 @@ class ConstrainedModelSelection(CollectsValidationRows):
         return worst
 
     def _judged(self, sums: GroupSums, definition: str) -> GroupSums:
-        """The sums with every group that has fewer than ``min_count`` samples behind one of the
-        definition's rates zeroed (left out of the judgement, as in the recorded difference)."""
-        _, den = sums.numerators_denominators(DEFINITIONS[definition])
-        keep = (den >= max(self.min_count, 1)).all(0).to(sums.count.dtype)
-        return GroupSums(*(f * keep for f in sums))
+        """The sums with every group below ``min_count`` left out (as in the recorded difference)."""
+        return judged_sums(sums, definition, self.min_count)
 
     def _enough(self, rate: Rate, sums: GroupSums, name: str) -> Rate:
         """The rate with groups below ``min_count`` validation samples behind it left out."""
