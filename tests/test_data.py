@@ -220,9 +220,15 @@ def test_cv_folds_partition_the_non_test_rows_and_keep_the_test_split():
         assert np.array_equal(np.sort(np.concatenate([rows["train"], rows["val"]])),
                               np.sort(np.concatenate([plain.split_indices["train"], plain.split_indices["val"]])))
         assert len(rows["val"]) in (199, 200, 201, 202)  # a quarter of the 800 non-test rows, stratified
+        # preprocessing is fitted on all non-test rows (features only): every fold reads the same features
+        non_test = torch.cat([dm.train_tensors[0], dm.val_tensors[0]])
+        assert np.isclose(non_test[:, 0].mean().item(), 0.0, atol=1e-5)
+        if k:
+            assert dm.feature_names == first.feature_names
+            torch.testing.assert_close(dm.test_tensors[0], first.test_tensors[0])
+        else:
+            first = dm
         folds.append(rows["val"])
-        # preprocessing is fitted on this fold's training rows
-        assert np.isclose(dm.train_tensors[0][:, 0].mean().item(), 0.0, atol=1e-5)
     every = np.concatenate(folds)
     assert len(every) == 800 and len(np.unique(every)) == 800  # each non-test row validates exactly once
     again = TabularDataModule("german", seed=3, cv_folds=4, cv_fold=2)
@@ -279,6 +285,23 @@ def test_preprocessing_is_fitted_on_train_only():
     x = dm.train_tensors[0][:, : len(dm.numeric_features)]  # standardized with train statistics
     torch.testing.assert_close(x.mean(0), torch.zeros(x.shape[1]), atol=1e-5, rtol=0)
     torch.testing.assert_close(x.std(0, unbiased=False), torch.ones(x.shape[1]), atol=1e-4, rtol=0)
+
+
+def test_cv_folds_preprocessing_never_sees_the_test_rows():
+    """With folds the preprocessing is fitted on all non-test rows; the test rows stay unseen."""
+    data = load_german()
+    dm = TabularDataModule(data, seed=1, cv_folds=3, cv_fold=1)
+    dm.setup()
+    frame = data.frame.copy()
+    test = dm.split_indices["test"]
+    frame.loc[test, "credit_amount"] *= 1000
+    frame["purpose"] = frame["purpose"].cat.add_categories(["spaceship"])
+    frame.loc[test, "purpose"] = "spaceship"
+    changed = TabularDataModule(dataclasses.replace(data, frame=frame), seed=1, cv_folds=3, cv_fold=1)
+    changed.setup()
+    assert dm.feature_names == changed.feature_names
+    for split in ("train", "val"):
+        torch.testing.assert_close(dm.tensors(split)[0], changed.tensors(split)[0])
 
 
 # --- batches -------------------------------------------------------------------------------------

@@ -166,11 +166,12 @@ class TabularDataModule(pl.LightningDataModule):
         cv_folds: 0 (default) for one train / validation split; an int ``K >= 2`` deals the
             non-test rows into ``K`` folds stratified on ``(label, group)`` (fixed by ``seed``)
             and makes fold ``cv_fold`` the validation split and the other folds the training
-            split. The test split does not depend on it. Training one model per fold gives every
-            non-test row a score from a model that did not see it (cross-validation, or
-            cross-fitting: group thresholds fitted on all those scores see ``K`` times the
-            validation rows; docs/BENCHMARKS.md measures it, and where its models' scores
-            disagree it can go wrong).
+            split. The test split does not depend on it. The feature preprocessing (scaling,
+            one-hot levels) is then fitted on all non-test rows, features only, so that every
+            fold's model reads the same features. Training one model per fold gives every
+            non-test row a score from a model that did not see it: cross-validation, or
+            cross-fitting (:func:`fair_lightning.crossfit.cross_fit`: group thresholds fitted on
+            all those scores, ``K`` times the validation rows).
         cv_fold: which fold is the validation split, in ``[0, cv_folds)``.
         num_workers: DataLoader worker processes; 0 (default) is fastest for in-memory data.
         pin_memory: pin batches in page-locked memory (for GPU training).
@@ -373,7 +374,10 @@ class TabularDataModule(pl.LightningDataModule):
             transformers.append(("categorical", encoder, categorical))
         preprocessor = ColumnTransformer(transformers, sparse_threshold=0.0)
         features = data.frame[numeric + categorical]
-        preprocessor.fit(features.iloc[splits["train"]])
+        # with folds, every fold's data module must present the same features (cross_fit's mixture
+        # routes one row to any fold's model): fit on all non-test rows, features only, no labels
+        fit_rows = np.sort(np.concatenate([splits["train"], splits["val"]])) if self.cv_folds else splits["train"]
+        preprocessor.fit(features.iloc[fit_rows])
 
         names = list(numeric)
         if categorical:
