@@ -19,6 +19,8 @@ name                           submodule
 ``Lagrangian``, ``Adversarial``
 ``ReductionsWrapper``          :mod:`fair_lightning.reductions`
 ``FairNeuralClassifier``       :mod:`fair_lightning.estimators`
+``cross_fit``, ``FoldMixture``
+                               :mod:`fair_lightning.crossfit`
 =============================  ==============================
 """
 
@@ -45,6 +47,8 @@ _LAZY = {
     "Adversarial": "fair_lightning.methods",
     "ReductionsWrapper": "fair_lightning.reductions",
     "FairNeuralClassifier": "fair_lightning.estimators",
+    "cross_fit": "fair_lightning.crossfit",
+    "FoldMixture": "fair_lightning.crossfit",
 }
 
 __all__ = ["__version__", *_LAZY]
