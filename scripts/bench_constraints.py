@@ -447,23 +447,24 @@ def hierarchical_job(seed):
 
 
 def crossfit_job(job):
-    """An experiment (``--cross-fit K``): group thresholds fitted on out-of-fold scores of *all*
-    non-test rows instead of the validation split alone (the README's cross-fitting recipe).
+    """Cross-fitting (``--cross-fit K``): :func:`fair_lightning.crossfit.cross_fit` with ``K`` folds
+    of the non-test rows, group thresholds fitted on *all* their out-of-fold scores (``K`` times
+    the validation rows) instead of the validation split alone.
 
-    ``TabularDataModule(cv_folds=K, cv_fold=k)`` for ``k < K``: each fold of the non-test rows
-    (stratified on label and group) is the validation split once. ``K`` unconstrained MLPs are
-    trained, one per fold, for the usual epochs (last epoch, as ``erm+thr``); each row's
-    out-of-fold score comes from the model that did not see it, and the thresholds are fitted on
-    all of them (``K`` times the validation rows). Rows: ``erm+cf-thr`` applies them to the first
-    fold's model (trained on the same share of rows as the default split's model),
-    ``erm+cf-ens-thr`` to the mean of the ``K`` models' test probabilities (an ensemble, whose
-    scores are less spread out than the single models' the thresholds were fitted on)."""
+    ``K`` unconstrained MLPs are trained, one per fold (``TabularDataModule(cv_folds=K,
+    cv_fold=k)``), each on ``(K-1)/K`` of the non-test rows (the default split's training share
+    for ``K=5``), for the usual epochs (last epoch, as ``erm+thr``). Rows: ``erm+crossfit``, the
+    fold mixture the library returns (each test row decided by the fold model its features hash
+    to, with the shared thresholds), and two experiments that apply the same thresholds to scores
+    they were not fitted on: ``erm+cf-thr`` to the first fold's model alone, ``erm+cf-ens-thr`` to
+    the mean of the ``K`` models' probabilities (an ensemble, whose scores are less spread out)."""
     import logging
 
     import lightning.pytorch as pl
     import torch
     from torch import nn
 
+    from fair_lightning.crossfit import cross_fit
     from fair_lightning.module import FairLightningModule
     from fair_lightning.postprocessing import GroupThresholds
 
@@ -471,35 +472,83 @@ def crossfit_job(job):
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     case, seed, definition, tolerances, folds = job["case"], job["seed"], job["definition"], job["tolerances"], job["folds"]
-    oof, test_scores = [], []
-    start = time.perf_counter()
-    for k in range(folds):
-        dm = make_data(case, seed, cv_folds=folds, cv_fold=k)
+
+    made = {}
+
+    def datamodule(k):
+        if k not in made:
+            made[k] = make_data(case, seed, cv_folds=folds, cv_fold=k)
+        return made[k]
+
+    def module(k):
         pl.seed_everything(seed * 100 + k, verbose=False)
-        d = dm.num_features
+        d = datamodule(k).num_features
         model = nn.Sequential(nn.Linear(d, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
-        module = FairLightningModule(model, num_groups=dm.num_groups, group_names=dm.group_names, mode="erm",
-                                     grad_ratio_every_n_steps=0)
-        trainer = pl.Trainer(max_epochs=EPOCHS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                             enable_model_summary=False, limit_val_batches=0)
-        trainer.fit(module, datamodule=dm)
-        module.eval()
-        with torch.no_grad():
-            x, y, g = _split(dm, "val")
-            oof.append((torch.sigmoid(module(x).reshape(-1)).double(), y, g))
-            xte, yte, gte = _split(dm, "test")
-            test_scores.append(torch.sigmoid(module(xte).reshape(-1)).double())
+        return FairLightningModule(model, num_groups=datamodule(k).num_groups, mode="erm", grad_ratio_every_n_steps=0)
+
+    def trainer(k):
+        return pl.Trainer(max_epochs=EPOCHS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False, limit_val_batches=0)
+
+    if job.get("select"):
+        return crossfit_select_rows(job, module, datamodule)
+    start = time.perf_counter()
+    mixture = cross_fit(module, datamodule, GroupThresholds(definition, tolerance=tolerances[0], min_count=MIN_COUNT),
+                        folds=folds, trainer_fn=trainer)
     seconds = time.perf_counter() - start
+    dm = datamodule(0)
     G = dm.num_groups
-    scores, y, g = (torch.cat([part[i] for part in oof]) for i in range(3))
+    xte, yte, gte = _split(dm, "test")
+    with torch.no_grad():
+        test_scores = torch.stack([torch.sigmoid(m(xte).reshape(-1)).double() for m in mixture.models])
+        mixed = mixture.predict_proba(xte)
+    scores, y, g = mixture.report["scores"], mixture.report["labels"], mixture.report["groups"]
     base = {"case": case, "seed": seed, "definition": definition, "seconds": seconds, "folds": folds}
     rows = []
     for tol in tolerances:
         thr = GroupThresholds(definition, tolerance=tol, min_count=MIN_COUNT).fit(scores, y.long(), g, G)
         fitted = summarize(thr.predict(scores, g).numpy(), y, g, G, definition)
-        for name, test in (("erm+cf-thr", test_scores[0]), ("erm+cf-ens-thr", torch.stack(test_scores).mean(0))):
+        for name, test in (("erm+crossfit", mixed), ("erm+cf-thr", test_scores[0]), ("erm+cf-ens-thr", test_scores.mean(0))):
             rows.append({**base, "method": name, "tolerance": tol, "val": fitted,
                          "test": summarize(thr.predict(test, gte).numpy(), yte, gte, G, definition)})
+    return rows
+
+
+def crossfit_select_rows(job, module, datamodule):
+    """``erm+crossfit-sel`` (``--cross-fit-select``, an experiment): each fold model's epoch chosen
+    on its own fold by ``ConstrainedModelSelection(thresholds=True)`` at the tolerance (as
+    ``erm+sel-thr`` chooses on the validation split), then the fold mixture as ``erm+crossfit``.
+    One ``cross_fit`` per tolerance."""
+    import lightning.pytorch as pl
+    import torch
+
+    from fair_lightning.callbacks import ConstrainedModelSelection
+    from fair_lightning.crossfit import cross_fit
+    from fair_lightning.postprocessing import GroupThresholds
+
+    case, seed, definition, folds = job["case"], job["seed"], job["definition"], job["folds"]
+    rows = []
+    for tol in job["tolerances"]:
+        def trainer(k):
+            selection = ConstrainedModelSelection([(definition, tol)], thresholds=True, min_count=MIN_COUNT)
+            return pl.Trainer(max_epochs=EPOCHS, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                              enable_model_summary=False, num_sanity_val_steps=0, callbacks=[selection])
+
+        start = time.perf_counter()
+        mixture = cross_fit(module, datamodule, GroupThresholds(definition, tolerance=tol, min_count=MIN_COUNT),
+                            folds=folds, trainer_fn=trainer)
+        seconds = time.perf_counter() - start
+        dm = datamodule(0)
+        xte, yte, gte = _split(dm, "test")
+        G = dm.num_groups
+        with torch.no_grad():
+            pred = mixture.predict(xte, gte).numpy()
+        report = mixture.report
+        fitted = summarize(mixture.thresholds.predict(report["scores"], report["groups"]).numpy(), report["labels"],
+                           report["groups"], G, definition)
+        rows.append({"case": case, "seed": seed, "definition": definition, "seconds": seconds, "folds": folds,
+                     "method": "erm+crossfit-sel", "tolerance": tol, "val": fitted,
+                     "test": summarize(pred, yte, gte, G, definition)})
     return rows
 
 
@@ -717,7 +766,9 @@ def main(argv=None):
                         help="the data module's val_fraction (share of the non-test rows held out for validation; "
                              "the test split does not change with it; an experiment)")
     parser.add_argument("--cross-fit", type=int, default=0, metavar="K",
-                        help="also run the cross-fitted post-processing experiment with K folds (crossfit_job)")
+                        help="also run cross-fitting with K folds: fair_lightning.cross_fit's fold mixture and two experiments (crossfit_job)")
+    parser.add_argument("--cross-fit-select", action="store_true",
+                        help="with --cross-fit: choose each fold model's epoch on its fold (an experiment; one cross-fit per tolerance)")
     parser.add_argument("--dump-scores", default=None, metavar="DIR",
                         help="also save every epoch's validation and test probabilities of each training run (npz)")
     args = parser.parse_args(argv)
@@ -767,9 +818,10 @@ def main(argv=None):
                         extra = {"lagrangian_kwargs": settings}
                         jobs.append(("train", {"case": case, "seed": seed, "method": "lagrangian", "definition": definition,
                                                "tolerances": (tol,), **extra, **options}))
-                if args.cross_fit and (case, seed, "erm+cf-thr", definition, tols[0]) not in seen:
+                crossfit_row = "erm+crossfit-sel" if args.cross_fit_select else "erm+crossfit"
+                if args.cross_fit and (case, seed, crossfit_row, definition, tols[0]) not in seen:
                     jobs.append(("crossfit", {"case": case, "seed": seed, "definition": definition, "tolerances": tols,
-                                              "folds": args.cross_fit}))
+                                              "folds": args.cross_fit, "select": args.cross_fit_select}))
                 if not args.no_peers and (case, seed, "fairlearn-TO", definition, 0.0) not in seen:
                     jobs.append(("peer", {"case": case, "seed": seed, "definition": definition, "tolerances": tols,
                                           "include_sensitive": args.include_sensitive, "val_fraction": args.val_fraction}))
@@ -788,7 +840,9 @@ def main(argv=None):
                 sink.write(json.dumps(r) + "\n")
             sink.flush()
             rows += result
-            print(f"[{i + 1}/{len(jobs)}] {jobs[i][1]['case']} seed {jobs[i][1]['seed']} {jobs[i][1].get('method', 'peers')}", flush=True)
+            kind, job = jobs[i]
+            label = job["method"] if kind == "train" else {"peer": "peers", "crossfit": f"cross-fit {job.get('folds')} folds"}[kind]
+            print(f"[{i + 1}/{len(jobs)}] {job['case']} seed {job['seed']} {label}", flush=True)
     report(rows)
     return 0
 

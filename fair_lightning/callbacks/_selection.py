@@ -669,8 +669,9 @@ class ConstrainedModelSelection(CollectsValidationRows):
                 f"the chosen model (epoch {r['epoch']}) meets every tolerance on validation, but {names} cannot be certified "
                 f"at {100 * self.confidence:g}% confidence{fitted}: the validation split is too small to pin the difference "
                 "down to the tolerance, and on new data it may reach the interval's end. More validation rows (above all "
-                "in the smallest groups; e.g. `TabularDataModule(val_fraction=0.4)`, at the cost of training rows) or a "
-                "looser tolerance make it certifiable"
+                "in the smallest groups; e.g. `TabularDataModule(val_fraction=0.4)`, at the cost of training rows; or "
+                "`fair_lightning.cross_fit`, which fits group thresholds on every non-test row) or a looser tolerance "
+                "make it certifiable"
             )
         if r.get("constant"):
             out.append(f"the chosen model (epoch {r['epoch']}) is a constant predictor on validation")
