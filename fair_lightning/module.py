@@ -952,7 +952,9 @@ class FairLightningModule(pl.LightningModule):
         """The group thresholds' 0/1 decisions, on the probabilities they were fitted on
         (calibrated, or the model's own)."""
         thresholds = self.prediction_thresholds
-        probs = self._calibrated_probs(logits, groups) if getattr(thresholds, "calibrated", False) else torch.sigmoid(logits)
+        # float64 as when they were fitted (validation_probabilities): a float32 sigmoid can move a
+        # score that sits on a threshold to the other side of it
+        probs = self._calibrated_probs(logits, groups) if getattr(thresholds, "calibrated", False) else torch.sigmoid(logits.double())
         return thresholds.apply(probs.to(torch.float64), groups)
 
     def _predict_classes(self, logits: Tensor, groups: Tensor | None) -> Tensor:

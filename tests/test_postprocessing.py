@@ -386,3 +386,28 @@ def test_shared_threshold_is_one_threshold_for_every_group_with_fit_summaries():
     for bad in (float("nan"), float("inf"), True, "0.5"):
         with pytest.raises(ValueError, match="`threshold` must be a finite number, got"):
             GroupThresholds.shared(bad, scores, labels, groups, 3)
+
+
+def test_predict_step_thresholds_the_probabilities_the_thresholds_were_fitted_on():
+    """Thresholds are fitted on float64 probabilities (``validation_probabilities``) and sit midway
+    between neighbouring scores; predict_step must compare the same numbers. Two logits one float32
+    ulp apart have float64 probabilities on either side of their midpoint, and one float32
+    probability: a float32 sigmoid would decide both rows alike."""
+    from fair_lightning.module import FairLightningModule
+
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x[:, 0]
+
+    low = torch.tensor(0.3, dtype=torch.float32)
+    high = torch.nextafter(low, torch.tensor(1.0))
+    logits = torch.stack([low, high])
+    probs = torch.sigmoid(logits.double())
+    assert torch.sigmoid(low) == torch.sigmoid(high)  # one float32 probability for both
+    groups, labels = torch.zeros(2, dtype=torch.long), torch.tensor([0, 1])
+    thresholds = GroupThresholds.shared(float(probs.mean()), probs, labels, groups, 1)
+    assert thresholds.predict(probs, groups).tolist() == [0.0, 1.0]
+    module = FairLightningModule(Identity(), num_groups=1)
+    module.prediction_thresholds = thresholds
+    decided = module.predict_step((logits[:, None], labels.float(), groups), 0)
+    assert decided.tolist() == [0.0, 1.0]
