@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -263,6 +264,7 @@ def cross_fit(
     seed: int = 0,
     confidence: float = 0.95,
     outputs_fn: Callable[..., tuple[Tensor, Tensor, Tensor]] | None = None,
+    ckpt_path_fn: Callable[[int], str | os.PathLike | None] | None = None,
 ) -> FoldMixture:
     """Train one model per fold, fit group thresholds on all out-of-fold scores, return the fold mixture.
 
@@ -285,6 +287,8 @@ def cross_fit(
         confidence: level of the certification on the pooled out-of-fold rows (``report["verdict"]``).
         outputs_fn: ``(module, None, batch) -> (probs, target, groups)`` for a LightningModule
             that is not a ``FairLightningModule`` and whose batches ``unpack_batch`` cannot split.
+        ckpt_path_fn: ``k -> checkpoint or None``: fold ``k``'s fit resumes from it (``fit(...,
+            ckpt_path=...)``), so an interrupted cross-fit loses no finished fold.
 
     Returns:
         The :class:`FoldMixture`; ``mixture.report`` holds the out-of-fold rows and groups
@@ -305,6 +309,8 @@ def cross_fit(
         raise ValueError(f"`trainer_fn` must be callable (fold -> Trainer) or None, got {type(trainer_fn).__name__}")
     if outputs_fn is not None and not callable(outputs_fn):
         raise ValueError(f"`outputs_fn` must be callable or None, got {type(outputs_fn).__name__}")
+    if ckpt_path_fn is not None and not callable(ckpt_path_fn):
+        raise ValueError(f"`ckpt_path_fn` must be callable (fold -> checkpoint path or None), got {type(ckpt_path_fn).__name__}")
     if not isinstance(thresholds, GroupThresholds):
         raise ValueError(f"`thresholds` must be a GroupThresholds (the constraint and tolerance to fit), got {type(thresholds).__name__}")
     if num_groups is not None and (isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1):
@@ -326,7 +332,8 @@ def cross_fit(
         )
         if not isinstance(trainer, pl.Trainer):
             raise ValueError(f"`trainer_fn({k})` must return a Trainer, got {type(trainer).__name__}")
-        trainer.fit(module, datamodule=datamodule)
+        ckpt_path = ckpt_path_fn(k) if ckpt_path_fn is not None else None
+        trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
         datamodule.setup("validate")  # under ddp_spawn the fit set up the workers' copies, not this one
         names = getattr(datamodule, "feature_names", None)
         if k == 0:

@@ -44,7 +44,7 @@ METRICS_FILE = "metrics.json"  # the same name as fair_lightning.train.METRICS_F
 #: Files :func:`main` writes into the sweep directory.
 FRONTIER_CSV, FRONTIER_PNG, TENSORBOARD_DIR = "frontier.csv", "frontier.png", "tensorboard"
 #: Record keys left out of the table (the raw logged metrics and the traceback stay in ``metrics.json``).
-_NOT_IN_TABLE = ("metrics", "traceback", "selection")
+_NOT_IN_TABLE = ("metrics", "traceback", "selection", "crossfit")
 _GROUP_SUFFIX = "_by_group"
 _FIRST_COLUMNS = ("job", "job_dir", "status", "mode", "fairness", "eta", "tolerance", "overrides")
 
@@ -224,6 +224,10 @@ def flatten_record(record: Mapping[str, Any]) -> dict[str, Any]:
         # what a selection judged on validation (cross-fitted where it fitted group thresholds)
         row["selection_objective"] = selection["objective"]
         row["selection_thresholds"] = bool(selection.get("thresholds", False))
+    crossfit = record.get("crossfit")
+    if isinstance(crossfit, Mapping):
+        # a cross-fit job (crossfit.folds=K): its fold mixture is what the row's metrics are of
+        row["crossfit_folds"] = crossfit.get("folds")
     for key, value in record.items():
         if key in _NOT_IN_TABLE:
             continue
@@ -1040,7 +1044,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     usable = ok[~ok["constant_predictor"]]  # a constant model's DP of 0 is not a trade-off anyone can use
     hv = hypervolume(usable[[args.x, args.y]].to_numpy(float), reference, maximize)
-    varied = [c for c in ("lr", "seed") if c in table.columns and table.loc[table["status"] == "ok", c].nunique() > 1]
+    if "crossfit_folds" in table.columns:  # which jobs are fold mixtures (0: an ordinary job)
+        table["crossfit_folds"] = pd.to_numeric(table["crossfit_folds"], errors="coerce").fillna(0).astype(int)
+        ok = table[table["status"] == "ok"]
+    varied = [c for c in ("lr", "seed", "crossfit_folds")
+              if c in table.columns and table.loc[table["status"] == "ok", c].nunique() > 1]
     candidates = ("job_dir", "mode", "eta", "tolerance", *varied, args.label, args.y, args.x, "test_dp_ratio", "test_eo_difference",
                   "constant_predictor", "is_pareto")  # fmt: skip
     shown = [c for c in dict.fromkeys(candidates) if c in table.columns and not (c.startswith("test_") and ok[c].isna().all())]

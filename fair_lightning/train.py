@@ -64,7 +64,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from fair_lightning import _records
 
@@ -378,6 +378,7 @@ def validate_config(cfg: DictConfig) -> None:
         value = trainer.get(key)
         if value is not None and (not _is_number(value) or math.isnan(value)):
             raise ValueError(f"`trainer.{key}` must be a number, got {_got(value)}")
+    crossfit_folds(cfg)
     fairness = _container(cfg.get("fairness")) or {}
     arguments = module_arguments(cfg)
     where = {key: (f"fairness.{key}" if key in fairness else f"module.{key}") for key in arguments}
@@ -545,6 +546,9 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[st
         torch.set_num_threads(int(cfg.num_threads))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
+    folds = crossfit_folds(cfg)
+    if folds:
+        return _crossfit_record(cfg, output_dir, folds)
     start = time.perf_counter()
     with warnings.catch_warnings():
         for pattern in _QUIET_WARNINGS:
@@ -578,6 +582,227 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[st
     }
     record.update(results)
     return record
+
+
+# ---------------------------------------------------------------------------------- cross-fitting
+def crossfit_folds(cfg: DictConfig) -> int:
+    """``crossfit.folds``: 0 (off) or ``K >= 2``.
+
+    Raises:
+        ValueError: anything else, naming the option.
+    """
+    node = cfg.get("crossfit") or {}
+    folds = node.get("folds", 0) if isinstance(node, Mapping) else node
+    if not _is_int(folds) or folds < 0 or folds == 1:
+        raise ValueError(f"`crossfit.folds` must be 0 (off) or an integer >= 2 (the number of folds), got {_got(folds)}")
+    data = cfg.get("data") or {}
+    if folds and data.get("val_fraction") is not None:
+        raise ValueError(
+            f"`crossfit.folds={folds}` makes each fold the validation split once; `data.val_fraction="
+            f"{data.get('val_fraction')}` sets another: drop it (data.val_fraction=null)"
+        )
+    return int(folds)
+
+
+def crossfit_constraint(cfg: DictConfig, module: Any) -> tuple[str, float]:
+    """The one constraint a cross-fit job fits its group thresholds for: ``selection.constraints``
+    when stated, else the method's own (``fairness=lagrangian_dp``).
+
+    Raises:
+        ValueError: none or several constraints, a hierarchical or ``bound="gap"`` one, or a
+            K-class or regression job (group thresholds are binary).
+    """
+    from fair_lightning.postprocessing import GroupThresholds
+
+    how = "state it, e.g. 'selection.constraints={demographic_parity: 0.02}'"
+    if getattr(module, "task", "binary") == "regression" or getattr(module, "num_classes", None) is not None:
+        raise ValueError("`crossfit.folds` fits group thresholds, which are for binary classifiers; this job is "
+                         f"task={getattr(module, 'task', None)}")
+    stated = _container((cfg.get("selection") or {}).get("constraints"))
+    if stated is not None:
+        if not isinstance(stated, Mapping) or len(stated) != 1:
+            raise ValueError(f"`crossfit.folds` fits group thresholds for one constraint; `selection.constraints` must "
+                             f"then hold one {{definition: tolerance}}, got {stated!r}")
+        ((definition, tolerance),) = stated.items()
+    else:
+        constraints = [c for c in (getattr(getattr(module, "method", None), "constraints", None) or ())
+                       if c.definition != "accuracy_parity"]
+        if len(constraints) != 1:
+            raise ValueError(f"`crossfit.folds` fits group thresholds for one constraint, and the method has "
+                             f"{len(constraints)}: {how}")
+        (constraint,) = constraints
+        if constraint.partition is not None or constraint.bound != "difference":
+            raise ValueError(f"`crossfit.folds` fits group thresholds on a max - min difference over the job's groups; "
+                             f"the method's constraint is {constraint}: {how}")
+        definition, tolerance = constraint.definition, constraint.tolerance
+    GroupThresholds(definition, tolerance)  # an unknown definition or a bad tolerance, named
+    return str(definition), float(tolerance)
+
+
+def run_crossfit(cfg: DictConfig, output_dir: Path, folds: int) -> dict[str, Any]:
+    """A cross-fit job (``crossfit.folds=K``): :func:`fair_lightning.crossfit.cross_fit` over the
+    configured data, model, method, trainer and callbacks, then the fold mixture tested.
+
+    Fold ``k`` is built as a job of its own with ``data.cv_folds=K, data.cv_fold=k`` (seeded with
+    ``seed``) in ``output_dir/fold_k``, and resumes from a ``last.ckpt`` there (``callbacks=checkpoint``).
+    The record's ``val_*`` metrics are the mixture's decisions on the out-of-fold rows (every
+    non-test row, each scored by the fold model that did not see it), its ``test_*`` metrics the
+    mixture's on the test split; ``crossfit`` holds the cross-fit's report and each fold's
+    selection; ``certified`` its verdict on the out-of-fold rows. The mixture is saved as
+    ``output_dir/crossfit.pt`` (``FoldMixture.state_dict()``).
+    """
+    import lightning.pytorch as pl
+    import torch
+
+    from fair_lightning.crossfit import cross_fit
+    from fair_lightning.postprocessing import GroupThresholds
+
+    built: dict[int, Components] = {}
+
+    def fold_cfg(k: int) -> DictConfig:
+        fold = cfg.copy()
+        with open_dict(fold):
+            fold.data.cv_folds, fold.data.cv_fold = folds, k
+            fold.crossfit.folds = 0
+        return fold
+
+    def parts(k: int) -> Components:
+        if k not in built:
+            pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+            with warnings.catch_warnings():
+                for pattern in _QUIET_WARNINGS:
+                    warnings.filterwarnings("ignore", message=pattern)
+                built[k] = build(fold_cfg(k), output_dir / f"fold_{k}")
+        return built[k]
+
+    first = parts(0)
+    definition, tolerance = crossfit_constraint(cfg, first.module)
+    resumed: dict[int, Path | None] = {}  # each fold's last.ckpt, if it was interrupted before
+    min_count = float((cfg.get("selection") or {}).get("min_count", 10))
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        for pattern in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        # a fold's own validation rows are too few to certify by design: the cross-fit certifies on
+        # all of them (its verdict and warning below; each fold's reason is in the record)
+        warnings.filterwarnings("ignore", message=".*cannot be certified at.*")
+        mixture = cross_fit(
+            lambda k: parts(k).module,
+            lambda k: parts(k).datamodule,
+            GroupThresholds(definition, tolerance, min_count=min_count),
+            folds=folds,
+            trainer_fn=lambda k: parts(k).trainer,
+            ckpt_path_fn=lambda k: resumed.setdefault(k, last_checkpoint(output_dir / f"fold_{k}")),
+        )
+    fit_seconds = time.perf_counter() - start
+    torch.save(mixture.state_dict(), output_dir / "crossfit.pt")
+    report = mixture.report
+    dm = first.datamodule
+    raw = _crossfit_metrics(cfg, output_dir, mixture, dm)
+    record = summarize_metrics(raw, list(dm.group_names))
+    fold_selections = []
+    for k in range(folds):
+        summary = selection_summary(parts(k).trainer)
+        fold_selections.append(summary.get("selection"))
+    record.update(
+        _task=getattr(first.module, "task", None),
+        _dataset=dm.hparams.get("dataset"),
+        _sensitive=list(dm.sensitive_columns),
+        _groups=list(dm.group_names),
+        _resumed=[None if resumed.get(k) is None else str(resumed[k]) for k in range(folds)],
+        certified=report["verdict"],
+        crossfit={
+            **{key: value for key, value in report.items() if key not in ("scores", "labels", "groups")},
+            "folds_selection": fold_selections,
+            "saved": str(output_dir / "crossfit.pt"),
+        },
+        epochs=int(first.trainer.current_epoch),
+        global_step=sum(int(parts(k).trainer.global_step) for k in range(folds)),
+        fit_seconds=fit_seconds,
+        test_seconds=raw.pop("_test_seconds"),
+        metrics=dict(sorted(raw.items())),
+    )
+    return record
+
+
+def _crossfit_metrics(cfg: DictConfig, output_dir: Path, mixture: Any, dm: Any) -> dict[str, Any]:
+    """The logged values of the fold mixture: ``val/*`` of its decisions on the out-of-fold rows,
+    ``test/*`` on the test split, through the same metrics as any job (a ``FairLightningModule``
+    around the mixture, with its thresholds)."""
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fair_lightning.module import FairLightningModule
+
+    arguments = {k: v for k, v in module_arguments(cfg).items() if k in ("threshold", "task")}
+
+    def shell(model: torch.nn.Module) -> FairLightningModule:
+        return FairLightningModule(model, num_groups=dm.num_groups, group_names=list(dm.group_names), mode="erm",
+                                   grad_ratio_every_n_steps=0, **arguments)
+
+    def trainer() -> pl.Trainer:
+        loggers = _instantiate_named(cfg.get("logger"), "logger", save_dir=str(output_dir))
+        return hydra.utils.instantiate(cfg.trainer, _partial_=True, _convert_="all")(
+            default_root_dir=str(output_dir), logger=loggers if loggers else False, callbacks=[],
+            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        )
+
+    class _FirstColumn(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, 0]
+
+    raw: dict[str, Any] = {}
+    report = mixture.report
+    # the out-of-fold rows: each row's decision as the thresholds make it on its out-of-fold score
+    # (exact: no second sigmoid), fed to the metrics as +-30 logits
+    decisions = mixture.thresholds.predict(report["scores"], report["groups"])
+    logits = torch.where(decisions > 0.5, 30.0, -30.0).reshape(-1, 1)
+    rows = DataLoader(TensorDataset(logits, report["labels"].float(), report["groups"]), batch_size=65536)
+    with warnings.catch_warnings():
+        for pattern in _QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        validator = trainer()
+        validator.validate(shell(_FirstColumn()), dataloaders=rows, verbose=False)
+        raw.update({k: _float(v) for k, v in validator.callback_metrics.items()})
+        from torchmetrics.functional.classification import binary_auroc
+
+        raw["val/auroc"] = _float(binary_auroc(report["scores"], report["labels"].long()))  # of the scores, as in any job
+        tested = shell(mixture)
+        tested.prediction_thresholds = mixture.thresholds
+        start = time.perf_counter()
+        tester = trainer()
+        tester.test(tested, datamodule=dm, verbose=False)
+        raw["_test_seconds"] = time.perf_counter() - start
+        raw.update({k: _float(v) for k, v in tester.callback_metrics.items()})
+    return raw
+
+
+def _crossfit_record(cfg: DictConfig, output_dir: Path, folds: int) -> dict[str, Any]:
+    """:func:`run`'s record for a cross-fit job (:func:`run_crossfit`)."""
+    import torch
+
+    log.info("cross-fitting: %d folds of the non-test rows, one model each, in %s/fold_*", folds, output_dir)
+    start = time.perf_counter()
+    results = run_crossfit(cfg, output_dir, folds)
+    total = time.perf_counter() - start
+    fold_ckpts = results.pop("_resumed")
+    arguments = module_arguments(cfg)
+    return {
+        "status": "ok",
+        "task": results.pop("_task"),
+        "dataset": results.pop("_dataset"),
+        "sensitive": results.pop("_sensitive"),
+        "groups": results.pop("_groups"),
+        **describe_method(arguments),
+        "seed": int(cfg.seed),
+        "lr": _float(arguments.get("lr")),
+        "torch_threads": torch.get_num_threads(),
+        "setup_seconds": max(0.0, total - results["fit_seconds"] - results["test_seconds"]),
+        # each fold's checkpoint it resumed from (None for a fold that started afresh), or None
+        "resumed_from": fold_ckpts if any(fold_ckpts) else None,
+        **results,
+    }
 
 
 def _error_message(exc: BaseException) -> str:

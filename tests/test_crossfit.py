@@ -248,6 +248,8 @@ def test_cross_fit_refuses_bad_arguments():
         cross_fit(_module, _german, t, folds=3, confidence=95)
     with pytest.raises(ValueError, match="`assignment` must be one of"):
         cross_fit(_module, _german, t, folds=3, assignment="mean")
+    with pytest.raises(ValueError, match=r"`ckpt_path_fn` must be callable \(fold -> checkpoint path or None\), got str"):
+        cross_fit(_module, _german, t, folds=3, ckpt_path_fn="last.ckpt")
     # the data module must hold out fold k of the same K
     with pytest.raises(ValueError, match=r"`datamodule_fn\(0\)` must hold out fold 0 of 3 .*got cv_folds=5, cv_fold=0"):
         cross_fit(_module, lambda k: _german(k, folds=5), t, folds=3)

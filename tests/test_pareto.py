@@ -158,6 +158,10 @@ def test_flatten_record():
     row = flatten_record(_record(0, 1.0, 0.8, 0.1))
     assert row["test_selection_rate/A"] == 0.3 and row["overrides"] == "fairness.eta=1.0" and row["groups"] == "A,B"
     assert "metrics" not in row and "traceback" not in row and np.isnan(row["tolerance"])
+    assert "crossfit_folds" not in row
+    # a cross-fit job (crossfit.folds=5): one column says so; its report stays in metrics.json
+    crossfit = flatten_record({**_record(0, 1.0, 0.8, 0.1), "crossfit": {"folds": 5, "rows": 900, "rows_per_fold": [180] * 5}})
+    assert crossfit["crossfit_folds"] == 5 and not any(k.startswith("crossfit/") for k in crossfit)
 
 
 def test_load_sweep_reports_and_skips_unfinished_and_failed_jobs(tmp_path, caplog):

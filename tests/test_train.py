@@ -375,3 +375,85 @@ def test_lagrangian_job_with_group_calibration_applies_thresholds_to_the_probabi
     assert record["status"] == "ok"
     assert record["val_dp_difference"] <= 0.03 + 1e-9
     assert "fairness/violation_hard_max_epoch" in record["metrics"]  # the training keys survive re-validation
+
+
+# ------------------------------------------------------------------------------------ cross-fitting
+CROSSFIT = [*TINY, "callbacks=none", "fairness=erm", "crossfit.folds=3", "selection.constraints={demographic_parity: 0.05}"]
+
+
+def _fold_mixture(cfg, folds, tmp_path):
+    """A FoldMixture of freshly built fold modules, to load a job's crossfit.pt into."""
+    from omegaconf import open_dict
+
+    from fair_lightning.crossfit import FoldMixture
+
+    modules = []
+    for k in range(folds):
+        fold = cfg.copy()
+        with open_dict(fold):
+            fold.data.cv_folds, fold.data.cv_fold, fold.crossfit.folds = folds, k, 0
+        parts = build(fold, tmp_path / "fresh" / str(k))
+        modules.append(parts.module)
+    return FoldMixture(modules), parts.datamodule
+
+
+def test_crossfit_job_tests_the_fold_mixture_and_reports_the_out_of_fold_rows(tmp_path):
+    """`crossfit.folds=3`: one model per fold (in fold_k), thresholds on every out-of-fold score,
+    val_* metrics of the mixture's decisions on those rows, test_* of the mixture on the test split,
+    the mixture saved; the numbers agree with the mixture loaded from crossfit.pt."""
+    from fair_lightning.functional import group_sums
+
+    cfg = _compose(CROSSFIT)
+    record = run_job(cfg, tmp_path)
+    assert record["status"] == "ok", record.get("traceback")
+    crossfit = record["crossfit"]
+    assert crossfit["folds"] == 3 and crossfit["constraint"] == "demographic_parity" and crossfit["tolerance"] == 0.05
+    assert crossfit["rows"] == sum(crossfit["rows_per_fold"]) == 1600  # the 2,000 rows less the 20% test split
+    assert record["certified"] == crossfit["verdict"] in ("holds", "uncertain")
+    assert [sel["constraints"] for sel in crossfit["folds_selection"]] == [[["demographic_parity", 0.05]]] * 3
+    # validation: the mixture's decisions on the out-of-fold rows, as the cross-fit measured them
+    assert record["val_accuracy"] == pytest.approx(crossfit["accuracy"], abs=1e-6)
+    assert record["val_dp_difference"] == pytest.approx(crossfit["difference"], abs=1e-6)
+    assert record["val_dp_difference"] <= 0.05 + 1e-9
+    assert crossfit["saved"] == str(tmp_path / "crossfit.pt")
+    # test: the saved mixture's decisions on the test split
+    mixture, dm = _fold_mixture(cfg, 3, tmp_path)
+    mixture.load_state_dict(torch.load(tmp_path / "crossfit.pt", weights_only=True))
+    assert mixture.thresholds.tolerance == 0.05 and mixture.thresholds.min_count == 10
+    x, y, g = dm.test_tensors
+    with torch.no_grad():
+        decisions = mixture.predict(x, g)
+    sums = group_sums(decisions.double(), y.double(), g, 2)
+    rates = (sums.pred / sums.count).tolist()
+    assert record["test_dp_difference"] == pytest.approx(abs(rates[0] - rates[1]), abs=1e-6)
+    assert record["test_accuracy"] == pytest.approx(float((decisions == y).float().mean()), abs=1e-6)
+    assert objective_values(record, "val_accuracy") == pytest.approx(record["val_accuracy"])
+
+
+def test_crossfit_job_resumes_each_fold_from_its_last_checkpoint(tmp_path):
+    first = run(_compose([*CROSSFIT, "callbacks=checkpoint"]), tmp_path)
+    assert first["resumed_from"] is None
+    again = run(_compose([*CROSSFIT, "callbacks=checkpoint", "trainer.max_epochs=2"]), tmp_path)
+    resumed = again["resumed_from"]
+    assert len(resumed) == 3 and all(
+        Path(p).name == "last.ckpt" and Path(p).is_relative_to(tmp_path / f"fold_{k}") for k, p in enumerate(resumed)
+    )
+    assert again["global_step"] == 2 * first["global_step"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["crossfit.folds=1"], r"`crossfit.folds` must be 0 \(off\) or an integer >= 2 \(the number of folds\), got 1"),
+        (["crossfit.folds=abc"], r"`crossfit.folds` must be 0 \(off\) or an integer >= 2 .*got 'abc'"),
+        (["selection.constraints=null"], r"fits group thresholds for one constraint, and the method has 0: state it"),
+        (["selection.constraints={demographic_parity: 0.05, equalized_odds: 0.1}"],
+         r"`selection.constraints` must then hold one \{definition: tolerance\}"),
+        (["data.val_fraction=0.3"], r"`crossfit.folds=3` makes each fold the validation split once; `data.val_fraction=0.3`"),
+    ],
+)
+def test_crossfit_job_refuses_what_it_cannot_do_by_name(overrides, match, tmp_path):
+    own = any(o.startswith("selection.constraints") for o in overrides)
+    base = [o for o in CROSSFIT if not (own and o.startswith("selection.constraints"))]
+    with pytest.raises(ValueError, match=match):
+        run(_compose([*base, *overrides]), tmp_path)
