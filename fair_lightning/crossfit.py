@@ -71,10 +71,12 @@ def _check_assignment(assignment: object) -> str:
 def fold_of(x: Tensor, folds: int, *, seed: int = 0) -> Tensor:
     """The fold in ``[0, folds)`` of each row of ``x``: a hash of the row's values.
 
-    Deterministic (the same row gets the same fold in any batch, on any device, in any order) and
-    close to uniform; rows that differ in any bit of any feature are hashed independently. The
-    features are read as float64 bits and mixed with ``seed``-drawn multipliers in exact integer
-    arithmetic modulo ``2**31 - 1``.
+    Deterministic: the same row gets the same fold in any batch, order or device, and a float32
+    row the same as its float64 copy (``x.double()``). The features' float64
+    bits are combined with ``seed``-drawn multipliers in exact integer arithmetic modulo
+    ``2**31 - 1`` and scrambled by two rounds of squaring; on rows with continuous features the
+    folds are close to uniform. Data with few distinct rows cannot be dealt evenly by any
+    function of the row (:func:`cross_fit` reports the shares and warns).
 
     Args:
         x: ``(N, ...)`` features (each row is flattened).
@@ -90,8 +92,7 @@ def fold_of(x: Tensor, folds: int, *, seed: int = 0) -> Tensor:
     if x.shape[0] == 0:
         return torch.zeros(0, dtype=torch.int64, device=x.device)
     rows = x.detach().reshape(x.shape[0], -1).to(torch.float64).contiguous()
-    if rows.is_floating_point():
-        rows = torch.where(rows == 0, torch.zeros_like(rows), rows)  # -0.0 and 0.0 hash alike
+    rows = torch.where(rows == 0, torch.zeros_like(rows), rows)  # -0.0 and 0.0 hash alike
     bits = rows.view(torch.int64)
     low, high = bits & 0xFFFFFFFF, (bits >> 32) & 0xFFFFFFFF
     gen = torch.Generator().manual_seed(int(seed))
@@ -100,9 +101,10 @@ def fold_of(x: Tensor, folds: int, *, seed: int = 0) -> Tensor:
     b = torch.randint(1, 1 << 30, (2,), generator=gen, dtype=torch.int64).tolist()
     # each term < 2**31 after the modulo; the sum stays far below 2**63 for any width < 2**31
     h = ((low % _PRIME) * a[0] % _PRIME + (high % _PRIME) * a[1] % _PRIME).sum(1) % _PRIME
-    # two rounds of multiply-add modulo the prime spread the sum over the range
-    h = (h * b[0] + 12345) % _PRIME
-    h = (h * b[1] + 6789) % _PRIME
+    # two non-linear rounds (square, multiply, add; all below 2**62 before the modulo) scramble
+    # the linear combination
+    h = ((h * h) % _PRIME * b[0] + h + 12345) % _PRIME
+    h = ((h * h) % _PRIME * b[1] + h + 6789) % _PRIME
     return h % folds
 
 
@@ -137,7 +139,8 @@ class FoldMixture(nn.Module):
         bad = [type(m).__name__ for m in models if not isinstance(m, nn.Module)]
         if bad:
             raise ValueError(f"`models` must hold nn.Modules only, got {bad}")
-        _check_folds(len(models))
+        if len(models) < 2:
+            raise ValueError(f"`models` must hold one model per fold, at least 2, got {len(models)}")
         if thresholds is not None and not isinstance(thresholds, GroupThresholds):
             raise ValueError(f"`thresholds` must be a GroupThresholds or None, got {type(thresholds).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -178,8 +181,16 @@ class FoldMixture(nn.Module):
         return out
 
     def predict_proba(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        """``(N,)`` probabilities of class 1 (before the group thresholds)."""
-        return torch.sigmoid(self(x, generator=generator).double())
+        """``(N,)`` probabilities of class 1 (before the group thresholds), in evaluation mode
+        (no dropout, running batch-norm statistics) and without gradients, as they were scored
+        out of fold; the module's mode is restored afterwards."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return torch.sigmoid(self(x, generator=generator).double())
+        finally:
+            self.train(was_training)
 
     def predict(self, x: Tensor, groups: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
         """Hard 0/1 decisions ``(N,)``: the deciding fold model's probability against its group's threshold.
@@ -214,14 +225,19 @@ class FoldMixture(nn.Module):
 
 
 def _out_of_fold(
-    module: pl.LightningModule, datamodule: pl.LightningDataModule, outputs_fn: Callable[..., Any] | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(probs, labels, groups)`` of the data module's validation split, scored by ``module`` in
-    this process (after a DDP fit Lightning has put the trained weights back into it)."""
+    module: pl.LightningModule, datamodule: pl.LightningDataModule, outputs_fn: Callable[..., Any] | None,
+    folds: int, seed: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(probs, labels, groups, counts)`` of the data module's validation split, scored by
+    ``module`` in this process (after a DDP fit Lightning has put the trained weights back into
+    it); ``counts``: how many of these rows the mixture's hash sends to each fold model (``None``
+    when the batches' features cannot be read with ``unpack_batch``)."""
     loader = datamodule.val_dataloader()
     was_training = module.training
     module.eval()
     parts = []
+    counts: Tensor | None = torch.zeros(folds, dtype=torch.long)
+    unpack = getattr(module, "unpack_batch", None)
     try:
         with torch.no_grad():
             for batch in loader:
@@ -233,11 +249,17 @@ def _out_of_fold(
                 if probs.ndim != 1:
                     raise ValueError("cross_fit takes binary models (one probability per row); got K-class outputs")
                 parts.append((probs.detach().double().cpu(), target.detach().reshape(-1).cpu(), groups.detach().reshape(-1).long().cpu()))
+                x = unpack(batch)[0] if unpack is not None and counts is not None else None
+                if isinstance(x, Tensor) and x.shape[0] == probs.shape[0]:
+                    counts += torch.bincount(fold_of(x, folds, seed=seed).cpu(), minlength=folds)
+                else:
+                    counts = None
     finally:
         module.train(was_training)
     if not parts:
         raise ValueError(f"the validation loader of {type(datamodule).__name__} gave no batches: nothing to cross-fit on")
-    return tuple(torch.cat([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+    probs, labels, groups = (torch.cat([p[i] for p in parts]) for i in range(3))
+    return probs, labels, groups, counts
 
 
 def _check_fold_datamodule(datamodule: object, k: int, folds: int) -> None:
@@ -319,7 +341,7 @@ def cross_fit(
         raise ValueError(f"`confidence` must be in (0, 1), got {confidence!r}")
     _check_assignment(assignment)
 
-    models, oof, sizes = [], [], []
+    models, oof, sizes, shares = [], [], [], []
     first_names = None
     for k in range(folds):
         datamodule = datamodule_fn(k)
@@ -334,7 +356,9 @@ def cross_fit(
             raise ValueError(f"`trainer_fn({k})` must return a Trainer, got {type(trainer).__name__}")
         ckpt_path = ckpt_path_fn(k) if ckpt_path_fn is not None else None
         trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
-        datamodule.setup("validate")  # under ddp_spawn the fit set up the workers' copies, not this one
+        # under ddp_spawn the fit set up the workers' copies, not this one (setup must deal the
+        # same rows into the same folds each time it is called: a fixed seed)
+        datamodule.setup("fit")
         names = getattr(datamodule, "feature_names", None)
         if k == 0:
             first_names = names
@@ -344,8 +368,9 @@ def cross_fit(
                 "the mixture sends any row to any fold's model, so every fold must preprocess alike "
                 "(TabularDataModule with cv_folds fits its preprocessing on all non-test rows)"
             )
-        probs, labels, groups = _out_of_fold(module, datamodule, outputs_fn)
-        models.append(module.cpu())
+        probs, labels, groups, fold_shares = _out_of_fold(module, datamodule, outputs_fn, folds, seed)
+        models.append(module.cpu().eval())
+        shares.append(fold_shares)
         oof.append((probs, labels, groups))
         sizes.append(int(probs.numel()))
         if num_groups is None and isinstance(getattr(datamodule, "num_groups", None), int):
@@ -358,6 +383,10 @@ def cross_fit(
     mixture = FoldMixture(models, fitted, assignment=assignment, seed=seed)
     mixture.report = _report(fitted, scores, labels, groups, sizes, confidence)
     mixture.report.update(scores=scores, labels=labels, groups=groups)
+    if assignment == "hash" and all(share is not None for share in shares):
+        # how the hash deals the out-of-fold rows (new data like them) to the fold models: the
+        # mixture's rates are the fold models' mean only when each gets about 1/K of them
+        mixture.report["assignment_shares"] = (torch.stack(shares).sum(0) / scores.numel()).tolist()
     _warn(mixture.report, fitted)
     return mixture
 
@@ -393,6 +422,16 @@ def _warn(report: dict[str, Any], thresholds: GroupThresholds) -> None:
             f"cross_fit: the fitted {thresholds.constraint} thresholds predict 1 for {report['selection_share']:.1%} of the "
             f"{rows} out-of-fold rows, a constant classifier: tolerance {thresholds.tolerance} leaves nothing else on "
             "these scores",
+            UserWarning,
+            stacklevel=3,
+        )
+    shares = report.get("assignment_shares")
+    if shares is not None and max(abs(share * len(shares) - 1) for share in shares) > 0.2:
+        warnings.warn(
+            f"cross_fit: the hash sends the out-of-fold rows to the {len(shares)} fold models in shares "
+            f"{[round(share, 3) for share in shares]}, not about 1/{len(shares)} each (few distinct feature rows): "
+            "the mixture's rates on such data need not be the ones the thresholds were fitted to; "
+            "`FoldMixture.assignment = 'random'` (a randomized classifier) keeps them",
             UserWarning,
             stacklevel=3,
         )

@@ -259,7 +259,12 @@ def selection_callbacks(cfg: DictConfig, module: Any) -> list:
             )
         from fair_lightning.constraints import FairnessConstraint
 
-        constraints = [FairnessConstraint(definition, tolerance) for definition, tolerance in stated.items()]
+        constraints = []
+        for definition, tolerance in stated.items():
+            try:
+                constraints.append(FairnessConstraint(definition, tolerance))
+            except ValueError as err:
+                raise ValueError(f"`selection.constraints` {{{definition}: {tolerance}}}: {err}") from None
     if getattr(module, "task", None) == "regression":
         # the bounded group loss on squared errors: each group's validation MSE <= bound
         method = module.method
@@ -604,9 +609,10 @@ def crossfit_folds(cfg: DictConfig) -> int:
     return int(folds)
 
 
-def crossfit_constraint(cfg: DictConfig, module: Any) -> tuple[str, float]:
+def crossfit_constraint(cfg: DictConfig, module: Any = None) -> tuple[str, float]:
     """The one constraint a cross-fit job fits its group thresholds for: ``selection.constraints``
-    when stated, else the method's own (``fairness=lagrangian_dp``).
+    when stated, else the method's own (``fairness=lagrangian_dp``; ``module`` ``None`` judges
+    stated ones only, before the module is built).
 
     Raises:
         ValueError: none or several constraints, a hierarchical or ``bound="gap"`` one, or a
@@ -615,9 +621,11 @@ def crossfit_constraint(cfg: DictConfig, module: Any) -> tuple[str, float]:
     from fair_lightning.postprocessing import GroupThresholds
 
     how = "state it, e.g. 'selection.constraints={demographic_parity: 0.02}'"
-    if getattr(module, "task", "binary") == "regression" or getattr(module, "num_classes", None) is not None:
-        raise ValueError("`crossfit.folds` fits group thresholds, which are for binary classifiers; this job is "
-                         f"task={getattr(module, 'task', None)}")
+    if module is not None and getattr(module, "task", "binary") == "regression":
+        raise ValueError("`crossfit.folds` fits group thresholds, which are for binary classifiers; this job has task=regression")
+    if module is not None and getattr(module, "num_classes", None) is not None:
+        raise ValueError("`crossfit.folds` fits group thresholds, which are for binary classifiers; this job's data set has "
+                         f"num_classes={module.num_classes}")
     stated = _container((cfg.get("selection") or {}).get("constraints"))
     if stated is not None:
         if not isinstance(stated, Mapping) or len(stated) != 1:
@@ -625,17 +633,21 @@ def crossfit_constraint(cfg: DictConfig, module: Any) -> tuple[str, float]:
                              f"then hold one {{definition: tolerance}}, got {stated!r}")
         ((definition, tolerance),) = stated.items()
     else:
-        constraints = [c for c in (getattr(getattr(module, "method", None), "constraints", None) or ())
-                       if c.definition != "accuracy_parity"]
+        every = list(getattr(getattr(module, "method", None), "constraints", None) or ())
+        constraints = [c for c in every if c.definition != "accuracy_parity"]
         if len(constraints) != 1:
+            parity = " (group thresholds cannot hold accuracy parity)" if len(every) > len(constraints) else ""
             raise ValueError(f"`crossfit.folds` fits group thresholds for one constraint, and the method has "
-                             f"{len(constraints)}: {how}")
+                             f"{len(constraints)}{parity}: {how}")
         (constraint,) = constraints
         if constraint.partition is not None or constraint.bound != "difference":
             raise ValueError(f"`crossfit.folds` fits group thresholds on a max - min difference over the job's groups; "
                              f"the method's constraint is {constraint}: {how}")
         definition, tolerance = constraint.definition, constraint.tolerance
-    GroupThresholds(definition, tolerance)  # an unknown definition or a bad tolerance, named
+    try:
+        GroupThresholds(definition, tolerance)
+    except ValueError as err:
+        raise ValueError(f"`crossfit.folds` cannot fit group thresholds for {{{definition}: {tolerance}}}: {err}") from None
     return str(definition), float(tolerance)
 
 
@@ -675,10 +687,19 @@ def run_crossfit(cfg: DictConfig, output_dir: Path, folds: int) -> dict[str, Any
                 built[k] = build(fold_cfg(k), output_dir / f"fold_{k}")
         return built[k]
 
+    options = cfg.get("selection") or {}
+    if options.get("margin", 0.0) not in (0, 0.0, None):
+        raise ValueError(f"`selection.margin={options.get('margin')}` is not applied by a cross-fit job, whose thresholds "
+                         "aim at the tolerance on every out-of-fold row: set selection.margin=0 with crossfit.folds")
+    min_count = options.get("min_count", 10)
+    if not (_is_number(min_count) and 0 <= min_count < math.inf):
+        raise ValueError(f"`selection.min_count` must be a number >= 0, got {_got(min_count)}")
+    resumed: dict[int, Path | None] = {}  # each fold's last.ckpt, if it was interrupted before
+    min_count = float(min_count)
+    if options.get("constraints") is not None:  # stated ones are judged before anything is built
+        crossfit_constraint(cfg, None)
     first = parts(0)
     definition, tolerance = crossfit_constraint(cfg, first.module)
-    resumed: dict[int, Path | None] = {}  # each fold's last.ckpt, if it was interrupted before
-    min_count = float((cfg.get("selection") or {}).get("min_count", 10))
     start = time.perf_counter()
     with warnings.catch_warnings():
         for pattern in _QUIET_WARNINGS:
@@ -714,9 +735,12 @@ def run_crossfit(cfg: DictConfig, output_dir: Path, folds: int) -> dict[str, Any
         crossfit={
             **{key: value for key, value in report.items() if key not in ("scores", "labels", "groups")},
             "folds_selection": fold_selections,
+            "epochs_per_fold": [int(parts(k).trainer.current_epoch) for k in range(folds)],
+            "global_step_per_fold": [int(parts(k).trainer.global_step) for k in range(folds)],
             "saved": str(output_dir / "crossfit.pt"),
         },
-        epochs=int(first.trainer.current_epoch),
+        # the largest fold's count (each fold's is in crossfit.epochs_per_fold), and all folds' steps
+        epochs=max(int(parts(k).trainer.current_epoch) for k in range(folds)),
         global_step=sum(int(parts(k).trainer.global_step) for k in range(folds)),
         fit_seconds=fit_seconds,
         test_seconds=raw.pop("_test_seconds"),
@@ -767,7 +791,11 @@ def _crossfit_metrics(cfg: DictConfig, output_dir: Path, mixture: Any, dm: Any) 
         raw.update({k: _float(v) for k, v in validator.callback_metrics.items()})
         from torchmetrics.functional.classification import binary_auroc
 
-        raw["val/auroc"] = _float(binary_auroc(report["scores"], report["labels"].long()))  # of the scores, as in any job
+        # of the out-of-fold scores (each from the fold model that did not see the row), as in any job:
+        # the AUROC of the scores and the task loss, not of the +-30 logits of the decisions
+        raw["val/auroc"] = _float(binary_auroc(report["scores"], report["labels"].long()))
+        raw["val/loss"] = _float(torch.nn.functional.binary_cross_entropy(
+            report["scores"].clamp(1e-12, 1 - 1e-12), report["labels"].double()))
         tested = shell(mixture)
         tested.prediction_thresholds = mixture.thresholds
         start = time.perf_counter()

@@ -99,6 +99,39 @@ def test_mixture_routes_each_row_to_its_fold_model_and_applies_the_shared_thresh
     assert mixture(x[:0]).shape == (0,)
 
 
+def test_mixture_predicts_in_evaluation_mode_and_restores_the_mode():
+    """Dropout must not make the mixture's decisions random: predict scores as out of fold (eval, no grad)."""
+    gen = torch.Generator().manual_seed(4)
+    models = [nn.Sequential(nn.Linear(3, 16), nn.Dropout(0.5), nn.Linear(16, 1)) for _ in range(2)]
+    x = torch.randn(300, 3, generator=gen)
+    groups = torch.randint(0, 2, (300,), generator=gen)
+    thresholds = GroupThresholds("demographic_parity", tolerance=0.1).fit(torch.rand(300, generator=gen), torch.randint(0, 2, (300,), generator=gen), groups, 2)
+    mixture = FoldMixture(models, thresholds)
+    assert mixture.training
+    first, second = mixture.predict(x, groups), mixture.predict(x, groups)
+    assert torch.equal(first, second) and mixture.training  # same decisions; the mode is the caller's again
+    proba = mixture.predict_proba(x)
+    assert not proba.requires_grad
+    mixture.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(proba, torch.sigmoid(mixture(x).double()))
+
+
+def test_fold_of_cannot_deal_few_distinct_rows_evenly_and_cross_fit_says_so():
+    from fair_lightning.crossfit import _warn
+
+    folds = fold_of(torch.tensor([[0.0], [1.0], [2.0]]).repeat(100, 1), 5)
+    assert torch.unique(folds).numel() <= 3  # three distinct rows reach at most three of five fold models
+    shares = (torch.bincount(folds, minlength=5).double() / 300).tolist()
+    report = {"rows": 300, "constant": False, "verdict": "holds", "assignment_shares": shares}
+    with pytest.warns(UserWarning, match=r"the hash sends the out-of-fold rows to the 5 fold models in shares .* "
+                                         r"`FoldMixture.assignment = 'random'`"):
+        _warn(report, GroupThresholds("demographic_parity", tolerance=0.05))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn({**report, "assignment_shares": [0.21, 0.19, 0.2, 0.2, 0.2]}, GroupThresholds("demographic_parity", tolerance=0.05))
+
+
 def test_mixture_state_dict_round_trip_keeps_models_thresholds_and_assignment(tmp_path):
     gen = torch.Generator().manual_seed(3)
     scores, labels, groups = torch.rand(400, generator=gen), torch.randint(0, 2, (400,), generator=gen), torch.randint(0, 3, (400,), generator=gen)
@@ -120,7 +153,7 @@ def test_mixture_refuses_bad_arguments_and_predicting_without_thresholds():
         FoldMixture(nn.Linear(1, 1))
     with pytest.raises(ValueError, match=r"`models` must hold nn.Modules only, got \['str'\]"):
         FoldMixture([nn.Linear(1, 1), "model"])
-    with pytest.raises(ValueError, match="`folds` must be an int >= 2, got 1"):
+    with pytest.raises(ValueError, match="`models` must hold one model per fold, at least 2, got 1"):
         FoldMixture([nn.Linear(1, 1)])
     with pytest.raises(ValueError, match="`assignment` must be one of"):
         FoldMixture([nn.Linear(1, 1)] * 2, assignment="vote")
@@ -177,6 +210,9 @@ def test_cross_fit_fits_thresholds_on_every_out_of_fold_score_and_ships_the_mixt
     assert report["difference"] <= 0.05 + 1e-12
     assert report["accuracy"] == pytest.approx(float((decisions == report["labels"]).double().mean()))
     assert report["selection_share"] == pytest.approx(float(decisions.mean()))
+    # how the hash deals rows like these to the fold models: about a third each
+    shares = report["assignment_shares"]
+    assert len(shares) == 3 and sum(shares) == pytest.approx(1.0) and max(abs(s - 1 / 3) for s in shares) < 0.06
     # on new rows, the mixture decides with the fold model its hash names
     dm = _german(0)
     dm.setup()

@@ -411,6 +411,10 @@ def test_crossfit_job_tests_the_fold_mixture_and_reports_the_out_of_fold_rows(tm
     assert crossfit["rows"] == sum(crossfit["rows_per_fold"]) == 1600  # the 2,000 rows less the 20% test split
     assert record["certified"] == crossfit["verdict"] in ("holds", "uncertain")
     assert [sel["constraints"] for sel in crossfit["folds_selection"]] == [[["demographic_parity", 0.05]]] * 3
+    assert crossfit["epochs_per_fold"] == [1, 1, 1] and sum(crossfit["global_step_per_fold"]) == record["global_step"]
+    # the out-of-fold loss and AUROC are of the scores, not of the decisions
+    scores, labels = None, None  # (the report's tensors are not in metrics.json; the loss is a plain BCE of them)
+    assert 0.3 < record["val_loss"] < 1.0 and 0.5 < record["val_auroc"] <= 1.0
     # validation: the mixture's decisions on the out-of-fold rows, as the cross-fit measured them
     assert record["val_accuracy"] == pytest.approx(crossfit["accuracy"], abs=1e-6)
     assert record["val_dp_difference"] == pytest.approx(crossfit["difference"], abs=1e-6)
@@ -450,6 +454,12 @@ def test_crossfit_job_resumes_each_fold_from_its_last_checkpoint(tmp_path):
         (["selection.constraints={demographic_parity: 0.05, equalized_odds: 0.1}"],
          r"`selection.constraints` must then hold one \{definition: tolerance\}"),
         (["data.val_fraction=0.3"], r"`crossfit.folds=3` makes each fold the validation split once; `data.val_fraction=0.3`"),
+        (["selection.margin=1.0"], r"`selection.margin=1.0` is not applied by a cross-fit job"),
+        (["selection.min_count=null"], r"`selection.min_count` must be a number >= 0, got None"),
+        (["selection.constraints={demographic_parity: 1.5}"],
+         r"`selection.constraints` \{demographic_parity: 1.5\}: `tolerance` must be a number in \[0, 1\)"),
+        (["selection.constraints={accuracy_parity: 0.05}"],
+         r"`crossfit.folds` cannot fit group thresholds for \{accuracy_parity: 0.05\}"),
     ],
 )
 def test_crossfit_job_refuses_what_it_cannot_do_by_name(overrides, match, tmp_path):
