@@ -354,10 +354,8 @@ def cross_fit(
         )
         if not isinstance(trainer, pl.Trainer):
             raise ValueError(f"`trainer_fn({k})` must return a Trainer, got {type(trainer).__name__}")
-        ckpt_path = ckpt_path_fn(k) if ckpt_path_fn is not None else None
-        trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
-        # under ddp_spawn the fit set up the workers' copies, not this one (setup must deal the
-        # same rows into the same folds each time it is called: a fixed seed)
+        # set up here, before the fit (which sets up the workers' copies under ddp_spawn, not this
+        # one): setup must deal the same rows into the same folds each time it is called (a fixed seed)
         datamodule.setup("fit")
         names = getattr(datamodule, "feature_names", None)
         if k == 0:
@@ -368,6 +366,8 @@ def cross_fit(
                 "the mixture sends any row to any fold's model, so every fold must preprocess alike "
                 "(TabularDataModule with cv_folds fits its preprocessing on all non-test rows)"
             )
+        ckpt_path = ckpt_path_fn(k) if ckpt_path_fn is not None else None
+        trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
         probs, labels, groups, fold_shares = _out_of_fold(module, datamodule, outputs_fn, folds, seed)
         models.append(module.cpu().eval())
         shares.append(fold_shares)
