@@ -515,10 +515,11 @@ def crossfit_job(job):
 
 
 def crossfit_select_rows(job, module, datamodule):
-    """``erm+crossfit-sel`` (``--cross-fit-select``, an experiment): each fold model's epoch chosen
-    on its own fold by ``ConstrainedModelSelection(thresholds=True)`` at the tolerance (as
-    ``erm+sel-thr`` chooses on the validation split), then the fold mixture as ``erm+crossfit``.
-    One ``cross_fit`` per tolerance."""
+    """``erm+crossfit-sel`` (``--cross-fit-select``): each fold model's epoch chosen on its own
+    fold by ``ConstrainedModelSelection(thresholds=True)`` at the tolerance (as ``erm+sel-thr``
+    chooses on the validation split), then the fold mixture as ``erm+crossfit``. What the Hydra
+    job ``fairness=erm crossfit.folds=5 'selection.constraints={...}'`` composes. One
+    ``cross_fit`` per tolerance."""
     import lightning.pytorch as pl
     import torch
 
@@ -745,6 +746,7 @@ def ideal_report(rows, out):
 
 
 def main(argv=None):
+    global LIBRARY
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--tolerances", nargs="+", type=float, default=list(TOLERANCES))
@@ -768,10 +770,14 @@ def main(argv=None):
     parser.add_argument("--cross-fit", type=int, default=0, metavar="K",
                         help="also run cross-fitting with K folds: fair_lightning.cross_fit's fold mixture and two experiments (crossfit_job)")
     parser.add_argument("--cross-fit-select", action="store_true",
-                        help="with --cross-fit: choose each fold model's epoch on its fold (an experiment; one cross-fit per tolerance)")
+                        help="with --cross-fit: choose each fold model's epoch on its fold, as the Hydra cross-fit job does "
+                             "(erm+crossfit-sel; one cross-fit per tolerance)")
+    parser.add_argument("--library", default=LIBRARY, metavar="ROUTE",
+                        help=f"the route (c) and the certification table judge (default {LIBRARY}; e.g. erm+crossfit-sel)")
     parser.add_argument("--dump-scores", default=None, metavar="DIR",
                         help="also save every epoch's validation and test probabilities of each training run (npz)")
     args = parser.parse_args(argv)
+    LIBRARY = args.library
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
