@@ -47,6 +47,7 @@ and exit status 1, not a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -55,7 +56,7 @@ import os
 import time
 import traceback
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -111,6 +112,15 @@ OBJECTIVE_KEYS = tuple(f"{stage}_{name}" for stage in ("val", "test") for name i
 )
 #: Lightning warnings that say nothing in this application (in-memory batches need no workers).
 _QUIET_WARNINGS = (".*does not have many workers.*", ".*The number of training batches.*", ".*LeafSpec.*")
+
+
+@contextlib.contextmanager
+def _quiet(*patterns: str) -> Iterator[None]:
+    """Silence :data:`_QUIET_WARNINGS` (and ``patterns``) inside the block."""
+    with warnings.catch_warnings():
+        for pattern in (*_QUIET_WARNINGS, *patterns):
+            warnings.filterwarnings("ignore", message=pattern)
+        yield
 
 
 class Components(NamedTuple):
@@ -430,9 +440,7 @@ def fit_and_test(trainer: Any, module: Any, datamodule: Any, ckpt_path: str | os
     callback restored another epoch, of the restored model. The raw logged values are under
     ``"metrics"``.
     """
-    with warnings.catch_warnings():
-        for pattern in _QUIET_WARNINGS:
-            warnings.filterwarnings("ignore", message=pattern)
+    with _quiet():
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
         fit_seconds = time.perf_counter() - start
@@ -553,11 +561,9 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[st
 
     folds = crossfit_folds(cfg)
     if folds:
-        return _crossfit_record(cfg, output_dir, folds)
+        return run_crossfit(cfg, output_dir, folds)
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        for pattern in _QUIET_WARNINGS:
-            warnings.filterwarnings("ignore", message=pattern)
+    with _quiet():
         parts = build(cfg, output_dir)
     setup_seconds = time.perf_counter() - start
     dm = parts.datamodule
@@ -572,21 +578,27 @@ def run(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict[st
     if ckpt_path is not None:
         log.info("resuming from %s (the job was interrupted: preempted, requeued or re-run)", ckpt_path)
     results = fit_and_test(parts.trainer, parts.module, dm, ckpt_path=ckpt_path)
-    record: dict[str, Any] = {
+    return {**_job_header(cfg, parts.module, dm, setup_seconds, None if ckpt_path is None else str(ckpt_path)), **results}
+
+
+def _job_header(cfg: DictConfig, module: Any, dm: Any, setup_seconds: float, resumed_from: Any) -> dict[str, Any]:
+    """The record's description of a finished job: status, data, groups, method, seed, threads."""
+    import torch
+
+    arguments = module_arguments(cfg)
+    return {
         "status": "ok",
-        "task": getattr(parts.module, "task", None),
+        "task": getattr(module, "task", None),
         "dataset": dm.hparams.get("dataset"),
         "sensitive": list(dm.sensitive_columns),
         "groups": list(dm.group_names),
-        **describe_method(module_arguments(cfg)),
+        **describe_method(arguments),
         "seed": int(cfg.seed),
-        "lr": _float(module_arguments(cfg).get("lr")),
+        "lr": _float(arguments.get("lr")),
         "torch_threads": torch.get_num_threads(),
         "setup_seconds": setup_seconds,
-        "resumed_from": None if ckpt_path is None else str(ckpt_path),
+        "resumed_from": resumed_from,
     }
-    record.update(results)
-    return record
 
 
 # ---------------------------------------------------------------------------------- cross-fitting
@@ -652,8 +664,8 @@ def crossfit_constraint(cfg: DictConfig, module: Any = None) -> tuple[str, float
 
 
 def run_crossfit(cfg: DictConfig, output_dir: Path, folds: int) -> dict[str, Any]:
-    """A cross-fit job (``crossfit.folds=K``): :func:`fair_lightning.crossfit.cross_fit` over the
-    configured data, model, method, trainer and callbacks, then the fold mixture tested.
+    """:func:`run` for a cross-fit job (``crossfit.folds=K``): :func:`fair_lightning.crossfit.cross_fit`
+    over the configured data, model, method, trainer and callbacks, then the fold mixture tested.
 
     Fold ``k`` is built as a job of its own with ``data.cv_folds=K, data.cv_fold=k`` (seeded with
     ``seed``) in ``output_dir/fold_k``, and resumes from a ``last.ckpt`` there (``callbacks=checkpoint``).
@@ -669,6 +681,8 @@ def run_crossfit(cfg: DictConfig, output_dir: Path, folds: int) -> dict[str, Any
     from fair_lightning.crossfit import cross_fit
     from fair_lightning.postprocessing import GroupThresholds
 
+    log.info("cross-fitting: %d folds of the non-test rows, one model each, in %s/fold_*", folds, output_dir)
+    job_start = time.perf_counter()
     built: dict[int, Components] = {}
 
     def fold_cfg(k: int) -> DictConfig:
@@ -681,9 +695,7 @@ def run_crossfit(cfg: DictConfig, output_dir: Path, folds: int) -> dict[str, Any
     def parts(k: int) -> Components:
         if k not in built:
             pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-            with warnings.catch_warnings():
-                for pattern in _QUIET_WARNINGS:
-                    warnings.filterwarnings("ignore", message=pattern)
+            with _quiet():
                 built[k] = build(fold_cfg(k), output_dir / f"fold_{k}")
         return built[k]
 
@@ -701,12 +713,9 @@ def run_crossfit(cfg: DictConfig, output_dir: Path, folds: int) -> dict[str, Any
     first = parts(0)
     definition, tolerance = crossfit_constraint(cfg, first.module)
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        for pattern in _QUIET_WARNINGS:
-            warnings.filterwarnings("ignore", message=pattern)
-        # a fold's own validation rows are too few to certify by design: the cross-fit certifies on
-        # all of them (its verdict and warning below; each fold's reason is in the record)
-        warnings.filterwarnings("ignore", message=".*cannot be certified at.*")
+    # a fold's own validation rows are too few to certify by design: the cross-fit certifies on
+    # all of them (its verdict and warning below; each fold's reason is in the record)
+    with _quiet(".*cannot be certified at.*"):
         mixture = cross_fit(
             lambda k: parts(k).module,
             lambda k: parts(k).datamodule,
@@ -725,12 +734,12 @@ def run_crossfit(cfg: DictConfig, output_dir: Path, folds: int) -> dict[str, Any
     for k in range(folds):
         summary = selection_summary(parts(k).trainer)
         fold_selections.append(summary.get("selection"))
+    fold_ckpts = [None if resumed.get(k) is None else str(resumed[k]) for k in range(folds)]
+    test_seconds = raw.pop("_test_seconds")
+    # each fold's checkpoint it resumed from (None for a fold that started afresh), or None
+    header = _job_header(cfg, first.module, dm, max(0.0, time.perf_counter() - job_start - fit_seconds - test_seconds),
+                         fold_ckpts if any(fold_ckpts) else None)
     record.update(
-        _task=getattr(first.module, "task", None),
-        _dataset=dm.hparams.get("dataset"),
-        _sensitive=list(dm.sensitive_columns),
-        _groups=list(dm.group_names),
-        _resumed=[None if resumed.get(k) is None else str(resumed[k]) for k in range(folds)],
         certified=report["verdict"],
         crossfit={
             **{key: value for key, value in report.items() if key not in ("scores", "labels", "groups")},
@@ -743,10 +752,10 @@ def run_crossfit(cfg: DictConfig, output_dir: Path, folds: int) -> dict[str, Any
         epochs=max(int(parts(k).trainer.current_epoch) for k in range(folds)),
         global_step=sum(int(parts(k).trainer.global_step) for k in range(folds)),
         fit_seconds=fit_seconds,
-        test_seconds=raw.pop("_test_seconds"),
+        test_seconds=test_seconds,
         metrics=dict(sorted(raw.items())),
     )
-    return record
+    return {**header, **record}
 
 
 def _crossfit_metrics(cfg: DictConfig, output_dir: Path, mixture: Any, dm: Any) -> dict[str, Any]:
@@ -783,9 +792,7 @@ def _crossfit_metrics(cfg: DictConfig, output_dir: Path, mixture: Any, dm: Any) 
     decisions = mixture.thresholds.predict(report["scores"], report["groups"])
     logits = torch.where(decisions > 0.5, 30.0, -30.0).reshape(-1, 1)
     rows = DataLoader(TensorDataset(logits, report["labels"].float(), report["groups"]), batch_size=65536)
-    with warnings.catch_warnings():
-        for pattern in _QUIET_WARNINGS:
-            warnings.filterwarnings("ignore", message=pattern)
+    with _quiet():
         validator = trainer()
         validator.validate(shell(_FirstColumn()), dataloaders=rows, verbose=False)
         raw.update({k: _float(v) for k, v in validator.callback_metrics.items()})
@@ -804,33 +811,6 @@ def _crossfit_metrics(cfg: DictConfig, output_dir: Path, mixture: Any, dm: Any) 
         raw["_test_seconds"] = time.perf_counter() - start
         raw.update({k: _float(v) for k, v in tester.callback_metrics.items()})
     return raw
-
-
-def _crossfit_record(cfg: DictConfig, output_dir: Path, folds: int) -> dict[str, Any]:
-    """:func:`run`'s record for a cross-fit job (:func:`run_crossfit`)."""
-    import torch
-
-    log.info("cross-fitting: %d folds of the non-test rows, one model each, in %s/fold_*", folds, output_dir)
-    start = time.perf_counter()
-    results = run_crossfit(cfg, output_dir, folds)
-    total = time.perf_counter() - start
-    fold_ckpts = results.pop("_resumed")
-    arguments = module_arguments(cfg)
-    return {
-        "status": "ok",
-        "task": results.pop("_task"),
-        "dataset": results.pop("_dataset"),
-        "sensitive": results.pop("_sensitive"),
-        "groups": results.pop("_groups"),
-        **describe_method(arguments),
-        "seed": int(cfg.seed),
-        "lr": _float(arguments.get("lr")),
-        "torch_threads": torch.get_num_threads(),
-        "setup_seconds": max(0.0, total - results["fit_seconds"] - results["test_seconds"]),
-        # each fold's checkpoint it resumed from (None for a fold that started afresh), or None
-        "resumed_from": fold_ckpts if any(fold_ckpts) else None,
-        **results,
-    }
 
 
 def _error_message(exc: BaseException) -> str:

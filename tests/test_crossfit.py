@@ -323,7 +323,6 @@ def test_cross_fit_under_ddp_scores_like_one_process(tmp_path):
         warnings.simplefilter("ignore")
         mixture = cross_fit(_module, lambda k: _german(k, folds=2), thresholds, folds=2, trainer_fn=ddp_trainer)
     assert mixture.report["rows"] == 800
-    untrained = _module(0)
     for k, model in enumerate(mixture.models):  # the fit's weights came back (they moved off the initial ones)
         assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), _module(k).state_dict().values()))
     # one process on the same weights gives the same out-of-fold scores and thresholds
@@ -337,4 +336,3 @@ def test_cross_fit_under_ddp_scores_like_one_process(tmp_path):
     reference = GroupThresholds("demographic_parity", tolerance=0.05, min_count=10).fit(
         torch.cat(scores), mixture.report["labels"], mixture.report["groups"], 2)
     torch.testing.assert_close(mixture.thresholds.thresholds_, reference.thresholds_)
-    del untrained
