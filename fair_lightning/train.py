@@ -218,15 +218,7 @@ def build(cfg: DictConfig, output_dir: str | os.PathLike) -> Components:
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")  # plain containers: checkpoints load with weights_only
     datamodule.setup("fit")
     check_task(cfg, datamodule)
-    # K classes: the model's output width and the module's num_classes come from the data set
-    num_classes = getattr(datamodule, "num_classes", None)
-    classes = {} if num_classes is None else {"out_features": num_classes}
-    model = hydra.utils.instantiate(cfg.model, in_features=datamodule.num_features, **classes)
-    module_cfg = OmegaConf.create(module_arguments(cfg))
-    module = hydra.utils.instantiate(module_cfg, _partial_=True)(
-        model=model, num_groups=datamodule.num_groups, group_names=list(datamodule.group_names),
-        **({} if num_classes is None else {"num_classes": num_classes}),
-    )
+    model, module = build_module(cfg, datamodule)
     loggers = _instantiate_named(cfg.get("logger"), "logger", save_dir=str(output_dir))
     callbacks = _instantiate_named(cfg.get("callbacks"), "callbacks")
     callbacks += selection_callbacks(cfg, module)
@@ -237,6 +229,20 @@ def build(cfg: DictConfig, output_dir: str | os.PathLike) -> Components:
         enable_checkpointing=any(isinstance(cb, ModelCheckpoint) for cb in callbacks),
     )
     return Components(datamodule, model, module, trainer)
+
+
+def build_module(cfg: DictConfig, datamodule: Any) -> tuple[Any, Any]:
+    """The model and the ``FairLightningModule`` of ``cfg`` for a set-up data module (untrained)."""
+    # K classes: the model's output width and the module's num_classes come from the data set
+    num_classes = getattr(datamodule, "num_classes", None)
+    classes = {} if num_classes is None else {"out_features": num_classes}
+    model = hydra.utils.instantiate(cfg.model, in_features=datamodule.num_features, **classes)
+    module_cfg = OmegaConf.create(module_arguments(cfg))
+    module = hydra.utils.instantiate(module_cfg, _partial_=True)(
+        model=model, num_groups=datamodule.num_groups, group_names=list(datamodule.group_names),
+        **({} if num_classes is None else {"num_classes": num_classes}),
+    )
+    return model, module
 
 
 def selection_callbacks(cfg: DictConfig, module: Any) -> list:
@@ -663,6 +669,50 @@ def crossfit_constraint(cfg: DictConfig, module: Any = None) -> tuple[str, float
     return str(definition), float(tolerance)
 
 
+def fold_config(cfg: DictConfig, folds: int, k: int) -> DictConfig:
+    """Fold ``k``'s job of a cross-fit job: ``data.cv_folds=folds, data.cv_fold=k``, no cross-fit."""
+    fold = cfg.copy()
+    with open_dict(fold):
+        fold.data.cv_folds, fold.data.cv_fold = folds, k
+        fold.crossfit.folds = 0
+    return fold
+
+
+def load_crossfit(job_dir: str | os.PathLike) -> tuple[Any, Any]:
+    """The fold mixture a cross-fit job saved (``crossfit.pt``), rebuilt from the job's own config
+    (``.hydra/config.yaml``), in evaluation mode, and the data module of its fold 0 (set up: the
+    test split, the features and the groups every fold shares).
+
+    Example:
+        >>> mixture, data = load_crossfit("outputs/runs/2026-12-02_10-00-00")  # doctest: +SKIP
+        >>> x, _, groups = data.test_tensors
+        >>> decisions = mixture.predict(x, groups)
+
+    Raises:
+        FileNotFoundError: the directory lacks ``.hydra/config.yaml`` or ``crossfit.pt``.
+        ValueError: the job was not a cross-fit job.
+    """
+    import torch
+
+    from fair_lightning.crossfit import FoldMixture
+
+    job_dir = Path(job_dir)
+    config, weights = job_dir / ".hydra" / "config.yaml", job_dir / "crossfit.pt"
+    for path in (config, weights):
+        if not path.is_file():
+            raise FileNotFoundError(f"`job_dir` must be a cross-fit job's directory holding {path.relative_to(job_dir)}; "
+                                    f"{path} does not exist")
+    cfg = OmegaConf.load(config)
+    folds = crossfit_folds(cfg)
+    if not folds:
+        raise ValueError(f"`job_dir` {job_dir} holds a job with crossfit.folds=0, not a cross-fit job")
+    data = hydra.utils.instantiate(fold_config(cfg, folds, 0).data, _convert_="all")
+    data.setup("fit")
+    mixture = FoldMixture([build_module(cfg, data)[1] for _ in range(folds)])
+    mixture.load_state_dict(torch.load(weights, weights_only=True))
+    return mixture.eval(), data
+
+
 def run_crossfit(cfg: DictConfig, output_dir: Path, folds: int) -> dict[str, Any]:
     """:func:`run` for a cross-fit job (``crossfit.folds=K``): :func:`fair_lightning.crossfit.cross_fit`
     over the configured data, model, method, trainer and callbacks, then the fold mixture tested.
@@ -685,18 +735,11 @@ def run_crossfit(cfg: DictConfig, output_dir: Path, folds: int) -> dict[str, Any
     job_start = time.perf_counter()
     built: dict[int, Components] = {}
 
-    def fold_cfg(k: int) -> DictConfig:
-        fold = cfg.copy()
-        with open_dict(fold):
-            fold.data.cv_folds, fold.data.cv_fold = folds, k
-            fold.crossfit.folds = 0
-        return fold
-
     def parts(k: int) -> Components:
         if k not in built:
             pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
             with _quiet():
-                built[k] = build(fold_cfg(k), output_dir / f"fold_{k}")
+                built[k] = build(fold_config(cfg, folds, k), output_dir / f"fold_{k}")
         return built[k]
 
     options = cfg.get("selection") or {}

@@ -381,20 +381,22 @@ def test_lagrangian_job_with_group_calibration_applies_thresholds_to_the_probabi
 CROSSFIT = [*TINY, "callbacks=none", "fairness=erm", "crossfit.folds=3", "selection.constraints={demographic_parity: 0.05}"]
 
 
-def _fold_mixture(cfg, folds, tmp_path):
-    """A FoldMixture of freshly built fold modules, to load a job's crossfit.pt into."""
-    from omegaconf import open_dict
-
+def _fold_mixture(cfg, folds):
+    """A FoldMixture of freshly built fold modules, to load a job's crossfit.pt into (what
+    `load_crossfit` does from a job directory's saved config)."""
     from fair_lightning.crossfit import FoldMixture
+    from fair_lightning.train import build_module, fold_config
 
-    modules = []
-    for k in range(folds):
-        fold = cfg.copy()
-        with open_dict(fold):
-            fold.data.cv_folds, fold.data.cv_fold, fold.crossfit.folds = folds, k, 0
-        parts = build(fold, tmp_path / "fresh" / str(k))
-        modules.append(parts.module)
-    return FoldMixture(modules), parts.datamodule
+    data = _instantiate_data(fold_config(cfg, folds, 0))
+    return FoldMixture([build_module(cfg, data)[1] for _ in range(folds)]), data
+
+
+def _instantiate_data(cfg):
+    from hydra.utils import instantiate
+
+    data = instantiate(cfg.data, _convert_="all")
+    data.setup("fit")
+    return data
 
 
 def test_crossfit_job_tests_the_fold_mixture_and_reports_the_out_of_fold_rows(tmp_path):
@@ -420,7 +422,7 @@ def test_crossfit_job_tests_the_fold_mixture_and_reports_the_out_of_fold_rows(tm
     assert record["val_dp_difference"] <= 0.05 + 1e-9
     assert crossfit["saved"] == str(tmp_path / "crossfit.pt")
     # test: the saved mixture's decisions on the test split
-    mixture, dm = _fold_mixture(cfg, 3, tmp_path)
+    mixture, dm = _fold_mixture(cfg, 3)
     mixture.load_state_dict(torch.load(tmp_path / "crossfit.pt", weights_only=True))
     assert mixture.thresholds.tolerance == 0.05 and mixture.thresholds.min_count == 10
     x, y, g = dm.test_tensors
@@ -466,3 +468,36 @@ def test_crossfit_job_refuses_what_it_cannot_do_by_name(overrides, match, tmp_pa
     base = [o for o in CROSSFIT if not (own and o.startswith("selection.constraints"))]
     with pytest.raises(ValueError, match=match):
         run(_compose([*base, *overrides]), tmp_path)
+
+
+def test_a_cross_fit_job_directory_loads_back_into_its_fold_mixture(tmp_path):
+    """What a cross-fit job trained is not lost: `load_crossfit(job_dir)` rebuilds the fold
+    mixture from the job's own config and crossfit.pt, and it decides the test split as the job
+    measured it."""
+    from fair_lightning.functional import group_sums
+    from fair_lightning.train import load_crossfit
+
+    job = tmp_path / "job"
+    done = subprocess.run(
+        [sys.executable, "-m", "fair_lightning.train", *CROSSFIT, f"hydra.run.dir={job}"],
+        capture_output=True, text=True, env=_env(), timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((job / "metrics.json").read_text())
+    mixture, data = load_crossfit(job)
+    assert mixture.folds == 3 and not mixture.training and mixture.thresholds.tolerance == 0.05
+    x, y, g = data.test_tensors
+    decisions = mixture.predict(x, g)
+    sums = group_sums(decisions.double(), y.double(), g, 2)
+    rates = (sums.pred / sums.count).tolist()
+    assert record["test_accuracy"] == pytest.approx(float((decisions == y).float().mean()), abs=1e-6)
+    assert record["test_dp_difference"] == pytest.approx(abs(rates[0] - rates[1]), abs=1e-6)
+    # not a cross-fit job, or not a job directory at all: said so
+    plain = tmp_path / "plain"
+    (plain / ".hydra").mkdir(parents=True)
+    (plain / ".hydra" / "config.yaml").write_text((job / ".hydra" / "config.yaml").read_text().replace("folds: 3", "folds: 0"))
+    (plain / "crossfit.pt").write_bytes((job / "crossfit.pt").read_bytes())
+    with pytest.raises(ValueError, match="holds a job with crossfit.folds=0, not a cross-fit job"):
+        load_crossfit(plain)
+    with pytest.raises(FileNotFoundError, match=r"must be a cross-fit job's directory holding .hydra/config.yaml"):
+        load_crossfit(tmp_path / "nowhere")
