@@ -952,10 +952,13 @@ class FairLightningModule(pl.LightningModule):
         """The group thresholds' 0/1 decisions, on the probabilities they were fitted on
         (calibrated, or the model's own)."""
         thresholds = self.prediction_thresholds
-        # float64 as when they were fitted (validation_probabilities): a float32 sigmoid can move a
-        # score that sits on a threshold to the other side of it
-        probs = self._calibrated_probs(logits, groups) if getattr(thresholds, "calibrated", False) else torch.sigmoid(logits.double())
-        return thresholds.apply(probs.to(torch.float64), groups)
+        # float64 as when they were fitted (validation_probabilities, then the calibrator's
+        # transform_probabilities): a float32 sigmoid can move a score that sits on a threshold to
+        # the other side of it
+        probs = torch.sigmoid(logits.double())
+        if getattr(thresholds, "calibrated", False) and self.prediction_calibrator is not None:
+            probs = self.prediction_calibrator.transform_probabilities(probs, groups)
+        return thresholds.apply(probs, groups)
 
     def _predict_classes(self, logits: Tensor, groups: Tensor | None) -> Tensor:
         if self.prediction_thresholds is not None:

@@ -411,3 +411,36 @@ def test_predict_step_thresholds_the_probabilities_the_thresholds_were_fitted_on
     module.prediction_thresholds = thresholds
     decided = module.predict_step((logits[:, None], labels.float(), groups), 0)
     assert decided.tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("method", ["platt", "temperature"])
+def test_predict_step_calibrates_before_thresholds_as_the_callback_fitted_them(method):
+    """Thresholds fitted after group calibration (GroupThresholdCallback) see the calibrator's
+    ``transform_probabilities`` of float64 probabilities; predict_step applies the same, so two
+    logits one float32 ulp apart stay on either side of a threshold between them."""
+    from fair_lightning.calibration import GroupFairnessCalibrator
+    from fair_lightning.module import FairLightningModule
+
+    class Identity(torch.nn.Module):
+        def forward(self, x):
+            return x[:, 0]
+
+    gen = torch.Generator().manual_seed(1)
+    fit_logits = torch.randn(2000, generator=gen, dtype=torch.float64)
+    fit_groups = torch.randint(0, 2, (2000,), generator=gen)
+    fit_labels = (torch.rand(2000, generator=gen, dtype=torch.float64) < torch.sigmoid(1.5 * fit_logits)).long()
+    scores = fit_logits if method == "temperature" else torch.sigmoid(fit_logits)
+    calibrator = GroupFairnessCalibrator(method, num_groups=2).fit(scores, fit_labels, fit_groups)
+
+    low = torch.tensor(0.3, dtype=torch.float32)
+    logits = torch.stack([low, torch.nextafter(low, torch.tensor(1.0))])
+    groups, labels = torch.zeros(2, dtype=torch.long), torch.tensor([0, 1])
+    calibrated = calibrator.transform_probabilities(torch.sigmoid(logits.double()), groups)
+    assert calibrated[0] < calibrated[1]
+    thresholds = GroupThresholds.shared(float(calibrated.mean()), calibrated, labels, groups, 2)
+    thresholds.calibrated = True
+    module = FairLightningModule(Identity(), num_groups=2)
+    module.prediction_calibrator = calibrator
+    module.prediction_thresholds = thresholds
+    decided = module.predict_step((logits[:, None], labels.float(), groups), 0)
+    assert decided.tolist() == [0.0, 1.0]

@@ -418,6 +418,16 @@ class GroupFairnessCalibrator(BaseEstimator):
                 f"This {type(self).__name__} instance is not fitted yet: call `fit` (or `load_state_dict`) first."
             )
 
+    def transform_probabilities(self, probs: Tensor, groups: Any = None) -> Tensor:
+        """Calibrated float64 probabilities of a binary classifier's float64 probabilities ``probs``,
+        whatever the method: a ``"temperature"`` calibrator gets their logits (``probs`` clamped to
+        ``[1e-15, 1 - 1e-15]``). What group thresholds fitted after calibration are fitted on
+        (:class:`~fair_lightning.callbacks.GroupThresholdCallback`) and applied to
+        (``FairLightningModule.predict_step``): one computation, so that both see the same numbers."""
+        probs = torch.as_tensor(probs).double()
+        scores = torch.logit(probs.clamp(1e-15, 1 - 1e-15)) if self.method == "temperature" else probs
+        return torch.as_tensor(self.transform(scores, groups)).double()
+
     def transform(self, scores: Any, groups: Any = None) -> Tensor | np.ndarray:
         """Calibrated probabilities: each score through its group's map.
 

@@ -153,11 +153,7 @@ class GroupThresholdCallback(CollectsValidationRows):
         calibrator = getattr(pl_module, "prediction_calibrator", None)
         if not self.use_calibrator or calibrator is None:
             return probs
-        if getattr(calibrator, "method", None) == "temperature":  # a temperature calibrator takes logits
-            scores = torch.logit(probs.double().clamp(1e-15, 1 - 1e-15))
-        else:
-            scores = probs.double()
-        return torch.as_tensor(calibrator.transform(scores, groups)).double()
+        return calibrator.transform_probabilities(probs, groups)
 
     _batch_rows = _scores  # what the validation hooks keep (CollectsValidationRows)
 
