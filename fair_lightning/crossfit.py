@@ -381,7 +381,7 @@ def cross_fit(
     # a copy: the caller's GroupThresholds stays as it was given
     fitted = GroupThresholds.from_state_dict(thresholds.state_dict()).fit(scores, labels, groups, G)
     mixture = FoldMixture(models, fitted, assignment=assignment, seed=seed)
-    mixture.report = _report(fitted, scores, labels, groups, sizes, confidence)
+    mixture.report = _report(fitted, sizes, confidence)
     mixture.report.update(scores=scores, labels=labels, groups=groups)
     if assignment == "hash" and all(share is not None for share in shares):
         # how the hash deals the out-of-fold rows (new data like them) to the fold models: the
@@ -391,9 +391,10 @@ def cross_fit(
     return mixture
 
 
-def _report(thresholds: GroupThresholds, scores: Tensor, labels: Tensor, groups: Tensor, sizes: list[int], confidence: float) -> dict[str, Any]:
-    """What the mixture does on the pooled out-of-fold rows (its expected decisions)."""
-    sums = thresholds.expected_sums(scores, labels, groups)
+def _report(thresholds: GroupThresholds, sizes: list[int], confidence: float) -> dict[str, Any]:
+    """What the mixture does on the pooled out-of-fold rows: its expected decisions there are the
+    ones the thresholds were fitted to (``fit_sums_``)."""
+    sums = thresholds.fit_sums_
     verdict = constraint_holds(
         judged_sums(sums, thresholds.constraint, thresholds.min_count), thresholds.constraint, thresholds.tolerance, confidence
     )

@@ -506,7 +506,9 @@ def crossfit_job(job):
     base = {"case": case, "seed": seed, "definition": definition, "seconds": seconds, "folds": folds}
     rows = []
     for tol in tolerances:
-        thr = GroupThresholds(definition, tolerance=tol, min_count=MIN_COUNT).fit(scores, y.long(), g, G)
+        # the mixture's own thresholds at the first tolerance; refitted on the same scores at the others
+        thr = mixture.thresholds if tol == tolerances[0] else GroupThresholds(
+            definition, tolerance=tol, min_count=MIN_COUNT).fit(scores, y.long(), g, G)
         fitted = summarize(thr.predict(scores, g).numpy(), y, g, G, definition)
         for name, test in (("erm+crossfit", mixed), ("erm+cf-thr", test_scores[0]), ("erm+cf-ens-thr", test_scores.mean(0))):
             rows.append({**base, "method": name, "tolerance": tol, "val": fitted,
