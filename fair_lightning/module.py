@@ -62,7 +62,7 @@ from fair_lightning.losses import (
     cross_entropy_with_logits,
 )
 from fair_lightning.methods import ERM, METHODS, FairnessMethod, make_method
-from fair_lightning.methods._base import check_number
+from fair_lightning.methods._base import check_number, own_shared_tensors
 from fair_lightning.metrics import fairness_metrics
 from fair_lightning.metrics_multiclass import multiclass_fairness_metrics
 from fair_lightning.metrics_regression import regression_fairness_metrics
@@ -851,6 +851,12 @@ class FairLightningModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # unpickled in a ``ddp_spawn`` worker: its metric states and running sums are still the
+        # parent's shared-memory tensors, one copy for all ranks (see ``own_shared_tensors``)
+        super().__setstate__(state)
+        own_shared_tensors(self)
 
     def setup(self, stage: str) -> None:
         """Regression: refuse the classifiers' callbacks; the bins of ``val/cdf_gap`` from the

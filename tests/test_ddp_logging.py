@@ -113,3 +113,66 @@ def test_every_logged_epoch_value_equals_single_process(tmp_path, task, mode):
     for key in epoch_keys:
         for rank, values in enumerate(ranks):
             assert values[key] == pytest.approx(single[key], rel=1e-6, abs=1e-7), (key, rank, values[key], single[key])
+
+
+class _DumpTest(pl.Callback):
+    def __init__(self, out_dir: str, tag: str) -> None:
+        self.out_dir, self.tag = out_dir, tag
+
+    def on_test_end(self, trainer, pl_module):
+        values = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        torch.save(values, os.path.join(self.out_dir, f"{self.tag}{trainer.global_rank}.pt"))
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("task", ["binary", "regression"])
+def test_first_evaluation_after_spawn_counts_every_row_once(tmp_path, task):
+    """``ddp_spawn`` hands the workers a module whose metric states sit in shared memory; unless
+    each rank takes its own copy, both ranks add into one tensor and the first evaluation counts
+    every row twice (the rates, ratios of doubled sums, looked right; counts and intervals did not)."""
+    data = _data(task)
+    single = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[_DumpTest(str(tmp_path), "single")])
+    single.test(_module("erm", task), DataLoader(data, batch_size=2 * LOCAL_BATCH), verbose=False)
+    ddp = pl.Trainer(strategy="ddp_spawn", accelerator="cpu", devices=2, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, use_distributed_sampler=False,
+                     callbacks=[_DumpTest(str(tmp_path), "ddp"), DestroyProcessGroup()])
+    module = _module("erm", task)
+    ddp.test(module, DataLoader(data, batch_sampler=_RankBlocks()), verbose=False)
+    expected = torch.load(tmp_path / "single0.pt")
+    counts = [k for k in expected if k.startswith("test/count/")]
+    assert counts and sum(expected[k] for k in counts) == N
+    if task == "binary":
+        assert "test/dp_difference_ci_high" in expected
+    for rank in range(2):
+        values = torch.load(tmp_path / f"ddp{rank}.pt")
+        assert values.keys() == expected.keys()
+        for key, value in expected.items():
+            assert values[key] == pytest.approx(value, rel=1e-6, abs=1e-7, nan_ok=True), (key, rank)
+    # the calling process's module is untouched by the workers' evaluation
+    assert float(module.test_loss.weight) == 0.0
+
+
+def test_own_shared_tensors_copies_states_and_keeps_shared_references():
+    from fair_lightning.methods._base import own_shared_tensors
+
+    module = _module("erm")
+    metrics = module.test_metrics
+    metrics.update(torch.randn(10), torch.randint(0, 2, (10,)), torch.randint(0, 2, (10,)))  # forms compute groups
+    members = dict(metrics.items(keep_base=True, copy_state=False))  # plain indexing would copy the states
+    group, dp = members["group"], members["dp_difference"]
+    assert group.count is dp.count  # one state for the compute group
+    before = group.count.clone()
+    weight = module.model[0].weight
+    for sub in module.modules():
+        for value in vars(sub).values():
+            if isinstance(value, torch.Tensor):
+                value.share_memory_()
+    weight.share_memory_()  # parameters are Lightning's to copy; left alone
+    assert group.count.is_shared() and module._val_moments.is_shared()
+    assert own_shared_tensors(module) > 0
+    assert not group.count.is_shared() and not module._val_moments.is_shared()
+    assert group.count is dp.count  # still one state
+    torch.testing.assert_close(group.count, before)
+    assert module.model[0].weight is weight and weight.is_shared()
+    assert own_shared_tensors(module) == 0  # nothing left to copy

@@ -41,6 +41,41 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
+def own_shared_tensors(module: nn.Module) -> int:
+    """Give this process its own copy of every tensor of ``module`` (and its submodules) that
+    lives in shared memory and is neither a parameter nor a buffer; returns how many it copied.
+
+    ``torch.multiprocessing.spawn`` moves every tensor it sends to a child process into shared
+    memory, so under Lightning's ``ddp_spawn`` on CPU the ranks' copies of a module start out as
+    *one* tensor. Lightning gives each rank its own parameters and buffers, but not the other
+    tensors a module holds: torchmetrics states, running sums kept as plain attributes. Each
+    rank's in-place update then lands in the others' as well (2-process ``trainer.test`` counted
+    every row twice). Tensors that were one object stay one object (torchmetrics' compute groups
+    share states by reference).
+    """
+    copies: dict[int, Tensor] = {}
+
+    def own(value: Any) -> Any:
+        if isinstance(value, Tensor) and not isinstance(value, nn.Parameter) and value.is_shared():
+            if id(value) not in copies:
+                copies[id(value)] = value.detach().clone()
+            return copies[id(value)]
+        if isinstance(value, list) and any(isinstance(v, Tensor) for v in value):
+            return [own(v) for v in value]
+        return value
+
+    for sub in module.modules():
+        for name, value in list(vars(sub).items()):
+            if name.startswith("__") or name in ("_parameters", "_buffers", "_modules"):
+                continue
+            owned = own(value)
+            if owned is not value:
+                object.__setattr__(sub, name, owned)
+        for name, value in list(getattr(sub, "_defaults", {}).items()):  # torchmetrics' reset() clones these
+            sub._defaults[name] = own(value)
+    return len(copies)
+
+
 def register_method(name: str):
     """Class decorator: make a :class:`FairnessMethod` available as ``mode=name``."""
 
