@@ -978,17 +978,45 @@ class FairLightningModule(pl.LightningModule):
         return calibrator.transform(logits, groups)
 
     # ------------------------------------------------------------------ checkpointing
+    def get_extra_state(self) -> dict[str, Any]:
+        """The fitted post-processing (``prediction_calibrator``, ``prediction_thresholds``) as
+        plain tensors and numbers: it is part of ``state_dict()``, so it travels with the weights
+        into checkpoints, ``torch.save(module.state_dict())`` files (``weights_only=True`` reads
+        them) and from a ``ddp_spawn`` worker back to the calling process."""
+        state: dict[str, Any] = {"version": 1}
+        for key, value in (("calibrator", self.prediction_calibrator), ("thresholds", self.prediction_thresholds)):
+            state[key] = value.state_dict() if value is not None and hasattr(value, "state_dict") else None
+        return state
+
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, Mapping) or not {"calibrator", "thresholds"} <= set(state):
+            raise ValueError(
+                "the state_dict's `_extra_state` must be FairLightningModule.get_extra_state()'s mapping with "
+                f"'calibrator' and 'thresholds', got {type(state).__name__}"
+            )
+        from fair_lightning.calibration import GroupFairnessCalibrator
+        from fair_lightning.postprocessing import GroupThresholds
+
+        calibrator, thresholds = state["calibrator"], state["thresholds"]
+        self.prediction_calibrator = None if calibrator is None else GroupFairnessCalibrator.from_state_dict(calibrator)
+        self.prediction_thresholds = None if thresholds is None else GroupThresholds.from_state_dict(thresholds)
+
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, *args: Any) -> None:
+        missing_keys = args[2]
+        before = len(missing_keys)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        key = prefix + "_extra_state"
+        if key in missing_keys[before:]:
+            # weights saved before the post-processing was part of state_dict (or a selection
+            # snapshot of the weights alone): the calibrator and thresholds are left as they are
+            missing_keys.remove(key)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state: dict[str, Any] = {"version": 2, "mode": self.mode}
+        # version 3: the calibrator and thresholds are in the state_dict (get_extra_state)
+        state: dict[str, Any] = {"version": 3, "mode": self.mode}
         # the running epoch means: a checkpoint taken mid-epoch resumes them (Lightning does not
         # call on_train_epoch_start on a mid-epoch restart)
         state["epoch_sums"] = {k: v.detach().clone() for k, v in self._epoch_sums.items()}
-        calibrator = self.prediction_calibrator
-        if calibrator is not None and hasattr(calibrator, "state_dict"):
-            state["calibrator"] = calibrator.state_dict()
-        thresholds = self.prediction_thresholds
-        if thresholds is not None and hasattr(thresholds, "state_dict"):
-            state["thresholds"] = thresholds.state_dict()
         checkpoint["fair_lightning"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -997,6 +1025,7 @@ class FairLightningModule(pl.LightningModule):
         if state.get("version", 1) < 2 and isinstance(weights, dict):
             _upgrade_v1_state_dict(weights)
         self._epoch_sums = {k: v.clone() for k, v in state.get("epoch_sums", {}).items()}
+        # version 2 kept the post-processing here (version 3: in the state_dict, loaded after this hook)
         if state.get("calibrator") is not None:
             from fair_lightning.calibration import GroupFairnessCalibrator
 

@@ -122,8 +122,14 @@ def test_checkpoint_round_trip_gives_identical_calibrated_predictions(tmp_path, 
     loaded = FairLightningModule.load_from_checkpoint(path, model=_module().model)
     assert loaded.prediction_calibrator is not None
     torch.testing.assert_close(torch.cat(_trainer().predict(loaded, test)), expected, rtol=0, atol=0)
+    # the module's state_dict carries it too (torch.save(module.state_dict()) keeps the calibrator)
+    plain = _module()
+    plain.load_state_dict(raw["state_dict"])
+    assert plain.prediction_calibrator is not None
+    torch.testing.assert_close(torch.cat(_trainer().predict(plain, test)), expected, rtol=0, atol=0)
     bare = _module()
-    bare.load_state_dict(raw["state_dict"])  # weights alone: uncalibrated, and visibly so
+    weights = {k: v for k, v in raw["state_dict"].items() if k != "_extra_state"}
+    bare.load_state_dict(weights)  # weights alone (as saved before 0.2): uncalibrated, and visibly so
     assert bare.prediction_calibrator is None
     assert not torch.allclose(torch.cat(_trainer().predict(bare, test)), expected)
 

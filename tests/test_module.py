@@ -354,3 +354,56 @@ def test_constraint_state_names_each_multiplier():
     torch.testing.assert_close(torch.tensor(state["violation_hard"].to_numpy()), module.multipliers.hard_violations().double())
     with pytest.raises(ValueError, match="`constraint_state` needs a constrained method"):
         FairLightningModule(_mlp(), num_groups=2, mode="penalty").constraint_state()
+
+
+def test_state_dict_carries_the_post_processing(tmp_path):
+    """Group thresholds and a calibrator are part of ``state_dict()``: a plain
+    ``torch.save(module.state_dict())`` file (read with ``weights_only=True``) restores the same
+    decisions; weights saved without them load and leave the post-processing as it is."""
+    from fair_lightning.calibration import GroupFairnessCalibrator
+    from fair_lightning.postprocessing import GroupThresholds
+
+    gen = torch.Generator().manual_seed(0)
+    probs, groups = torch.rand(400, generator=gen, dtype=torch.float64), torch.randint(0, 2, (400,), generator=gen)
+    labels = (torch.rand(400, generator=gen, dtype=torch.float64) < probs).long()
+    module = FairLightningModule(nn.Linear(3, 1), num_groups=2)
+    assert module.state_dict()["_extra_state"] == {"version": 1, "calibrator": None, "thresholds": None}
+    module.prediction_calibrator = GroupFairnessCalibrator("platt", num_groups=2).fit(probs, labels, groups)
+    module.prediction_thresholds = GroupThresholds("demographic_parity", 0.02).fit(probs, labels, groups, 2)
+    torch.save(module.state_dict(), tmp_path / "weights.pt")
+    loaded = FairLightningModule(nn.Linear(3, 1), num_groups=2)
+    loaded.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True))
+    torch.testing.assert_close(loaded.prediction_thresholds.predict(probs, groups),
+                               module.prediction_thresholds.predict(probs, groups))
+    torch.testing.assert_close(loaded.prediction_calibrator.transform_probabilities(probs, groups),
+                               module.prediction_calibrator.transform_probabilities(probs, groups))
+    x = torch.randn(8, 3)
+    torch.testing.assert_close(loaded(x), module(x))
+    # weights alone load strictly and keep what the module has
+    weights = {k: v for k, v in module.state_dict().items() if k != "_extra_state"}
+    loaded.load_state_dict(weights)
+    assert loaded.prediction_thresholds is not None
+    # a saved "none" clears it
+    loaded.load_state_dict(FairLightningModule(nn.Linear(3, 1), num_groups=2).state_dict())
+    assert loaded.prediction_thresholds is None and loaded.prediction_calibrator is None
+    with pytest.raises(ValueError, match="`_extra_state` must be FairLightningModule.get_extra_state"):
+        loaded.load_state_dict({**weights, "_extra_state": {"thresholds": None}})
+
+
+def test_a_version_2_checkpoint_still_restores_its_thresholds():
+    """Checkpoints before the post-processing moved into ``state_dict`` kept it under
+    ``checkpoint["fair_lightning"]``; Lightning calls ``on_load_checkpoint`` and then loads the
+    weights strictly."""
+    from fair_lightning.postprocessing import GroupThresholds
+
+    gen = torch.Generator().manual_seed(1)
+    probs, groups = torch.rand(300, generator=gen, dtype=torch.float64), torch.randint(0, 2, (300,), generator=gen)
+    labels = (torch.rand(300, generator=gen, dtype=torch.float64) < probs).long()
+    fitted = GroupThresholds("demographic_parity", 0.05).fit(probs, labels, groups, 2)
+    source = FairLightningModule(nn.Linear(3, 1), num_groups=2)
+    weights = {k: v for k, v in source.state_dict().items() if k != "_extra_state"}
+    checkpoint = {"state_dict": weights, "fair_lightning": {"version": 2, "mode": "erm", "thresholds": fitted.state_dict()}}
+    module = FairLightningModule(nn.Linear(3, 1), num_groups=2)
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"], strict=True)
+    torch.testing.assert_close(module.prediction_thresholds.predict(probs, groups), fitted.predict(probs, groups))

@@ -418,3 +418,81 @@ def test_checkpoint_resume_keeps_the_thresholds_judgement(tmp_path):
     probs = torch.sigmoid(module_a(x, groups)).double()
     torch.testing.assert_close(module_b.prediction_thresholds.predict(probs, groups),
                                module_a.prediction_thresholds.predict(probs, groups))
+
+
+class _SaveReturned(pl.Callback):
+    """Rank 0's returned model at the end of fit: weights and group thresholds."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_fit_end(self, trainer, pl_module):
+        if trainer.global_rank == 0:
+            thresholds = pl_module.prediction_thresholds
+            torch.save({"weights": {k: v.clone() for k, v in pl_module.model.state_dict().items()},
+                        "thresholds": None if thresholds is None else thresholds.state_dict()}, self.path)
+
+
+@pytest.mark.ddp
+def test_ddp_spawn_returns_the_selected_thresholds_to_the_calling_process(tmp_path):
+    """Under ``ddp_spawn`` only ``state_dict()`` comes back from the workers: a FairLightningModule's
+    group thresholds are part of it, so the calling process's module predicts with the selected
+    epoch's weights *and* thresholds (they were lost before)."""
+    from fair_lightning.module import FairLightningModule
+
+    x, y, groups = _data()
+    data = TensorDataset((x + 0.8 * groups).unsqueeze(1), y, groups)  # an unfair feature
+    torch.manual_seed(0)
+    module = FairLightningModule(torch.nn.Linear(1, 1), num_groups=2, lr=0.05, grad_ratio_every_n_steps=0)
+    selection = ConstrainedModelSelection([("demographic_parity", 0.02)], thresholds=True)
+    trainer = _trainer(tmp_path, [selection, _SaveReturned(tmp_path / "rank0.pt"), DestroyProcessGroup()], epochs=2,
+                       enable_checkpointing=False, strategy="ddp_spawn", accelerator="cpu", devices=2)
+    trainer.fit(module, DataLoader(data, batch_size=100), DataLoader(data, batch_size=100))
+    worker = torch.load(tmp_path / "rank0.pt")
+    assert worker["thresholds"] is not None
+    assert module.prediction_thresholds is not None
+    returned = module.prediction_thresholds.state_dict()
+    assert returned.keys() == worker["thresholds"].keys()
+    for key, value in worker["thresholds"].items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(returned[key], value, rtol=0, atol=0)
+        else:
+            assert returned[key] == value, key
+    for key, value in worker["weights"].items():
+        torch.testing.assert_close(module.model.state_dict()[key], value, rtol=0, atol=0)
+
+
+class _CatchWarnings(pl.Callback):
+    """Records the warnings of fit in the worker (a worker's warnings never reach the caller)."""
+
+    def on_fit_start(self, trainer, pl_module):
+        import warnings
+
+        self.catcher = warnings.catch_warnings(record=True)
+        self.caught = self.catcher.__enter__()
+        warnings.simplefilter("always")
+
+
+class _SaveCaught(pl.Callback):
+    """After the callbacks before it ended fit: rank 0 saves what ``catch`` recorded."""
+
+    def __init__(self, catch, path):
+        self.catch, self.path = catch, path
+
+    def on_fit_end(self, trainer, pl_module):
+        self.catch.catcher.__exit__(None, None, None)
+        if trainer.global_rank == 0:
+            torch.save([str(w.message) for w in self.catch.caught], self.path)
+
+
+@pytest.mark.ddp
+def test_ddp_spawn_warns_that_a_plain_modules_thresholds_stay_in_the_worker(tmp_path):
+    catch = _CatchWarnings()
+    selection = ConstrainedModelSelection([("demographic_parity", 0.05)], thresholds=True)
+    callbacks = [catch, selection, _SaveCaught(catch, tmp_path / "warnings.pt"), DestroyProcessGroup()]
+    trainer = _trainer(tmp_path, callbacks, enable_checkpointing=False, strategy="ddp_spawn", accelerator="cpu", devices=2)
+    module = Oscillating()
+    trainer.fit(module, *_loaders())
+    messages = torch.load(tmp_path / "warnings.pt")
+    assert any("only the weights (state_dict) come back to the process that called fit" in m for m in messages), messages
+    assert getattr(module, "prediction_thresholds", None) is None  # what the warning says

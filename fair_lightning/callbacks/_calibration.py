@@ -12,7 +12,15 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from fair_lightning.callbacks._outputs import CollectsValidationRows, ValidationRows, evaluation_outputs, group_names, num_groups_of, reduce_sum
+from fair_lightning.callbacks._outputs import (
+    CollectsValidationRows,
+    ValidationRows,
+    evaluation_outputs,
+    group_names,
+    num_groups_of,
+    reduce_sum,
+    warn_if_left_in_worker,
+)
 from fair_lightning.calibration import METHODS, MULTICLASS_METHODS, GroupFairnessCalibrator
 from fair_lightning.functional import Rate, calibration_error_from_sums, calibration_sums
 from fair_lightning.functional._calibration import calibration_error_summary
@@ -206,6 +214,7 @@ class GroupCalibrationCallback(CollectsValidationRows):
             params = self._calibrator_params(num_groups, self._datamodule_spec(trainer, num_groups))
             self.calibrator = GroupFairnessCalibrator(**params).fit(scores, target, groups)
         self._attach(pl_module)
+        warn_if_left_in_worker(trainer, pl_module, "GroupCalibrationCallback set `prediction_calibrator`")
         names = group_names(pl_module, num_groups)
         errors = self.calibrator.calibration_error_
         return _ece_metrics("calibration/ece_", names, errors["before"], errors["after"])

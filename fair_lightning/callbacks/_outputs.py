@@ -12,6 +12,29 @@ from torch import Tensor
 from typing_extensions import override
 
 
+def warn_if_left_in_worker(trainer: pl.Trainer, pl_module: pl.LightningModule, what: str) -> None:
+    """Warn (rank zero) when ``what``, set on a module that is not a ``FairLightningModule``, stays
+    in a worker process: under a spawning strategy (``ddp_spawn``) only ``state_dict()`` and
+    ``callback_metrics`` come back to the calling process. A ``FairLightningModule`` carries its
+    thresholds and calibrator in ``state_dict()``."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    from fair_lightning.module import FairLightningModule
+
+    if isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher) and not isinstance(
+        pl_module, FairLightningModule
+    ):
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn(
+            f"{what} on {type(pl_module).__name__} in the worker processes of strategy={type(trainer.strategy).__name__}"
+            f"({trainer.strategy.launcher._start_method!r}): only the weights (state_dict) come back to the process "
+            "that called fit, so it will not have them; use strategy='ddp' (the script itself runs on every rank) or a "
+            "FairLightningModule, whose state_dict carries them",
+            category=UserWarning,
+        )
+
+
 def evaluation_outputs(
     pl_module: pl.LightningModule, outputs: Any, batch: Any, *, num_classes: int | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:

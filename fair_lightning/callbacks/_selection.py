@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from fair_lightning.callbacks._outputs import CollectsValidationRows, ValidationRows, evaluation_outputs
+from fair_lightning.callbacks._outputs import CollectsValidationRows, ValidationRows, evaluation_outputs, warn_if_left_in_worker
 from fair_lightning.callbacks._thresholds import validation_probabilities
 from fair_lightning.functional import GroupSums, Rate, confusion_counts, constraint_holds, rate_difference
 from fair_lightning.functional._fairness import group_rate_table
@@ -122,11 +122,17 @@ def _is_regression(pl_module: pl.LightningModule) -> bool:
     return getattr(pl_module, "task", None) == "regression"
 
 
-def _snapshot(state: Mapping[str, Any]) -> dict[str, Any]:
-    """A CPU copy of a ``state_dict`` (tensors cloned; extra states such as optimizer dicts deep-copied)."""
+def _snapshot(pl_module: pl.LightningModule) -> dict[str, Any]:
+    """A CPU copy of the module's ``state_dict`` (tensors cloned; extra states such as optimizer
+    dicts deep-copied), without a ``FairLightningModule``'s own post-processing (its top-level
+    ``_extra_state``): the selection restores weights, and sets the thresholds it judged them with."""
     import copy
 
-    return {k: v.detach().cpu().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in state.items()}
+    from fair_lightning.module import FairLightningModule
+
+    drop = "_extra_state" if isinstance(pl_module, FairLightningModule) else None
+    state = pl_module.state_dict()
+    return {k: v.detach().cpu().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in state.items() if k != drop}
 
 
 class ConstrainedModelSelection(CollectsValidationRows):
@@ -544,7 +550,7 @@ class ConstrainedModelSelection(CollectsValidationRows):
 
     def _keep(self, record: dict[str, Any], pl_module: pl.LightningModule) -> None:
         self.records.append(record)
-        self.snapshots[len(self.records) - 1] = _snapshot(pl_module.state_dict())
+        self.snapshots[len(self.records) - 1] = _snapshot(pl_module)
         if self._fitted is not None:
             self.threshold_states[len(self.records) - 1] = self._fitted
         self._prune()
@@ -637,6 +643,7 @@ class ConstrainedModelSelection(CollectsValidationRows):
                 from fair_lightning.postprocessing import GroupThresholds
 
                 pl_module.prediction_thresholds = GroupThresholds.from_state_dict(self.threshold_states[self.best_index])
+                warn_if_left_in_worker(trainer, pl_module, "ConstrainedModelSelection set `prediction_thresholds`")
         last = self.records[-1]
         rank_zero_info(
             f"ConstrainedModelSelection: {'restored' if self.restore else 'chose'} epoch {self.best_epoch}: {self.reason}"

@@ -12,7 +12,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from fair_lightning._verdicts import one_class
-from fair_lightning.callbacks._outputs import CollectsValidationRows, ValidationRows, evaluation_outputs
+from fair_lightning.callbacks._outputs import CollectsValidationRows, ValidationRows, evaluation_outputs, warn_if_left_in_worker
 from fair_lightning.postprocessing import GroupThresholds
 
 STATE_VERSION = 1
@@ -180,6 +180,7 @@ class GroupThresholdCallback(CollectsValidationRows):
         # predict_step calibrates before thresholding only when the thresholds were fitted so
         self.thresholds.calibrated = bool(self.use_calibrator and getattr(pl_module, "prediction_calibrator", None) is not None)
         setattr(pl_module, ATTRIBUTE, self.thresholds)
+        warn_if_left_in_worker(trainer, pl_module, "GroupThresholdCallback set `prediction_thresholds`")
         t = self.thresholds
         rank_zero_info(
             f"GroupThresholdCallback: {self.constraint} thresholds fitted on {rows.shape[0]} validation rows: "
