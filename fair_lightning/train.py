@@ -214,6 +214,8 @@ def build(cfg: DictConfig, output_dir: str | os.PathLike) -> Components:
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from fair_lightning._fit_summary import FitSummary
+
     check_task(cfg)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")  # plain containers: checkpoints load with weights_only
     datamodule.setup("fit")
@@ -222,6 +224,8 @@ def build(cfg: DictConfig, output_dir: str | os.PathLike) -> Components:
     loggers = _instantiate_named(cfg.get("logger"), "logger", save_dir=str(output_dir))
     callbacks = _instantiate_named(cfg.get("callbacks"), "callbacks")
     callbacks += selection_callbacks(cfg, module)
+    # last: what the fit did, as seen where it ran (under ddp_spawn, in the workers)
+    callbacks.append(FitSummary(Path(output_dir) / ".fit_summary.json"))
     trainer = hydra.utils.instantiate(cfg.trainer, _partial_=True, _convert_="all")(
         default_root_dir=str(output_dir),
         logger=loggers if loggers else False,
@@ -446,12 +450,20 @@ def fit_and_test(trainer: Any, module: Any, datamodule: Any, ckpt_path: str | os
     callback restored another epoch, of the restored model. The raw logged values are under
     ``"metrics"``.
     """
+    from fair_lightning._fit_summary import FitSummary, fit_summary
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, FitSummary):
+            cb.reset()
     with _quiet():
         start = time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
         fit_seconds = time.perf_counter() - start
+        # epochs, steps and the selection as the process that trained saw them (ddp_spawn: the
+        # workers; this process's trainer and callbacks learn only the weights and metrics)
+        summary = dict(fit_summary(trainer))
         raw = {k: _float(v) for k, v in trainer.callback_metrics.items()}
-        if any(getattr(cb, "restore", False) and getattr(cb, "best_index", None) is not None for cb in trainer.callbacks):
+        if summary.pop("restored"):
             # a selection callback restored another epoch (and its thresholds): validate what is returned
             trainer.validate(module, datamodule=datamodule, verbose=False)
             raw.update({k: _float(v) for k, v in trainer.callback_metrics.items()})
@@ -460,10 +472,8 @@ def fit_and_test(trainer: Any, module: Any, datamodule: Any, ckpt_path: str | os
         test_seconds = time.perf_counter() - start
     raw.update({k: _float(v) for k, v in trainer.callback_metrics.items()})
     record = summarize_metrics(raw, list(datamodule.group_names))
-    record.update(selection_summary(trainer))
     record.update(
-        epochs=int(trainer.current_epoch),
-        global_step=int(trainer.global_step),
+        **summary,
         fit_seconds=fit_seconds,
         test_seconds=test_seconds,
         metrics=dict(sorted(raw.items())),
@@ -728,6 +738,7 @@ def run_crossfit(cfg: DictConfig, output_dir: Path, folds: int) -> dict[str, Any
     import lightning.pytorch as pl
     import torch
 
+    from fair_lightning._fit_summary import fit_summary
     from fair_lightning.crossfit import cross_fit
     from fair_lightning.postprocessing import GroupThresholds
 
@@ -773,10 +784,8 @@ def run_crossfit(cfg: DictConfig, output_dir: Path, folds: int) -> dict[str, Any
     dm = first.datamodule
     raw = _crossfit_metrics(cfg, output_dir, mixture, dm)
     record = summarize_metrics(raw, list(dm.group_names))
-    fold_selections = []
-    for k in range(folds):
-        summary = selection_summary(parts(k).trainer)
-        fold_selections.append(summary.get("selection"))
+    fold_fits = [fit_summary(parts(k).trainer) for k in range(folds)]  # as each fold's training process saw it
+    fold_selections = [summary.get("selection") for summary in fold_fits]
     fold_ckpts = [None if resumed.get(k) is None else str(resumed[k]) for k in range(folds)]
     test_seconds = raw.pop("_test_seconds")
     # each fold's checkpoint it resumed from (None for a fold that started afresh), or None
@@ -787,13 +796,13 @@ def run_crossfit(cfg: DictConfig, output_dir: Path, folds: int) -> dict[str, Any
         crossfit={
             **{key: value for key, value in report.items() if key not in ("scores", "labels", "groups")},
             "folds_selection": fold_selections,
-            "epochs_per_fold": [int(parts(k).trainer.current_epoch) for k in range(folds)],
-            "global_step_per_fold": [int(parts(k).trainer.global_step) for k in range(folds)],
+            "epochs_per_fold": [summary["epochs"] for summary in fold_fits],
+            "global_step_per_fold": [summary["global_step"] for summary in fold_fits],
             "saved": str(output_dir / "crossfit.pt"),
         },
         # the largest fold's count (each fold's is in crossfit.epochs_per_fold), and all folds' steps
-        epochs=max(int(parts(k).trainer.current_epoch) for k in range(folds)),
-        global_step=sum(int(parts(k).trainer.global_step) for k in range(folds)),
+        epochs=max(summary["epochs"] for summary in fold_fits),
+        global_step=sum(summary["global_step"] for summary in fold_fits),
         fit_seconds=fit_seconds,
         test_seconds=test_seconds,
         metrics=dict(sorted(raw.items())),

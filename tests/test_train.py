@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -335,6 +336,27 @@ def test_lagrangian_job_selects_on_validation_with_thresholds_and_reports_interv
         assert 0.0 <= low <= record[f"{stage}_dp_difference"] <= high <= 1.0
     off = _compose([*TINY, "fairness=lagrangian_dp", "callbacks=none", "selection.enabled=false"])
     assert not [cb for cb in build(off, tmp_path).trainer.callbacks if isinstance(cb, ConstrainedModelSelection)]
+
+
+@pytest.mark.ddp
+def test_a_ddp_spawn_job_records_what_the_workers_did(tmp_path):
+    """Under trainer.strategy=ddp_spawn the workers train; the record still has the epochs, the
+    steps and the selection they saw, the returned model carries the selected thresholds (its
+    validation metrics meet the tolerance), and every split row is counted once."""
+    cfg = _compose([*TINY, "fairness=lagrangian_dp", "fairness.tolerance=0.05", "callbacks=none", "trainer.max_epochs=2",
+                    "trainer.limit_val_batches=1.0", "trainer.limit_test_batches=1.0", "+trainer.strategy=ddp_spawn",
+                    "trainer.devices=2"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        record = run(cfg, tmp_path)
+    dm = build(cfg, tmp_path / "probe").datamodule
+    assert record["epochs"] == 2 and record["global_step"] > 0
+    assert record["selection"]["constraints"] == [["demographic_parity", 0.05]]
+    assert record["certified"] in ("holds", "uncertain", "violated")
+    assert record["val_dp_difference"] <= 0.05 + 1e-9  # the restored epoch with its thresholds, validated
+    assert sum(record["val_count_by_group"].values()) == len(dm.val_tensors[1])
+    assert sum(record["test_count_by_group"].values()) == len(dm.test_tensors[1])
+    assert not (tmp_path / ".fit_summary.json").exists()  # read and removed
 
 
 def test_stated_selection_constraints_turn_an_erm_job_into_post_processing(tmp_path):
