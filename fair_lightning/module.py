@@ -37,6 +37,8 @@ count.
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -715,16 +717,15 @@ class FairLightningModule(pl.LightningModule):
         if self._epoch_sums:
             names = sorted(self._epoch_sums)
             sums = self._reduce_sum(torch.stack([self._epoch_sums[n] for n in names]))  # one all-reduce
-            for name, (total, weight) in zip(names, sums):
-                self.log(f"{name}_epoch", (total / weight.clamp_min(1e-12)).float(), on_step=False, on_epoch=True)
+            _log_reduced(self, {f"{name}_epoch": (total / weight.clamp_min(1e-12)).float() for name, (total, weight) in zip(names, sums)})
         self._epoch_sums = {}
         if not self.automatic_optimization:
             self._step_schedulers("epoch")
         hard = getattr(self.method, "hard_violations", None)
         if hard is not None:
             values = hard()
-            if values.numel():
-                self.log("fairness/violation_hard_max_epoch", values.max().float(), on_step=False, on_epoch=True)
+            if values.numel():  # the method's hard violations are all-reduced sums
+                _log_reduced(self, {"fairness/violation_hard_max_epoch": values.max().float()})
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
@@ -791,7 +792,7 @@ class FairLightningModule(pl.LightningModule):
                     return math.sqrt(max(squares / n - (total / n) ** 2, 0.0))
 
                 self._val_prediction_std = (std(sp, spp), std(sy, syy))
-        self.log_dict(values, prog_bar=False)
+        _log_reduced(self, values)  # metrics' compute() synced them
         for m in (metrics, mse, mae, loss):
             m.reset()
 
@@ -820,7 +821,7 @@ class FairLightningModule(pl.LightningModule):
             count = float(predicted.sum())
             if stage == "val" and count > 0:
                 self._val_selection_share = (int(predicted.argmax()), float(predicted.max()) / count)
-        self.log_dict(values, prog_bar=False)
+        _log_reduced(self, values)  # metrics' compute() and _reduce_sum synced them
         for m in (metrics, accuracy, auroc, loss):
             m.reset()
 
@@ -1034,6 +1035,29 @@ class FairLightningModule(pl.LightningModule):
             from fair_lightning.postprocessing import GroupThresholds
 
             self.prediction_thresholds = GroupThresholds.from_state_dict(state["thresholds"])
+
+
+#: keys whose "use sync_dist=True" advice is already silenced (see ``_log_reduced``)
+_REDUCED_KEYS: set[str] = set()
+
+
+def _log_reduced(module: pl.LightningModule, values: Mapping[str, Tensor]) -> None:
+    """``module.log_dict(values)`` for epoch values that are already reduced across ranks (equal
+    on every rank). Under DDP Lightning advises ``sync_dist=True`` for each epoch-level tensor it
+    did not reduce itself; for these keys the advice does not apply (a second reduction would cost
+    one all-reduce per key to average equal numbers), so it is silenced for exactly these keys."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+        for key in values:
+            if key not in _REDUCED_KEYS:
+                _REDUCED_KEYS.add(key)
+                warnings.filterwarnings(
+                    "ignore", message=re.escape(f"It is recommended to use `self.log({key!r}, ..., sync_dist=True)`"),
+                    category=PossibleUserWarning,
+                )
+    module.log_dict(dict(values), prog_bar=False, on_step=False, on_epoch=True)
 
 
 def _infer_num_classes(model: nn.Module | None) -> int | None:

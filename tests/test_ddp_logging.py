@@ -116,12 +116,23 @@ def test_every_logged_epoch_value_equals_single_process(tmp_path, task, mode):
 
 
 class _DumpTest(pl.Callback):
+    """Each rank's test metrics, and the warnings raised while testing (they never reach the caller)."""
+
     def __init__(self, out_dir: str, tag: str) -> None:
         self.out_dir, self.tag = out_dir, tag
 
+    def on_test_start(self, trainer, pl_module):
+        import warnings
+
+        self.catcher = warnings.catch_warnings(record=True)
+        self.caught = self.catcher.__enter__()
+        warnings.simplefilter("always")
+
     def on_test_end(self, trainer, pl_module):
+        self.catcher.__exit__(None, None, None)
         values = {k: float(v) for k, v in trainer.callback_metrics.items()}
         torch.save(values, os.path.join(self.out_dir, f"{self.tag}{trainer.global_rank}.pt"))
+        torch.save([str(w.message) for w in self.caught], os.path.join(self.out_dir, f"{self.tag}{trainer.global_rank}.warnings"))
 
 
 @pytest.mark.ddp
@@ -149,6 +160,9 @@ def test_first_evaluation_after_spawn_counts_every_row_once(tmp_path, task):
         assert values.keys() == expected.keys()
         for key, value in expected.items():
             assert values[key] == pytest.approx(value, rel=1e-6, abs=1e-7, nan_ok=True), (key, rank)
+        # the logged values are reduced already: no "use sync_dist=True" advice for them
+        advice = [m for m in torch.load(tmp_path / f"ddp{rank}.warnings") if "sync_dist=True" in m]
+        assert not advice, advice[:3]
     # the calling process's module is untouched by the workers' evaluation
     assert float(module.test_loss.weight) == 0.0
 
