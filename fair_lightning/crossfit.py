@@ -157,9 +157,11 @@ class FoldMixture(nn.Module):
         return len(self.models)
 
     def fold_of(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
-        """The fold model that decides each row of ``x`` (``(N,)`` int64)."""
+        """The fold model that decides each row of ``x`` (``(N,)`` int64); with
+        ``assignment="random"`` drawn with ``generator``, on its device."""
         if self.assignment == "random":
-            return torch.randint(0, self.folds, (x.shape[0],), generator=generator).to(x.device)
+            device = "cpu" if generator is None else generator.device
+            return torch.randint(0, self.folds, (x.shape[0],), generator=generator, device=device).to(x.device)
         return fold_of(x, self.folds, seed=self.seed)
 
     def forward(self, x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:

@@ -550,12 +550,15 @@ class GroupThresholds:
         Args:
             scores: ``(N,)`` scores on the scale the thresholds were fitted on.
             groups: ``(N,)`` group ids.
-            generator: random generator for randomized thresholds (ignored when deterministic).
+            generator: random generator for randomized thresholds (ignored when deterministic);
+                the draws are made on its device (a CPU generator gives the same draws for scores
+                on any device).
         """
         p = self.predict_proba(scores, groups)
         if not self.randomized:
             return p.round().to(torch.float32)
-        u = torch.rand(p.shape, generator=generator, dtype=torch.float64, device="cpu").to(p.device)
+        device = "cpu" if generator is None else generator.device
+        u = torch.rand(p.shape, generator=generator, dtype=torch.float64, device=device).to(p.device)
         return (u < p).to(torch.float32)
 
     def apply(self, probs: Tensor, groups: Tensor, *, generator: torch.Generator | None = None) -> Tensor:

@@ -337,3 +337,17 @@ def test_cross_fit_under_ddp_scores_like_one_process(tmp_path):
     reference = GroupThresholds("demographic_parity", tolerance=0.05, min_count=10).fit(
         torch.cat(scores), mixture.report["labels"], mixture.report["groups"], 2)
     torch.testing.assert_close(mixture.thresholds.thresholds_, reference.thresholds_)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_random_assignment_and_randomized_thresholds_draw_with_a_cuda_generator():
+    """The draws are made on the generator's device: a CUDA generator with CUDA inputs works (it
+    raised 'Expected a cpu device type for generator' when the draws were made on the CPU)."""
+    gen = torch.Generator().manual_seed(3)
+    groups = torch.randint(0, 2, (400,), generator=gen)
+    thresholds = GroupThresholds("demographic_parity", tolerance=0.05, randomized=True).fit(
+        torch.rand(400, generator=gen), torch.randint(0, 2, (400,), generator=gen), groups, 2)
+    mixture = FoldMixture([_Const(1.0, 0.0), _Const(-1.0, 0.5)], thresholds, assignment="random").cuda()
+    x = torch.randn(400, 3, generator=gen).cuda()
+    decisions = mixture.predict(x, groups.cuda(), generator=torch.Generator(device="cuda").manual_seed(0))
+    assert decisions.device.type == "cuda" and decisions.shape == (400,)
