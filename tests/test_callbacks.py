@@ -383,3 +383,37 @@ def test_reliability_figure_draws_on_a_given_axes():
     plt.close(figure)
     alone = reliability_figure(sums, ["a", "b"])
     assert alone is not figure and len(alone.axes) == 1
+
+
+def test_a_fit_end_calibrator_is_refitted_by_validate_when_the_weights_changed_after_it_was_fitted():
+    """``ConstrainedModelSelection`` restores an earlier epoch after a ``"fit_end"`` calibrator was
+    fitted on the last epoch's outputs. The callback keeps a fingerprint of the weights it was
+    fitted for: ``test``/``predict`` on other weights warn, and ``validate`` refits on them."""
+    from fair_lightning.callbacks import ConstrainedModelSelection
+
+    train, val, test = _loaders()
+    pl.seed_everything(0)
+    module = _module()
+    calibration = GroupCalibrationCallback("platt", min_group_size=20)  # when="fit_end"
+    # a tolerance only the early, nearly constant epochs meet: the selection restores one of them
+    selection = ConstrainedModelSelection([("demographic_parity", 0.03)], min_count=0)
+    trainer = _trainer(callbacks=[calibration, selection], max_epochs=4)
+    trainer.fit(module, train, val)
+    assert selection.best_epoch < 3  # an earlier epoch was restored after the calibrator was fitted
+    fitted_on_last = calibration.calibrator
+    with pytest.warns(UserWarning, match="the calibrator was fitted for other weights"):
+        trainer.test(module, test, verbose=False)
+    trainer.validate(module, val, verbose=False)
+    assert calibration.calibrator is not fitted_on_last and module.prediction_calibrator is calibration.calibrator
+    # the refit equals a calibrator fitted directly on the restored weights' validation outputs
+    x, y, g = val.dataset.tensors
+    module.eval()
+    with torch.no_grad():
+        probs = torch.sigmoid(module(x).reshape(-1).double())
+    direct = GroupFairnessCalibrator("platt", num_groups=2, min_group_size=20).fit(probs, y.long(), g)
+    torch.testing.assert_close(calibration.calibrator.transform_probabilities(probs, g),
+                               direct.transform_probabilities(probs, g), rtol=0, atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.test(module, test, verbose=False)  # fitted for these weights now: no warning

@@ -17,7 +17,7 @@ from torch import nn
 from fair_lightning.main import DEFAULT_OVERRIDES, DEFAULT_SWEEPS, sweep_overrides
 from fair_lightning.models import MLP
 from fair_lightning.module import FairLightningModule
-from fair_lightning.train import OBJECTIVE_KEYS, build, module_arguments, objective_values, run, run_job
+from fair_lightning.train import OBJECTIVE_KEYS, build, fit_and_test, module_arguments, objective_values, run, run_job
 
 CONF = Path(__file__).resolve().parents[1] / "fair_lightning" / "conf"
 FAIRNESS = ("erm", "penalty_dp", "penalty_eo", "mutual_information", "lagrangian_dp", "lagrangian_eo", "adversarial")
@@ -336,6 +336,37 @@ def test_lagrangian_job_selects_on_validation_with_thresholds_and_reports_interv
         assert 0.0 <= low <= record[f"{stage}_dp_difference"] <= high <= 1.0
     off = _compose([*TINY, "fairness=lagrangian_dp", "callbacks=none", "selection.enabled=false"])
     assert not [cb for cb in build(off, tmp_path).trainer.callbacks if isinstance(cb, ConstrainedModelSelection)]
+
+
+def test_a_restored_epoch_gets_a_calibrator_fitted_on_its_own_outputs(tmp_path):
+    """callbacks=default fits the calibrator when training ends, on the last epoch's outputs; the
+    selection then restores an earlier epoch. The job's validation of the restored model refits
+    the calibrator, so the returned module's calibrator is the one its own weights give."""
+    import lightning.pytorch as pl
+
+    from fair_lightning.calibration import GroupFairnessCalibrator
+    from fair_lightning.callbacks import ConstrainedModelSelection, GroupCalibrationCallback
+
+    cfg = _compose([*TINY, "fairness=lagrangian_dp", "fairness.tolerance=0.02", "trainer.max_epochs=4"])
+    pl.seed_everything(0)
+    parts = build(cfg, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit_and_test(parts.trainer, parts.module, parts.datamodule)
+    selection = next(cb for cb in parts.trainer.callbacks if isinstance(cb, ConstrainedModelSelection))
+    calibration = next(cb for cb in parts.trainer.callbacks if isinstance(cb, GroupCalibrationCallback))
+    assert selection.best_epoch < 3  # the premise: an earlier epoch was restored after the calibrator's fit
+    assert parts.module.prediction_calibrator is calibration.calibrator
+    x, y, groups = parts.datamodule.val_tensors
+    module = parts.module.eval()
+    with torch.no_grad():
+        probs = torch.sigmoid(module(x).reshape(-1).double())
+    limit = int(cfg.trainer.limit_val_batches) * parts.datamodule.eval_batch_size  # trainer=fast validates 2 batches
+    direct = GroupFairnessCalibrator("platt", num_groups=parts.datamodule.num_groups,
+                                     group_spec=parts.datamodule.group_spec, min_group_size=calibration.min_group_size)
+    direct.fit(probs[:limit], y[:limit].long(), groups[:limit])
+    torch.testing.assert_close(calibration.calibrator.transform_probabilities(probs, groups),
+                               direct.transform_probabilities(probs, groups), rtol=0, atol=1e-6)
 
 
 @pytest.mark.ddp

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
@@ -56,6 +57,12 @@ class GroupCalibrationCallback(CollectsValidationRows):
         * ``"validation_epoch_end"``: after every validation epoch, so every checkpoint carries
           the calibrator fitted on the outputs of its own weights (the right choice with
           ``ModelCheckpoint(monitor=...)`` and ``ckpt_path="best"``).
+
+    Weights that change after the fit (``ConstrainedModelSelection`` restores an earlier epoch
+    at the end of fit, after ``"fit_end"`` fitted on the last epoch's outputs; weights loaded by
+    hand) no longer match the calibrator: the callback keeps a fingerprint of the weights it was
+    fitted for. A ``trainer.validate`` run on changed weights refits a ``"fit_end"`` calibrator
+    on that run's outputs; ``trainer.test`` and ``trainer.predict`` on changed weights warn.
 
     Under DDP the per-rank outputs (of different lengths) are gathered, so every rank fits the
     same calibrator on the union of the validation data.
@@ -135,6 +142,8 @@ class GroupCalibrationCallback(CollectsValidationRows):
             )
         self.method = method
         self.when = when
+        #: fingerprint of the weights the calibrator was fitted for (see ``_weights_key``)
+        self._fitted_for: list[float] | None = None
         self.min_group_size = min_group_size
         self.n_bins = n_bins
         self.calibrator_kwargs = dict(calibrator_kwargs)
@@ -195,6 +204,24 @@ class GroupCalibrationCallback(CollectsValidationRows):
                     category=UserWarning,
                 )
         self._attach(pl_module)
+        if stage != "fit" and self._stale(pl_module):
+            rank_zero_warn(
+                f"GroupCalibrationCallback: the calibrator was fitted for other weights than {type(pl_module).__name__} "
+                "has now (a callback such as ConstrainedModelSelection restored another epoch after it was fitted, or "
+                f"the weights were loaded), so the {stage} probabilities are miscalibrated; run `trainer.validate` first "
+                "(it refits a when='fit_end' calibrator on the current weights) or use when='validation_epoch_end'",
+                category=UserWarning,
+            )
+
+    def _stale(self, pl_module: pl.LightningModule) -> bool:
+        """The calibrator was fitted for other weights than the module has now."""
+        if self.calibrator is None or self._fitted_for is None:
+            return False
+        now = _weights_key(pl_module)
+        # float64 sums of the same weights agree to rounding (another device sums in another order)
+        return len(now) != len(self._fitted_for) or not all(
+            math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(now, self._fitted_for)
+        )
 
     def _fit(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor] | None:
         num_groups = num_groups_of(pl_module)
@@ -213,6 +240,7 @@ class GroupCalibrationCallback(CollectsValidationRows):
                 scores = torch.sigmoid(scores)
             params = self._calibrator_params(num_groups, self._datamodule_spec(trainer, num_groups))
             self.calibrator = GroupFairnessCalibrator(**params).fit(scores, target, groups)
+        self._fitted_for = _weights_key(pl_module)
         self._attach(pl_module)
         warn_if_left_in_worker(trainer, pl_module, "GroupCalibrationCallback set `prediction_calibrator`")
         names = group_names(pl_module, num_groups)
@@ -261,6 +289,7 @@ class GroupCalibrationCallback(CollectsValidationRows):
             "version": STATE_VERSION,
             "method": self.method,
             "calibrator": None if self.calibrator is None else self.calibrator.state_dict(),
+            "fitted_for": self._fitted_for,
         }
 
     @override
@@ -274,6 +303,7 @@ class GroupCalibrationCallback(CollectsValidationRows):
         calibrator = state_dict.get("calibrator")
         self._dropped = calibrator is None and self.calibrator is not None
         self.calibrator = None if calibrator is None else GroupFairnessCalibrator.from_state_dict(calibrator)
+        self._fitted_for = state_dict.get("fitted_for") if calibrator is not None else None
         self._restored = calibrator is not None
 
     @classmethod
@@ -314,17 +344,28 @@ class GroupCalibrationCallback(CollectsValidationRows):
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or self.when != "validation_epoch_end":
+        if trainer.sanity_checking:
             return
-        metrics = self._fit(trainer, pl_module)
-        if metrics:
-            pl_module.log_dict({k: v.float() for k, v in metrics.items()}, sync_dist=True)  # equal on all ranks
+        if self.when == "validation_epoch_end":
+            metrics = self._fit(trainer, pl_module)
+            if metrics:
+                pl_module.log_dict({k: v.float() for k, v in metrics.items()}, sync_dist=True)  # equal on all ranks
+        elif trainer.state.fn == "validate" and self._stale(pl_module):
+            # a `trainer.validate` run on weights that changed after the fit (a restored epoch): refit on them
+            rank_zero_info(
+                "GroupCalibrationCallback: the weights changed since the calibrator was fitted (e.g. a restored "
+                "epoch); refitted on this validation run's outputs"
+            )
+            self._log_fit_end(trainer, self._fit(trainer, pl_module))
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.when != "fit_end":
             return
-        metrics = self._fit(trainer, pl_module)
+        self._log_fit_end(trainer, self._fit(trainer, pl_module))
+
+    @staticmethod
+    def _log_fit_end(trainer: pl.Trainer, metrics: dict[str, Tensor] | None) -> None:
         if metrics:
             values = {k: float(v) for k, v in metrics.items()}
             for logger in trainer.loggers:
@@ -390,6 +431,17 @@ class GroupCalibrationCallback(CollectsValidationRows):
     @override
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._sync_with_checkpoint(trainer, pl_module, "predict")
+
+
+def _weights_key(pl_module: pl.LightningModule) -> list[float]:
+    """A fingerprint of the module's weights: each parameter's float64 sum and sum of squares
+    (equal on every rank; a restored or loaded set of weights differs)."""
+    with torch.no_grad():
+        key: list[float] = []
+        for p in pl_module.parameters():
+            d = p.detach().double()
+            key += [float(d.sum()), float(d.square().sum())]
+    return key
 
 
 def _ece_metrics(prefix: str, names: list[str], before: Tensor, after: Tensor) -> dict[str, Tensor]:
