@@ -999,8 +999,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.y is None:
-        regression = "task" in table.columns and (table.loc[table["status"] == "ok", "task"] == "regression").any()
-        args.y = "test_mse" if regression else "test_accuracy"
+        finished = table.loc[table["status"] == "ok"] if "status" in table.columns else table
+        args.y = "test_mse" if _task_of(finished) == "regression" else "test_accuracy"
     maximize = _maximize(args.x, args.y, None)
     if table.empty or not (table["status"] == "ok").any():
         print(f"error: no finished job in {args.sweep_dir} (see the messages above)", file=sys.stderr)
