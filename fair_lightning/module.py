@@ -948,12 +948,13 @@ class FairLightningModule(pl.LightningModule):
 
     def _calibrated_probs(self, logits: Tensor, groups: Tensor | None) -> Tensor:
         """Probabilities of the positive class, calibrated per group when a calibrator is set."""
-        probs = torch.sigmoid(logits)
         calibrator = self.prediction_calibrator
         if calibrator is None:
-            return probs
-        # temperature scaling works on logits (exact beyond float32's saturated sigmoid)
-        return calibrator.transform(logits if getattr(calibrator, "method", None) == "temperature" else probs, groups)
+            return torch.sigmoid(logits)
+        # in float64, as the calibrator was fitted (GroupCalibrationCallback); temperature scaling
+        # works on the logits (exact beyond a saturated sigmoid); returned in the model's dtype
+        scores = logits.double() if getattr(calibrator, "method", None) == "temperature" else torch.sigmoid(logits.double())
+        return torch.as_tensor(calibrator.transform(scores, groups)).to(logits.dtype)
 
     def _threshold_decisions(self, logits: Tensor, groups: Tensor) -> Tensor:
         """The group thresholds' 0/1 decisions, on the probabilities they were fitted on

@@ -407,3 +407,29 @@ def test_a_version_2_checkpoint_still_restores_its_thresholds():
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"], strict=True)
     torch.testing.assert_close(module.prediction_thresholds.predict(probs, groups), fitted.predict(probs, groups))
+
+
+def test_predict_step_calibrates_float64_probabilities_as_the_calibrator_was_fitted():
+    """Near 1 a float32 sigmoid is coarse: at logit 15.5, 1 - p is 1.9e-7 and float32 steps are
+    6e-8, so the probability a Platt map (clipping at 1 - 1e-7) sees is off by a few percent of
+    1 - p, which an overconfident model's map (slope below 1) carries into its output.
+    predict_step feeds the calibrator the float64 probability, as GroupCalibrationCallback
+    fitted it."""
+    from fair_lightning.calibration import GroupFairnessCalibrator
+
+    gen = torch.Generator().manual_seed(0)
+    logits = 6 * torch.randn(2000, generator=gen, dtype=torch.float64)
+    labels = (torch.rand(2000, generator=gen, dtype=torch.float64) < torch.sigmoid(logits / 3)).long()  # overconfident
+    groups = torch.randint(0, 2, (2000,), generator=gen)
+    calibrator = GroupFairnessCalibrator("platt", num_groups=2).fit(torch.sigmoid(logits), labels, groups)
+    model = nn.Linear(1, 1)
+    with torch.no_grad():
+        model.weight.fill_(15.5)
+        model.bias.zero_()
+    module = FairLightningModule(model, num_groups=2)
+    module.prediction_calibrator = calibrator
+    x, g = torch.ones(2, 1), torch.tensor([0, 1])
+    out = module.predict_step((x, torch.zeros(2), g), 0)
+    expected = calibrator.transform_probabilities(torch.sigmoid(torch.full((2,), 15.5, dtype=torch.float64)), g)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, expected.float(), rtol=0, atol=2e-7)
