@@ -827,10 +827,13 @@ def _crossfit_metrics(cfg: DictConfig, output_dir: Path, mixture: Any, dm: Any) 
                                    grad_ratio_every_n_steps=0, **arguments)
 
     def trainer() -> pl.Trainer:
+        # one process: two evaluation passes over tensors already in memory (the fold models
+        # trained under the configured strategy; ddp_spawn would have to pickle the mixture)
         loggers = _instantiate_named(cfg.get("logger"), "logger", save_dir=str(output_dir))
         return hydra.utils.instantiate(cfg.trainer, _partial_=True, _convert_="all")(
             default_root_dir=str(output_dir), logger=loggers if loggers else False, callbacks=[],
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            devices=1, num_nodes=1, strategy="auto",
         )
 
     class _FirstColumn(torch.nn.Module):

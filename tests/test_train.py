@@ -390,6 +390,24 @@ def test_a_ddp_spawn_job_records_what_the_workers_did(tmp_path):
     assert not (tmp_path / ".fit_summary.json").exists()  # read and removed
 
 
+@pytest.mark.ddp
+def test_a_ddp_spawn_crossfit_job_records_each_folds_fit(tmp_path):
+    """Each fold trains under ddp_spawn; the record has each fold's epochs and selection, and the
+    mixture is tested once per row (its evaluation passes run in one process: it failed to
+    pickle a local module under ddp_spawn before)."""
+    cfg = _compose([*TINY, "trainer.max_epochs=2", "trainer.limit_val_batches=1.0", "trainer.limit_test_batches=1.0",
+                    "crossfit.folds=2", "selection.constraints={demographic_parity: 0.05}", "data.val_fraction=null",
+                    "+trainer.strategy=ddp_spawn", "trainer.devices=2"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        record = run(cfg, tmp_path)
+    dm = build(cfg, tmp_path / "probe").datamodule
+    assert record["crossfit"]["epochs_per_fold"] == [2, 2]
+    assert all(s is not None and s["constraints"] == [["demographic_parity", 0.05]] for s in record["crossfit"]["folds_selection"])
+    assert sum(record["test_count_by_group"].values()) == len(dm.test_tensors[1])
+    assert sum(record["val_count_by_group"].values()) == record["crossfit"]["rows"]
+
+
 def test_stated_selection_constraints_turn_an_erm_job_into_post_processing(tmp_path):
     """`selection.constraints` judges any method's epochs against stated constraints: an ERM job
     returns the unconstrained model with group thresholds where they pay off, meets the tolerance
