@@ -933,11 +933,12 @@ class FairLightningModule(pl.LightningModule):
         the 0/1 decisions they make. K classes: the ``(N, K)`` softmax probabilities (calibrated
         per group by a K-class calibrator when one is set). Regression: the ``(N,)`` predictions."""
         x, _, groups = self.unpack_batch(batch)
+        outputs = self._forward_checked(x)  # float64 features into a float32 model: named, as in fit
         if self.task == "regression":
-            return check_regression_values(self(x), None, "preds").reshape(-1)
+            return check_regression_values(outputs, None, "preds").reshape(-1)
         if self.num_classes is not None:
-            return self._predict_classes(_check_class_logits(self(x), self.num_classes), groups)
-        logits = _check_logits(self(x))
+            return self._predict_classes(_check_class_logits(outputs, self.num_classes), groups)
+        logits = _check_logits(outputs)
         if self.prediction_thresholds is not None:
             if groups is None:
                 raise ValueError("group thresholds are set, so prediction batches must provide `groups`")

@@ -368,7 +368,9 @@ def load_sweep(sweep_dir: str | os.PathLike, *, include_failed: bool = False) ->
         rel = job_dir.relative_to(root).as_posix() or "."
         number = _job_number(job_dir, root)
         path = job_dir / METRICS_FILE
-        if not path.is_file():
+        if path.exists() and not path.is_file():
+            reason, status, record = "unreadable metrics.json (not a file)", "unreadable", None
+        elif not path.is_file():
             reason, status, record = "no metrics.json (unfinished, or killed before writing one)", "unfinished", None
         else:
             try:
@@ -1003,7 +1005,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.y = "test_mse" if _task_of(finished) == "regression" else "test_accuracy"
     maximize = _maximize(args.x, args.y, None)
     if table.empty or not (table["status"] == "ok").any():
-        print(f"error: no finished job in {args.sweep_dir} (see the messages above)", file=sys.stderr)
+        # finished jobs whose records were rejected are not "unfinished": say which happened
+        rejected = int((table["status"] != "unfinished").sum()) if "status" in table.columns and not table.empty else 0
+        what = "no usable job" if rejected else "no finished job"
+        print(f"error: {what} in {args.sweep_dir} (see the messages above)", file=sys.stderr)
         return 1
     for column in (args.x, args.y):
         if column not in table.columns:

@@ -123,12 +123,23 @@ def test_f29_float64_features_into_a_float32_model_name_the_dtypes():
         _fit(module, _loader(x_dtype=torch.float64))
 
 
+def test_f29_predicting_float64_features_names_the_dtypes_too():
+    module = FairLightningModule(_mlp(), num_groups=2)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(ValueError, match=r"features `x` have dtype torch.float64 but the model's parameters are torch.float32"):
+        trainer.predict(module, _loader(x_dtype=torch.float64))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"dual_lr": float("inf")}, "`dual_lr` must be a finite number > 0, got inf"),
-        ({"multiplier_max": float("inf")}, "`multiplier_max` must be a finite number > 0, got inf"),
-        ({"dual_lr": float("nan")}, "`dual_lr` must be a finite number > 0, got nan"),
+        ({"dual_lr": float("inf")}, r"`dual_lr` must be a finite number > 0 and <= \S+, got inf"),
+        ({"multiplier_max": float("inf")}, r"`multiplier_max` must be a finite number > 0 and <= \S+, got inf"),
+        ({"dual_lr": float("nan")}, r"`dual_lr` must be a finite number > 0 and <= \S+, got nan"),
+        # X6 proper: finite, but beyond float32, overflowed inside torch ("value cannot be converted")
+        ({"dual_lr": 1e300}, r"`dual_lr` must be a finite number > 0 and <= 3.4028\d*e\+38, got 1e\+300"),
+        ({"multiplier_max": 1e40}, r"`multiplier_max` must be a finite number > 0 and <= 3.4028\d*e\+38, got 1e\+40"),
+        ({"dual_damping": 1e300}, r"`dual_damping` must be a finite number >= 0 and <= 3.4028\d*e\+38, got 1e\+300"),
     ],
 )
 def test_x5_x6_non_finite_dual_settings_are_refused(kwargs, match):
@@ -200,3 +211,13 @@ def test_s9_continuous_sensitive_feature_warns():
         except Exception:  # noqa: BLE001 - only the warning matters here
             pass
     assert any("looks continuous: 300 distinct values in 300 rows" in str(w.message) for w in caught)
+
+
+def test_m19_two_column_groups_point_to_intersectional_ids_not_to_k_class_scores():
+    from fair_lightning.metrics import fairness_metrics
+
+    with pytest.raises(ValueError, match=r"`groups` must have shape \(N,\) or \(N, 1\), got tensor of shape \(2, 2\).*"
+                                         r"for 2 sensitive attributes, one intersectional id per row: GroupSpec"):
+        fairness_metrics(2).update(torch.rand(2), torch.tensor([0, 1]), torch.tensor([[0, 1], [1, 0]]))
+    with pytest.raises(ValueError, match="3 columns are K-class scores or one-hot labels"):
+        fairness_metrics(2).update(torch.rand(2, 3), torch.tensor([0, 1]), torch.tensor([0, 1]))

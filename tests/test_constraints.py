@@ -123,7 +123,7 @@ def test_running_sums_are_an_ema():
         (lambda: FairnessConstraint("demographic_parity", -0.1), "`tolerance` must be a number in \\[0, 1\\)"),
         (lambda: parse_constraints([]), "at least one constraint"),
         (lambda: parse_constraints(3), "`constraints` must be a name"),
-        (lambda: LagrangeMultipliers(parse_constraints("demographic_parity"), 2, dual_damping=-1), "`dual_damping` must be >= 0"),
+        (lambda: LagrangeMultipliers(parse_constraints("demographic_parity"), 2, dual_damping=-1), "`dual_damping` must be a finite number >= 0"),
         (lambda: LagrangeMultipliers(parse_constraints("demographic_parity"), 2, multiplier_max=0), "`multiplier_max` must be a finite number > 0"),
     ],
 )

@@ -410,3 +410,12 @@ def test_regression_records_are_judged_on_regression_ranges_and_the_script_plots
     table = pd.read_csv(root / "frontier.csv")
     assert table["is_pareto"].tolist() == [False, True, True, True]
     assert "test_accuracy" not in table.columns  # no job logged it
+
+
+def test_a_metrics_json_that_is_a_directory_is_unreadable_not_unfinished(tmp_path):
+    """Audit row P14: the skip reason says what is wrong with the record."""
+    (tmp_path / "0" / "metrics.json").mkdir(parents=True)
+    (tmp_path / "0" / ".hydra").mkdir()  # a job directory
+    table = load_sweep(tmp_path, include_failed=True)
+    assert table["status"].tolist() == ["unreadable"]
+    assert table.attrs["skipped"][0]["reason"] == "unreadable metrics.json (not a file)"

@@ -117,7 +117,7 @@ def test_main_job_reports_what_finished_and_fails_only_when_nothing_did(tmp_path
 
     monkeypatch.setattr(main_job, "_run_sweep", fake_sweep(["killed", "failed"]))
     assert main_job.main([f"hydra.sweep.dir={tmp_path / 'b'}"]) == 1
-    assert "no finished job" in capsys.readouterr().err
+    assert "no usable job" in capsys.readouterr().err  # they ended, killed or failed: none is unfinished
 
 
 # ------------------------------------------------------------------------------ records the report rejects
@@ -175,7 +175,7 @@ def test_report_with_no_usable_job_exits_non_zero_naming_them(tmp_path, capsys):
     (root / "0" / "metrics.json").write_text('{"job": 0, "status": "ok", "test_accuracy": Infinity, "test_dp_difference": 0.1}')
     (root / "1" / "metrics.json").write_text('{"job": 1, "status": "ok", "test_accuracy": 1.7, "test_dp_difference": -0.3}')
     assert pareto.main([str(root), "--no-tensorboard"]) == 1
-    assert "no finished job" in capsys.readouterr().err
+    assert "no usable job" in capsys.readouterr().err  # finished, with records rejected (audit row P7)
 
 
 def test_validate_record():

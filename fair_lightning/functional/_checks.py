@@ -50,7 +50,10 @@ def as_vector(x: Tensor, name: str) -> Tensor:
         x = x[:, 0]
     if x.ndim != 1:
         hint = ""
-        if x.ndim == 2:  # K-class scores or one-hot labels given to a binary (one score per sample) consumer
+        if x.ndim == 2 and name == "groups":  # one column per sensitive attribute
+            hint = (f"; for {x.shape[1]} sensitive attributes, one intersectional id per row: "
+                    "GroupSpec(...).encode(codes) (fair_lightning.groups)")
+        elif x.ndim == 2:  # K-class scores or one-hot labels given to a binary (one score per sample) consumer
             hint = f"; {x.shape[1]} columns are K-class scores or one-hot labels: see fair_lightning.metrics_multiclass"
         raise ValueError(f"`{name}` must have shape (N,) or (N, 1), got {_describe(x)}{hint}")
     return x

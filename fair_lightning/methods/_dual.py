@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from fair_lightning.methods._base import check_number
+from fair_lightning.methods._base import FLOAT32_MAX, check_number
 
 #: steps per epoch assumed (with a warning) when nobody set them before the first training step
 DEFAULT_STEPS_PER_EPOCH = 100
@@ -28,7 +28,7 @@ class DualClock:
     """
 
     def _init_clock(self, dual_lr: float, memory: float, dual_warmup: float, steps_per_epoch: int | None, total_steps: int | None) -> None:
-        self.dual_lr = check_number(dual_lr, "dual_lr", low=0, low_open=True)
+        self.dual_lr = check_number(dual_lr, "dual_lr", low=0, low_open=True, high=FLOAT32_MAX)
         self.memory = check_number(memory, "memory", low=0, low_open=True)
         self.dual_warmup = check_number(dual_warmup, "dual_warmup", low=0, high=1)
         if self.dual_warmup >= 1:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from fair_lightning.constraints import pi_multipliers
 from fair_lightning.functional._core import grouped_sum
-from fair_lightning.methods._base import FairnessMethod, all_reduce_sum, check_number, register_method
+from fair_lightning.methods._base import FLOAT32_MAX, FairnessMethod, all_reduce_sum, check_number, register_method
 from fair_lightning.methods._dual import DualClock
 
 def squared_error(preds: Tensor, target: Tensor) -> Tensor:
@@ -118,7 +118,7 @@ class BoundedGroupLossConstraint(DualClock, FairnessMethod):
             self.loss_name, self.loss_fn = getattr(loss, "__name__", type(loss).__name__), loss
         else:
             raise ValueError(f"`loss` must be one of {list(GROUP_LOSSES)} or a callable, got {loss!r}")
-        self.multiplier_max = check_number(multiplier_max, "multiplier_max", low=0, low_open=True)
+        self.multiplier_max = check_number(multiplier_max, "multiplier_max", low=0, low_open=True, high=FLOAT32_MAX)
         self.min_count = check_number(min_count, "min_count", low=0)
         G = self.num_groups
         # buffers: in checkpoints, identical on every rank (computed from all-reduced sums)

@@ -31,7 +31,7 @@ from fair_lightning.constraints import (
 from fair_lightning.functional import confusion_counts, group_sums, label_cells
 from fair_lightning.functional._multiclass import check_class_names
 from fair_lightning.methods._dual import DualClock
-from fair_lightning.methods._base import FairnessMethod, all_reduce_sum, check_number, register_method
+from fair_lightning.methods._base import FLOAT32_MAX, FairnessMethod, all_reduce_sum, check_number, register_method
 
 
 class _DualOptimizerState(nn.Module):
@@ -155,11 +155,11 @@ class Lagrangian(DualClock, FairnessMethod):
         self.logit_threshold = math.log(self.threshold / (1 - self.threshold))
         self.multipliers = LagrangeMultipliers(
             parsed, self.num_units,
-            dual_lr=check_number(dual_lr, "dual_lr", low=0, low_open=True),
-            multiplier_max=check_number(multiplier_max, "multiplier_max", low=0, low_open=True),
+            dual_lr=check_number(dual_lr, "dual_lr", low=0, low_open=True, high=FLOAT32_MAX),
+            multiplier_max=check_number(multiplier_max, "multiplier_max", low=0, low_open=True, high=FLOAT32_MAX),
             min_count=check_number(min_count, "min_count", low=0),
             dual_optimizer=dual_optimizer,
-            dual_damping=check_number(dual_damping, "dual_damping", low=0),
+            dual_damping=check_number(dual_damping, "dual_damping", low=0, high=FLOAT32_MAX),
         )
         if dual_optimizer is not None:  # its state (momentum, ...) travels in the state_dict
             self.dual_state = _DualOptimizerState(self.multipliers)
