@@ -175,6 +175,8 @@ class FairLightningModule(pl.LightningModule):
         else:
             if num_classes is None and task != "binary":
                 num_classes = _infer_num_classes(model)
+                # K read off the model's last layer: checked against the labels after the first epoch
+                self._inferred_classes = num_classes
             if num_classes is None and isinstance(mode, FairnessMethod):
                 num_classes = getattr(mode, "num_classes", None)
         self.num_classes = check_num_classes_arg(num_classes)
@@ -496,6 +498,10 @@ class FairLightningModule(pl.LightningModule):
             groups = check_groups(groups, n, self.num_groups)
         elif k is not None:
             target = target.long()
+        if self.__dict__.get("_inferred_classes") is not None and target.numel():
+            top = target.detach().max().reshape(1)  # no host sync: a running maximum on the device
+            seen = self.__dict__.get("_top_label")
+            self.__dict__["_top_label"] = top if seen is None else torch.maximum(seen.to(top.device), top)
         return logits, target.reshape(-1), groups.reshape(-1).long()
 
     def _forward_checked(self, x: Any, representation: bool = False) -> Any:
@@ -714,6 +720,7 @@ class FairLightningModule(pl.LightningModule):
         self._epoch_sums = {}
 
     def on_train_epoch_end(self) -> None:
+        self._check_inferred_classes()
         if self._epoch_sums:
             names = sorted(self._epoch_sums)
             sums = self._reduce_sum(torch.stack([self._epoch_sums[n] for n in names]))  # one all-reduce
@@ -726,6 +733,27 @@ class FairLightningModule(pl.LightningModule):
             values = hard()
             if values.numel():  # the method's hard violations are all-reduced sums
                 _log_reduced(self, {"fairness/violation_hard_max_epoch": values.max().float()})
+
+    def _check_inferred_classes(self) -> None:
+        """Once, after the first training epoch: K was read off the model's last layer (K outputs)
+        but every label seen is 0 or 1, as when a binary classifier ends in K > 2 outputs by
+        mistake; it would train silently as a K-class model."""
+        k = self.__dict__.pop("_inferred_classes", None)
+        top = self.__dict__.pop("_top_label", None)
+        if k is None or k <= 2:  # the same on every rank: all ranks reduce, or none
+            return
+        if top is None:  # this rank saw no labelled row
+            top = torch.full((1,), -1, dtype=torch.long, device=self.device)
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            top = trainer.strategy.reduce(top.to(self.device), reduce_op="max")
+        if -1 < int(top) <= 1:
+            rank_zero_warn(
+                f"num_classes={k} was inferred from the model's last layer ({k} outputs), but every label of the first "
+                f"epoch is 0 or 1. For a binary classifier, end the model in one output (nn.Linear(..., 1)); for {k} "
+                f"classes of which these data hold two, pass num_classes={k} to say so",
+                category=UserWarning,
+            )
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: Any, stage: str) -> dict[str, Tensor]:

@@ -221,3 +221,20 @@ def test_m19_two_column_groups_point_to_intersectional_ids_not_to_k_class_scores
         fairness_metrics(2).update(torch.rand(2), torch.tensor([0, 1]), torch.tensor([[0, 1], [1, 0]]))
     with pytest.raises(ValueError, match="3 columns are K-class scores or one-hot labels"):
         fairness_metrics(2).update(torch.rand(2, 3), torch.tensor([0, 1]), torch.tensor([0, 1]))
+
+
+def test_f10_a_sequential_ending_in_ten_outputs_with_binary_labels_warns_after_the_first_epoch():
+    """Audit rows F9/F10: an nn.Sequential ending in K > 1 outputs is read as a K-class model (as
+    documented); with K > 2 and only 0/1 labels that is most likely a binary model built wrong."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 10))
+    module = FairLightningModule(model, num_groups=2)
+    assert module.num_classes == 10
+    with pytest.warns(UserWarning, match=r"num_classes=10 was inferred from the model's last layer \(10 outputs\), but every "
+                                         r"label of the first epoch is 0 or 1"):
+        _fit(module, _loader(), max_steps=8)  # two epochs of 4 batches
+    # stated explicitly: no warning
+    explicit = FairLightningModule(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 10)), num_groups=2, num_classes=10)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _fit(explicit, _loader(), max_steps=8)
+    assert not [w for w in caught if "was inferred" in str(w.message)]
