@@ -739,6 +739,7 @@ def run_crossfit(cfg: DictConfig, output_dir: Path, folds: int) -> dict[str, Any
     import torch
 
     from fair_lightning._fit_summary import fit_summary
+    from fair_lightning.callbacks import GroupCalibrationCallback
     from fair_lightning.crossfit import cross_fit
     from fair_lightning.postprocessing import GroupThresholds
 
@@ -751,6 +752,15 @@ def run_crossfit(cfg: DictConfig, output_dir: Path, folds: int) -> dict[str, Any
             pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
             with _quiet():
                 built[k] = build(fold_config(cfg, folds, k), output_dir / f"fold_{k}")
+            # the mixture thresholds the fold models' own probabilities: a fold calibrator would
+            # be fitted and never used (and, fitted at train end, belong to the last epoch)
+            callbacks = built[k].trainer.callbacks
+            dropped = [cb for cb in callbacks if isinstance(cb, GroupCalibrationCallback)]
+            for cb in dropped:
+                callbacks.remove(cb)
+            if dropped and k == 0:
+                log.info("cross-fitting: the folds fit no group calibrator (the mixture's thresholds are fitted on "
+                         "the fold models' own probabilities)")
         return built[k]
 
     options = cfg.get("selection") or {}

@@ -506,6 +506,20 @@ def test_crossfit_job_tests_the_fold_mixture_and_reports_the_out_of_fold_rows(tm
     assert objective_values(record, "val_accuracy") == pytest.approx(record["val_accuracy"])
 
 
+def test_crossfit_job_fits_no_fold_calibrator_the_mixture_would_not_use(tmp_path):
+    """callbacks=default has a group calibrator; the mixture thresholds the fold models' own
+    probabilities, so the folds fit none (the saved fold models carry none)."""
+    cfg = _compose([c for c in CROSSFIT if c != "callbacks=none"] + ["callbacks.dashboard=null"])
+    assert "calibration" in cfg.callbacks
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        record = run(cfg, tmp_path)
+    mixture, _ = _fold_mixture(cfg, 3)
+    mixture.load_state_dict(torch.load(tmp_path / "crossfit.pt", weights_only=True))
+    assert all(model.prediction_calibrator is None for model in mixture.models)
+    assert record["status"] == "ok"
+
+
 def test_crossfit_job_resumes_each_fold_from_its_last_checkpoint(tmp_path):
     first = run(_compose([*CROSSFIT, "callbacks=checkpoint"]), tmp_path)
     assert first["resumed_from"] is None
