@@ -19,6 +19,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from fair_lightning.callbacks._outputs import spawned
+
 
 def summarize_fit(trainer: pl.Trainer) -> dict[str, Any]:
     """``epochs``, ``global_step``, ``restored`` (a selection callback restored an earlier epoch)
@@ -33,12 +35,6 @@ def summarize_fit(trainer: pl.Trainer) -> dict[str, Any]:
         "restored": bool(restored),
         **selection_summary(trainer),
     }
-
-
-def _spawned(trainer: pl.Trainer) -> bool:
-    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
-
-    return isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
 
 
 class FitSummary(Callback):
@@ -60,7 +56,7 @@ class FitSummary(Callback):
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.summary = summarize_fit(trainer)
-        if _spawned(trainer) and trainer.global_rank == 0:
+        if spawned(trainer) and trainer.global_rank == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial = self.path.with_name(self.path.name + ".partial")
             partial.write_text(json.dumps(self.summary, default=str))

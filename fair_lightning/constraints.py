@@ -64,6 +64,7 @@ import torch
 from torch import Tensor, nn
 
 from fair_lightning.functional import GroupSums, label_cells
+from fair_lightning.functional._checks import FLOAT32_MAX
 from fair_lightning.functional._rates import DEFINITIONS, check_definition, rate_coefficients
 
 BOUNDS = ("difference", "gap")
@@ -458,17 +459,16 @@ class LagrangeMultipliers(nn.Module):
         dual_damping: float = 0.0,
     ) -> None:
         super().__init__()
-        largest = float(torch.finfo(torch.float32).max)  # the multipliers are float32
-        if not 0 < dual_lr <= largest:
-            raise ValueError(f"`dual_lr` must be a finite number > 0 and <= {largest:.4g} (float32), got {dual_lr}")
-        if not 0 < multiplier_max <= largest:
-            raise ValueError(f"`multiplier_max` must be a finite number > 0 and <= {largest:.4g} (float32), got {multiplier_max}")
+        if not 0 < dual_lr <= FLOAT32_MAX:
+            raise ValueError(f"`dual_lr` must be a finite number > 0 and <= {FLOAT32_MAX:.4g} (float32), got {dual_lr}")
+        if not 0 < multiplier_max <= FLOAT32_MAX:
+            raise ValueError(f"`multiplier_max` must be a finite number > 0 and <= {FLOAT32_MAX:.4g} (float32), got {multiplier_max}")
         if not 0 <= min_count < math.inf:
             raise ValueError(f"`min_count` must be a finite number >= 0, got {min_count}")
         if not 0 <= ema_decay < 1:
             raise ValueError(f"`ema_decay` must be in [0, 1), got {ema_decay}")
-        if not 0 <= dual_damping <= largest:
-            raise ValueError(f"`dual_damping` must be a finite number >= 0 and <= {largest:.4g} (float32), got {dual_damping}")
+        if not 0 <= dual_damping <= FLOAT32_MAX:
+            raise ValueError(f"`dual_damping` must be a finite number >= 0 and <= {FLOAT32_MAX:.4g} (float32), got {dual_damping}")
         self.dual_damping = dual_damping
         self.constraints = tuple(constraints)
         self.num_groups = num_groups

@@ -12,18 +12,22 @@ from torch import Tensor
 from typing_extensions import override
 
 
-def warn_if_left_in_worker(trainer: pl.Trainer, pl_module: pl.LightningModule, what: str) -> None:
-    """Warn (rank zero) when ``what``, set on a module that is not a ``FairLightningModule``, stays
-    in a worker process: under a spawning strategy (``ddp_spawn``) only ``state_dict()`` and
-    ``callback_metrics`` come back to the calling process. A ``FairLightningModule`` carries its
-    thresholds and calibrator in ``state_dict()``."""
+def spawned(trainer: pl.Trainer) -> bool:
+    """The trainer runs in worker processes it started (``ddp_spawn``, ``ddp_fork``): what they
+    set on modules and callbacks does not reach the process that called it, except
+    ``state_dict()`` (after ``fit``) and ``callback_metrics``."""
     from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
+    return isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)
+
+
+def warn_if_left_in_worker(trainer: pl.Trainer, pl_module: pl.LightningModule, what: str) -> None:
+    """Warn (rank zero) when ``what``, set on a module that is not a ``FairLightningModule``, stays
+    in a worker process (:func:`spawned`). A ``FairLightningModule`` carries its thresholds and
+    calibrator in ``state_dict()``."""
     from fair_lightning.module import FairLightningModule
 
-    if isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher) and not isinstance(
-        pl_module, FairLightningModule
-    ):
+    if spawned(trainer) and not isinstance(pl_module, FairLightningModule):
         from lightning.pytorch.utilities import rank_zero_warn
 
         rank_zero_warn(

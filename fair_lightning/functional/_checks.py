@@ -9,6 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+#: the largest rate or bound a float32 buffer update can take (the Lagrange multipliers are
+#: float32): a larger finite Python float would overflow inside torch instead of being refused by name
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
 
 def check_num_groups(num_groups: object) -> int:
     """Return ``num_groups`` if it is a positive int, else raise ``ValueError`` naming it."""

@@ -25,12 +25,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from fair_lightning.functional._checks import FLOAT32_MAX
 from fair_lightning.functional._checks import check_group_names as _check_group_names
 from fair_lightning.functional._checks import check_num_groups
-
-#: the largest rate or bound a float32 multiplier update can take (``float32`` buffers): a larger
-#: finite Python float would overflow inside torch instead of being refused by name
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 #: registered methods by name (``"erm"``, ``"penalty"``, ``"lagrangian"``, ``"adversarial"``, ...)
 METHODS: dict[str, type[FairnessMethod]] = {}
